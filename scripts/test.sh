@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# `npm test`: set the machine up (scripts/setup.sh --test), type-check the tests,
+# then run the whole mocha suite. Extra arguments go to mocha, e.g.
+#   npm test -- --grep checksum
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+npx --no-install tsc -p test/tsconfig.json
+exec npx --no-install mocha "$@"

@@ -1,0 +1,21 @@
+/**
+ * An error whose message is already the one line a user should read: what went
+ * wrong and what to do. The CLI prints it without a stack trace.
+ */
+export class UserError extends Error {
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+    this.name = 'UserError';
+  }
+}
+
+/** One line for a person: the message of a UserError, else `name: message`. */
+export function describeError(error: unknown): string {
+  if (error instanceof UserError) return error.message;
+  if (error instanceof Error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const first = error.message.split('\n')[0];
+    return code && !first.includes(code) ? `${first} (${code})` : first;
+  }
+  return String(error);
+}
