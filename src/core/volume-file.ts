@@ -1,0 +1,44 @@
+import type { SnapshotStatus } from '../ebs/client';
+
+/**
+ * The one file a mount presents, as the FUSE adapter sees it. Every method
+ * either resolves or rejects with a FileOperationError (file-errors.ts); the
+ * exact behaviour of each is the contract in docs/SEMANTICS.md.
+ */
+export interface VolumeFile {
+  /** Always VolumeSize × 2^30. */
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  /** Exactly `length` bytes, fewer only where the range crosses the end of the file. */
+  read(offsetBytes: number, length: number): Promise<Buffer>;
+  /**
+   * Copies `data` before it resolves (fuse-native reuses the buffer afterwards).
+   * Resolves with the count written: short where the range crosses the end;
+   * ENOSPC at or past the end.
+   */
+  write(offsetBytes: number, data: Buffer): Promise<number>;
+  /** 0 only once every block dirty at the call is acknowledged; else EIO. */
+  fsync(): Promise<void>;
+  /** Makes [lengthBytes, size) read as zeros (or parent data); EFBIG past the size. */
+  truncate(lengthBytes: number): Promise<void>;
+}
+
+export interface VolumeStats {
+  dirtyBlocks: number;
+  uploadingBlocks: number;
+  cachedBlocks: number;
+  /** PutSnapshotBlock calls acknowledged so far. */
+  blocksUploaded: number;
+  bytesUploaded: number;
+  /** Distinct block indexes PUT to this snapshot (the ChangedBlocksCount). */
+  distinctBlocksPut: number;
+  retries: number;
+  /** The cause of the last failed upload, until a flush succeeds. */
+  lastUploadError?: string;
+}
+
+/** What unmount ends in. */
+export interface FinishResult {
+  snapshotId: string;
+  status: SnapshotStatus;
+}
