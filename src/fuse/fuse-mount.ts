@@ -1,0 +1,449 @@
+// The FUSE adapter: the only code that talks to fuse-native. It translates FUSE
+// calls into VolumeFile calls and FileOperationError errnos into fuse-native's
+// negative codes, keeps the table of open handles, and nothing else; every
+// decision about data lives in the core.
+import { execFile } from 'node:child_process';
+import { constants as fsConstants, realpathSync } from 'node:fs';
+import { promisify } from 'node:util';
+import type Fuse from 'fuse-native';
+
+type FuseOperations = Fuse.FuseOperations;
+type FuseStat = Fuse.FuseStat;
+type FuseStatfs = Fuse.FuseStatfs;
+type FuseOptions = Fuse.FuseOptions;
+import { FileOperationError } from '../core/file-errors';
+import type { VolumeFile } from '../core/volume-file';
+import { isMountPoint, watchForUnmount, type UnmountWatcher } from './mountinfo';
+
+const execFileAsync = promisify(execFile);
+
+/** libfuse 2.9 caps a write at 128 KiB; asking for it needs big_writes too. */
+export const MAX_WRITE_BYTES = 131072;
+
+/**
+ * fuse-native answers ETIMEDOUT to the kernel when a handler takes longer than
+ * its timeout (15 s by default), while the handler keeps running. fsync and
+ * close wait for uploads, which may take minutes on a slow link with retries,
+ * so they get a long limit. Reads and writes wait at most for a cache slot or a
+ * read-back, which the core bounds well under these limits; a write timing out
+ * would let libfuse reuse the buffer the core may not have copied yet.
+ */
+export const FUSE_OP_TIMEOUTS_MS = {
+  default: 60_000,
+  read: 120_000,
+  write: 120_000,
+  truncate: 120_000,
+  ftruncate: 120_000,
+  fsync: 900_000,
+  flush: 900_000,
+  release: 900_000,
+} as const;
+
+const UNMOUNT_POLL_INTERVAL_MS = 500;
+const MOUNT_TIMEOUT_MS = 30_000;
+const UNMOUNT_COMMAND_TIMEOUT_MS = 30_000;
+/** Unexpected (non-FileOperationError) failures logged before going quiet. */
+const MAX_LOGGED_UNEXPECTED_ERRORS = 20;
+
+const DIRECTORY_MODE = 0o040755;
+const FILE_MODE = 0o100644;
+const STATFS_BLOCK_BYTES = 524288;
+const NAME_MAX_BYTES = 255;
+
+export class FuseUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FuseUnavailableError';
+  }
+}
+
+type FuseClass = typeof Fuse;
+let loadedFuse: FuseClass | undefined;
+
+/**
+ * Loads fuse-native on first use, so that a missing libfuse.so.2 becomes an
+ * error the CLI can explain instead of a crash at start-up.
+ */
+export function loadFuseNative(): FuseClass {
+  if (loadedFuse) return loadedFuse;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    loadedFuse = require('fuse-native') as FuseClass;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    throw new FuseUnavailableError(`fuse-native failed to load (${reason})`);
+  }
+  return loadedFuse;
+}
+
+export interface FuseMountOptions {
+  /** An existing, empty directory. */
+  mountpoint: string;
+  /** The one file's name in the mounted directory. */
+  fileName: string;
+  file: VolumeFile;
+  /** One line for people (stderr). */
+  log: (line: string) => void;
+  /** Called once when the mount disappears without unmount() (an external `umount`). */
+  onExternalUnmount?: () => void;
+}
+
+export interface FuseMountStats {
+  writeCalls: number;
+  writeBytes: number;
+  /** The largest write the kernel sent: 128 KiB when big_writes reached it. */
+  largestWriteBytes: number;
+  readCalls: number;
+  fsyncCalls: number;
+  flushCalls: number;
+  openHandles: number;
+}
+
+interface OpenHandle {
+  writable: boolean;
+}
+
+export class FuseMount {
+  readonly mountpoint: string;
+  readonly filePath: string;
+
+  private readonly fuse: Fuse;
+  private readonly handles = new Map<number, OpenHandle>();
+  private nextHandleId = 1;
+  private readonly counters = { writeCalls: 0, writeBytes: 0, largestWriteBytes: 0, readCalls: 0, fsyncCalls: 0, flushCalls: 0 };
+  private unexpectedErrorsLogged = 0;
+  private modifiedAtMs = Date.now();
+  private readonly mountedAtMs = Date.now();
+  private watcher: UnmountWatcher | undefined;
+  private unmountPromise: Promise<void> | undefined;
+  private handlesClosedWaiters: Array<() => void> = [];
+
+  private constructor(
+    private readonly options: FuseMountOptions,
+    FuseConstructor: FuseClass,
+  ) {
+    this.mountpoint = realpathSync(options.mountpoint);
+    this.filePath = `${this.mountpoint}/${options.fileName}`;
+    const fuseOptions: FuseOptions = {
+      bigWrites: true,
+      maxWrite: MAX_WRITE_BYTES,
+      timeout: { ...FUSE_OP_TIMEOUTS_MS },
+      fsname: 'ebs-fuse',
+      subtype: 'ebs-fuse',
+      force: false,
+      mkdir: false,
+    };
+    this.fuse = new FuseConstructor(this.mountpoint, this.operations(FuseConstructor), fuseOptions);
+  }
+
+  /** Mounts and resolves once the kernel finished the FUSE handshake: the file is then usable. */
+  static async mount(options: FuseMountOptions): Promise<FuseMount> {
+    const FuseConstructor = loadFuseNative();
+    const mount = new FuseMount(options, FuseConstructor);
+    await mount.start();
+    return mount;
+  }
+
+  stats(): FuseMountStats {
+    return { ...this.counters, openHandles: this.handles.size };
+  }
+
+  openHandleCount(): number {
+    return this.handles.size;
+  }
+
+  /**
+   * Resolves true once no handle of the file is open, false after timeoutMs.
+   * The kernel sends release asynchronously after the last close, so a caller
+   * that just closed the file may have to wait a moment.
+   */
+  waitForHandlesClosed(timeoutMs: number): Promise<boolean> {
+    if (this.handles.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const onClosed = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.handlesClosedWaiters = this.handlesClosedWaiters.filter((waiter) => waiter !== onClosed);
+        resolve(false);
+      }, timeoutMs);
+      this.handlesClosedWaiters.push(onClosed);
+    });
+  }
+
+  /**
+   * Detaches the mount. Idempotent, and a no-op once the mount is already gone
+   * (an external umount). fuse-native's own unmount first, `fusermount -uz`
+   * and `umount -l` as fallbacks.
+   */
+  unmount(): Promise<void> {
+    if (!this.unmountPromise) this.unmountPromise = this.detach();
+    return this.unmountPromise;
+  }
+
+  private async start(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        reject(new Error(`FUSE did not finish mounting ${this.mountpoint} within ${MOUNT_TIMEOUT_MS / 1000} s`));
+        void this.detach().catch(() => undefined);
+      }, MOUNT_TIMEOUT_MS);
+      this.fuse.mount((error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (error) reject(new Error(`cannot mount FUSE at ${this.mountpoint}: ${error.message}`));
+        else resolve();
+      });
+    });
+    this.watcher = watchForUnmount(this.mountpoint, UNMOUNT_POLL_INTERVAL_MS, () => {
+      if (this.unmountPromise) return;
+      this.unmountPromise = Promise.resolve();
+      this.options.onExternalUnmount?.();
+    });
+  }
+
+  private async detach(): Promise<void> {
+    this.watcher?.stop();
+    if (!(await isMountPoint(this.mountpoint))) return;
+    const attempts: Array<[string, () => Promise<unknown>]> = [
+      ['fuse-native unmount', () => withTimeout(promisify((cb: (error: Error | null) => void) => this.fuse.unmount(cb))(), UNMOUNT_COMMAND_TIMEOUT_MS)],
+      ['fusermount -uz', () => execFileAsync('fusermount', ['-uz', this.mountpoint], { timeout: UNMOUNT_COMMAND_TIMEOUT_MS })],
+      ['umount -l', () => execFileAsync('umount', ['-l', this.mountpoint], { timeout: UNMOUNT_COMMAND_TIMEOUT_MS })],
+    ];
+    const failures: string[] = [];
+    for (const [name, attempt] of attempts) {
+      try {
+        await attempt();
+      } catch (error) {
+        failures.push(`${name}: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
+      }
+      if (!(await isMountPoint(this.mountpoint))) return;
+    }
+    throw new Error(`cannot unmount ${this.mountpoint} (${failures.join('; ')}); run: fusermount -uz ${this.mountpoint}`);
+  }
+
+  private isFile(path: string): boolean {
+    return path === `/${this.options.fileName}`;
+  }
+
+  private fileStat(): FuseStat {
+    const sizeBytes = this.options.file.sizeBytes;
+    return {
+      mode: FILE_MODE,
+      uid: process.getuid?.() ?? 0,
+      gid: process.getgid?.() ?? 0,
+      size: sizeBytes,
+      nlink: 1,
+      blksize: MAX_WRITE_BYTES,
+      // Reported fully allocated, so that copying tools read it instead of seeking for holes.
+      blocks: Math.ceil(sizeBytes / 512),
+      atime: this.modifiedAtMs,
+      mtime: this.modifiedAtMs,
+      ctime: this.modifiedAtMs,
+    };
+  }
+
+  private directoryStat(): FuseStat {
+    return {
+      mode: DIRECTORY_MODE,
+      uid: process.getuid?.() ?? 0,
+      gid: process.getgid?.() ?? 0,
+      size: 4096,
+      nlink: 2,
+      atime: this.mountedAtMs,
+      mtime: this.mountedAtMs,
+      ctime: this.mountedAtMs,
+    };
+  }
+
+  /** The negative errno fuse-native expects for a failure of the core. */
+  private errnoOf(FuseConstructor: FuseClass, operation: string, error: unknown): number {
+    if (error instanceof FileOperationError) {
+      const code = FuseConstructor[error.errno];
+      if (typeof code === 'number') return code;
+    }
+    if (this.unexpectedErrorsLogged < MAX_LOGGED_UNEXPECTED_ERRORS) {
+      this.unexpectedErrorsLogged += 1;
+      const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+      this.options.log(`${operation} of ${this.options.fileName} failed unexpectedly, answering EIO: ${message}`);
+      if (this.unexpectedErrorsLogged === MAX_LOGGED_UNEXPECTED_ERRORS) {
+        this.options.log('further unexpected errors are not logged');
+      }
+    }
+    return FuseConstructor.EIO;
+  }
+
+  private releaseHandle(fd: number): void {
+    this.handles.delete(fd);
+    if (this.handles.size > 0) return;
+    const waiters = this.handlesClosedWaiters;
+    this.handlesClosedWaiters = [];
+    for (const waiter of waiters) waiter();
+  }
+
+  private allocateHandleId(): number {
+    // fuse-native treats 0 as "no handle", and passes handles as uint32.
+    for (;;) {
+      const id = this.nextHandleId;
+      this.nextHandleId = id >= 0xffffffff ? 1 : id + 1;
+      if (!this.handles.has(id)) return id;
+    }
+  }
+
+  private operations(F: FuseClass): FuseOperations {
+    const file = this.options.file;
+    const fail = (operation: string, error: unknown): number => this.errnoOf(F, operation, error);
+    const getattr = (path: string, cb: (errno: number, stat?: FuseStat) => void): void => {
+      if (path === '/') return cb(0, this.directoryStat());
+      if (this.isFile(path)) return cb(0, this.fileStat());
+      return cb(F.ENOENT);
+    };
+    const truncate = (path: string, sizeBytes: number, cb: (errno: number) => void): void => {
+      if (!this.isFile(path)) return cb(path === '/' ? F.EISDIR : F.ENOENT);
+      if (file.readOnly) return cb(F.EROFS);
+      file.truncate(sizeBytes).then(
+        () => {
+          this.modifiedAtMs = Date.now();
+          cb(0);
+        },
+        (error: unknown) => cb(fail('truncate', error)),
+      );
+    };
+    const refuse = (...args: unknown[]): void => {
+      const cb = args[args.length - 1] as (errno: number) => void;
+      cb(F.EPERM);
+    };
+    const accept = (...args: unknown[]): void => {
+      const cb = args[args.length - 1] as (errno: number) => void;
+      cb(0);
+    };
+
+    return {
+      init: (cb) => cb(0),
+      getattr,
+      // fuse-native routes fgetattr to ops.getattr; defining it only makes the kernel use it.
+      fgetattr: (path, _fd, cb) => getattr(path, cb),
+      statfs: (_path, cb) => {
+        const blocks = Math.ceil(file.sizeBytes / STATFS_BLOCK_BYTES);
+        const statfs: FuseStatfs = {
+          bsize: STATFS_BLOCK_BYTES,
+          frsize: STATFS_BLOCK_BYTES,
+          blocks,
+          bfree: 0,
+          bavail: 0,
+          files: 1,
+          ffree: 0,
+          favail: 0,
+          fsid: 0,
+          flag: file.readOnly ? 1 : 0,
+          namemax: NAME_MAX_BYTES,
+        };
+        cb(0, statfs);
+      },
+      readdir: (path, cb) => {
+        if (path !== '/') return cb(this.isFile(path) ? -20 /* ENOTDIR */ : F.ENOENT);
+        cb(0, ['.', '..', this.options.fileName]);
+      },
+      open: (path, flags, cb) => {
+        if (!this.isFile(path)) return cb(F.ENOENT);
+        // eslint-disable-next-line no-bitwise
+        const writable = (flags & 3) !== fsConstants.O_RDONLY;
+        if (writable && file.readOnly) return cb(F.EROFS);
+        const id = this.allocateHandleId();
+        this.handles.set(id, { writable });
+        cb(0, id);
+      },
+      read: (path, _fd, buffer, length, position, cb) => {
+        if (!this.isFile(path)) return cb(F.ENOENT);
+        this.counters.readCalls += 1;
+        if (position >= file.sizeBytes) return cb(0);
+        file.read(position, length).then(
+          (data) => {
+            const count = Math.min(data.length, length);
+            data.copy(buffer, 0, 0, count);
+            cb(count);
+          },
+          (error: unknown) => cb(fail('read', error)),
+        );
+      },
+      write: (path, _fd, buffer, length, position, cb) => {
+        if (!this.isFile(path)) return cb(F.ENOENT);
+        if (file.readOnly) return cb(F.EROFS);
+        this.counters.writeCalls += 1;
+        this.counters.writeBytes += length;
+        if (length > this.counters.largestWriteBytes) this.counters.largestWriteBytes = length;
+        // The core copies the bytes before it resolves; only then may libfuse reuse the buffer.
+        const data = buffer.length === length ? buffer : buffer.subarray(0, length);
+        file.write(position, data).then(
+          (written) => {
+            this.modifiedAtMs = Date.now();
+            cb(written);
+          },
+          (error: unknown) => cb(fail('write', error)),
+        );
+      },
+      fsync: (_path, _datasync, _fd, cb) => {
+        this.counters.fsyncCalls += 1;
+        file.fsync().then(
+          () => cb(0),
+          (error: unknown) => cb(fail('fsync', error)),
+        );
+      },
+      flush: (_path, fd, cb) => {
+        const handle = this.handles.get(fd);
+        // A read-only handle has nothing of its own to upload.
+        if (!handle?.writable) return cb(0);
+        this.counters.flushCalls += 1;
+        file.fsync().then(
+          () => cb(0),
+          (error: unknown) => {
+            const errno = fail('close', error);
+            const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+            // Many programs ignore close's result; say it where a person will see it.
+            this.options.log(`close of ${this.options.fileName} could not upload its data (${message}); the data stays dirty and the next fsync or unmount tries again`);
+            cb(errno);
+          },
+        );
+      },
+      release: (_path, fd, cb) => {
+        this.releaseHandle(fd);
+        cb(0);
+      },
+      truncate,
+      ftruncate: (path, _fd, sizeBytes, cb) => truncate(path, sizeBytes, cb),
+      // Timestamps, mode and owner are fixed; accepting the calls keeps `cp -p`, `touch` and `rsync` working.
+      utimens: accept,
+      chmod: accept,
+      chown: accept,
+      // The directory holds exactly one file.
+      create: refuse,
+      mknod: refuse,
+      unlink: refuse,
+      rename: refuse,
+      link: refuse,
+      symlink: refuse,
+      mkdir: refuse,
+      rmdir: refuse,
+    };
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms`)), timeoutMs);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}

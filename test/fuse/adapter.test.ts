@@ -1,0 +1,265 @@
+// The FUSE adapter against real FUSE mounts, in this process, over an
+// in-memory VolumeFile: the translation of each file operation, the errnos,
+// the mount options reaching the kernel, and unmount detection. Everything
+// that touches the mount runs asynchronously (child processes or fs.promises):
+// FUSE handlers run on this process's event loop, so a synchronous call into
+// the mount would deadlock.
+import { strict as assert } from 'node:assert';
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readdir, rm, stat, mkdir, writeFile, unlink, truncate, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { FuseMount, MAX_WRITE_BYTES } from '../../src/fuse/fuse-mount';
+import { isMountPoint } from '../../src/fuse/mountinfo';
+import { MemoryVolumeFile } from './memory-volume-file';
+
+const execFileAsync = promisify(execFile);
+const MIB = 1048576;
+const VOLUME_BYTES = 64 * MIB;
+
+interface Mounted {
+  mount: FuseMount;
+  file: MemoryVolumeFile;
+  dir: string;
+  logs: string[];
+  externalUnmounts: number;
+}
+
+async function errnoOf(action: () => Promise<unknown>): Promise<string | undefined> {
+  try {
+    await action();
+    return undefined;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code;
+  }
+}
+
+/** Runs a command with a time limit; resolves with its exit code and stderr. */
+function run(command: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: timeoutMs });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+}
+
+describe('fuse adapter (real FUSE mount, in-memory file)', function () {
+  this.timeout(60_000);
+  let mounted: Mounted | undefined;
+  const tempDirs: string[] = [];
+
+  async function mountFile(file: MemoryVolumeFile, fileName = 'snapshot.img'): Promise<Mounted> {
+    const dir = await mkdtemp(join(tmpdir(), 'ebs-fuse-adapter-'));
+    tempDirs.push(dir);
+    const state: Mounted = { mount: undefined as unknown as FuseMount, file, dir, logs: [], externalUnmounts: 0 };
+    state.mount = await FuseMount.mount({
+      mountpoint: dir,
+      fileName,
+      file,
+      log: (line) => state.logs.push(line),
+      onExternalUnmount: () => (state.externalUnmounts += 1),
+    });
+    mounted = state;
+    return state;
+  }
+
+  afterEach(async () => {
+    if (mounted) {
+      await mounted.mount.unmount().catch(async () => {
+        await execFileAsync('fusermount', ['-uz', mounted!.dir]).catch(() => undefined);
+      });
+      mounted = undefined;
+    }
+    for (const dir of tempDirs.splice(0)) {
+      if (await isMountPoint(dir).catch(() => false)) await execFileAsync('fusermount', ['-uz', dir]).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('shows one directory holding exactly one file of the volume size', async () => {
+    const { mount, dir } = await mountFile(new MemoryVolumeFile(VOLUME_BYTES), 'disk.raw');
+    assert.equal(mount.filePath, join(dir, 'disk.raw'));
+    assert.deepEqual(await readdir(dir), ['disk.raw']);
+    const dirStat = await stat(dir);
+    assert.ok(dirStat.isDirectory());
+    assert.equal(dirStat.mode & 0o777, 0o755);
+    const fileStat = await stat(mount.filePath);
+    assert.ok(fileStat.isFile());
+    assert.equal(fileStat.mode & 0o777, 0o644);
+    assert.equal(fileStat.size, VOLUME_BYTES);
+    assert.equal(await errnoOf(() => stat(join(dir, 'other'))), 'ENOENT');
+  });
+
+  it('passes big_writes and max_write to the kernel: dd bs=1M arrives as 128 KiB writes', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    const { mount, dir } = await mountFile(file);
+    const source = join(tempDirs[0], '..', `ebs-fuse-source-${process.pid}.bin`);
+    const data = randomBytes(16 * MIB);
+    await writeFile(source, data);
+    try {
+      const started = process.hrtime.bigint();
+      const result = await run('dd', [`if=${source}`, `of=${mount.filePath}`, 'bs=1M', 'conv=notrunc']);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      assert.equal(result.code, 0, result.stderr);
+      const stats = mount.stats();
+      assert.equal(stats.largestWriteBytes, MAX_WRITE_BYTES);
+      assert.equal(stats.writeBytes, data.length);
+      assert.equal(stats.writeCalls, data.length / MAX_WRITE_BYTES);
+      assert.ok((await file.read(0, data.length)).equals(data));
+      // Reading back through the mount goes through the adapter's read.
+      assert.ok((await readFile(mount.filePath)).subarray(0, data.length).equals(data));
+      process.stderr.write(`      (dd bs=1M of ${data.length / MIB} MiB into the in-memory file: ${(data.length / MIB / seconds).toFixed(0)} MiB/s)\n`);
+      assert.equal(dir, mount.mountpoint);
+    } finally {
+      await rm(source, { force: true });
+    }
+  });
+
+  it('answers a write only after the core resolved it', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    file.writeDelayMs = 50;
+    const { mount } = await mountFile(file);
+    const data = randomBytes(3 * MAX_WRITE_BYTES + 1000);
+    const handle = await open(mount.filePath, 'r+');
+    try {
+      const { bytesWritten } = await handle.write(data, 0, data.length, 777);
+      assert.equal(bytesWritten, data.length);
+    } finally {
+      await handle.close();
+    }
+    assert.ok((await file.read(777, data.length)).equals(data));
+  });
+
+  it('reads zeros where nothing was written and the latest data elsewhere', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    const { mount } = await mountFile(file);
+    const data = randomBytes(1000);
+    await file.write(5 * MIB + 10, data);
+    const handle = await open(mount.filePath, 'r');
+    try {
+      const out = Buffer.alloc(3000);
+      const { bytesRead } = await handle.read(out, 0, out.length, 5 * MIB);
+      assert.equal(bytesRead, out.length);
+      assert.ok(out.subarray(0, 10).equals(Buffer.alloc(10)));
+      assert.ok(out.subarray(10, 1010).equals(data));
+      assert.ok(out.subarray(1010).equals(Buffer.alloc(out.length - 1010)));
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('cuts a write crossing the end and answers ENOSPC at or past the end', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    const { mount } = await mountFile(file);
+    const handle = await open(mount.filePath, 'r+');
+    try {
+      const crossing = randomBytes(4096);
+      const { bytesWritten } = await handle.write(crossing, 0, crossing.length, VOLUME_BYTES - 1000);
+      assert.equal(bytesWritten, 1000);
+      assert.ok((await file.read(VOLUME_BYTES - 1000, 1000)).equals(crossing.subarray(0, 1000)));
+      assert.equal(await errnoOf(() => handle.write(crossing, 0, 10, VOLUME_BYTES)), 'ENOSPC');
+      assert.equal(await errnoOf(() => handle.write(crossing, 0, 10, VOLUME_BYTES + MIB)), 'ENOSPC');
+    } finally {
+      await handle.close();
+    }
+    assert.equal((await stat(mount.filePath)).size, VOLUME_BYTES);
+  });
+
+  it('truncates as the contract says: zeros after L, EFBIG past the size, the size unchanged', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    const { mount } = await mountFile(file);
+    const data = randomBytes(2 * MIB);
+    await file.write(MIB, data);
+    await truncate(mount.filePath, 2 * MIB);
+    assert.equal((await stat(mount.filePath)).size, VOLUME_BYTES);
+    const content = await file.read(MIB, 2 * MIB);
+    assert.ok(content.subarray(0, MIB).equals(data.subarray(0, MIB)));
+    assert.ok(content.subarray(MIB).equals(Buffer.alloc(MIB)));
+    assert.equal(await errnoOf(() => truncate(mount.filePath, VOLUME_BYTES + 1)), 'EFBIG');
+    // O_TRUNC arrives as a truncate to 0.
+    const handle = await open(mount.filePath, 'w');
+    await handle.close();
+    assert.ok((await file.read(MIB, MIB)).equals(Buffer.alloc(MIB)));
+    assert.equal((await stat(mount.filePath)).size, VOLUME_BYTES);
+  });
+
+  it('answers fsync and close with EIO while the core cannot upload, then 0 once it can', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    const { mount, logs } = await mountFile(file);
+    const handle = await open(mount.filePath, 'r+');
+    let closed = false;
+    try {
+      await handle.write(Buffer.from('hello'), 0, 5, 0);
+      file.failFsync = true;
+      assert.equal(await errnoOf(() => handle.sync()), 'EIO');
+      assert.equal(await errnoOf(() => handle.datasync()), 'EIO');
+      file.failFsync = false;
+      await handle.sync();
+      file.failFsync = true;
+      assert.equal(await errnoOf(() => handle.close()), 'EIO');
+      closed = true;
+      assert.ok(logs.some((line) => line.includes('close of snapshot.img')), logs.join('\n'));
+    } finally {
+      if (!closed) await handle.close().catch(() => undefined);
+    }
+    file.failFsync = false;
+    // A read-only handle has nothing to upload: its close does not fsync.
+    const callsBefore = file.fsyncCalls;
+    const reader = await open(mount.filePath, 'r');
+    await reader.close();
+    assert.equal(file.fsyncCalls, callsBefore);
+  });
+
+  it('refuses to create, remove or rename anything', async () => {
+    const { mount, dir } = await mountFile(new MemoryVolumeFile(VOLUME_BYTES));
+    assert.equal(await errnoOf(() => writeFile(join(dir, 'new-file'), 'x')), 'EPERM');
+    assert.equal(await errnoOf(() => mkdir(join(dir, 'sub'))), 'EPERM');
+    assert.equal(await errnoOf(() => unlink(mount.filePath)), 'EPERM');
+    const mv = await run('mv', [mount.filePath, join(dir, 'renamed.img')]);
+    assert.notEqual(mv.code, 0);
+    assert.deepEqual(await readdir(dir), ['snapshot.img']);
+    // Harmless metadata calls succeed so that `touch` and `cp -p` work.
+    assert.equal((await run('touch', [mount.filePath])).code, 0);
+    assert.equal((await run('chmod', ['0600', mount.filePath])).code, 0);
+  });
+
+  it('answers EROFS to writes on a read-only volume', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES, true);
+    const { mount } = await mountFile(file);
+    assert.equal(await errnoOf(() => open(mount.filePath, 'r+')), 'EROFS');
+    assert.equal(await errnoOf(() => truncate(mount.filePath, 0)), 'EROFS');
+    const reader = await open(mount.filePath, 'r');
+    await reader.close();
+  });
+
+  it('reports an external umount and unmounts idempotently', async () => {
+    const { mount, dir } = await mountFile(new MemoryVolumeFile(VOLUME_BYTES));
+    assert.ok(await isMountPoint(mount.mountpoint));
+    const result = await run('umount', [dir]);
+    assert.equal(result.code, 0, result.stderr);
+    const deadline = Date.now() + 5000;
+    while (mounted!.externalUnmounts === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(mounted!.externalUnmounts, 1);
+    await mount.unmount();
+    await mount.unmount();
+    assert.equal(await isMountPoint(mount.mountpoint), false);
+  });
+
+  it('unmounts on request without reporting it as external, and tracks open handles', async () => {
+    const { mount } = await mountFile(new MemoryVolumeFile(VOLUME_BYTES));
+    const handle = await open(mount.filePath, 'r');
+    assert.equal(mount.openHandleCount(), 1);
+    assert.equal(await mount.waitForHandlesClosed(200), false);
+    const waiting = mount.waitForHandlesClosed(5000);
+    await handle.close();
+    assert.equal(await waiting, true);
+    await Promise.all([mount.unmount(), mount.unmount()]);
+    assert.equal(await isMountPoint(mount.mountpoint), false);
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    assert.equal(mounted!.externalUnmounts, 0);
+  });
+});
