@@ -1,0 +1,685 @@
+// SnapshotClient on the AWS SDK (@aws-sdk/client-ebs). One attempt per call:
+// retry.ts owns the retry policy, so the SDK runs with maxAttempts 1 and every
+// failure leaves here as a SnapshotApiError whose kind says whether trying
+// again can help, and whose message is one line a user can act on.
+
+import http from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import {
+  CompleteSnapshotCommand,
+  EBSClient,
+  GetSnapshotBlockCommand,
+  ListChangedBlocksCommand,
+  ListSnapshotBlocksCommand,
+  PutSnapshotBlockCommand,
+  StartSnapshotCommand,
+  type EBSClientConfig,
+} from '@aws-sdk/client-ebs';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { sha256Base64 } from './checksum';
+import {
+  BLOCK_SIZE_BYTES,
+  SnapshotApiError,
+  type BlockPage,
+  type ChangedBlockPage,
+  type CompleteSnapshotParams,
+  type FailureKind,
+  type ListPageParams,
+  type PutBlockParams,
+  type SnapshotClient,
+  type SnapshotStatus,
+  type StartSnapshotParams,
+  type StartedSnapshot,
+} from './client';
+import type { SnapshotOperation } from './retry';
+
+export interface AwsCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+export interface AwsSnapshotClientOptions {
+  /** Else the SDK's own resolution: AWS_REGION, the profile's region. */
+  region?: string;
+  /** Else the SDK's own resolution: AWS_ENDPOINT_URL_EBS, AWS_ENDPOINT_URL, the region's endpoint. */
+  endpoint?: string;
+  /** A profile of ~/.aws/config and ~/.aws/credentials, like AWS_PROFILE. */
+  profile?: string;
+  /** Else the SDK's default credential chain. */
+  credentials?: AwsCredentials;
+  /** Sockets per origin; match the upload concurrency so no PUT waits for a socket. */
+  maxSockets?: number;
+  connectionTimeoutMs?: number;
+  /** One attempt, from sending the request to the last byte of the response. */
+  requestTimeoutMs?: number;
+  /**
+   * For this long after this client started a snapshot, ResourceNotFound on
+   * PutSnapshotBlock counts as transient: AWS can answer it for puts made just
+   * after StartSnapshot (coldsnap retries it for about 130 s).
+   */
+  resourceNotFoundWindowMs?: number;
+  nowMs?: () => number;
+}
+
+export const DEFAULT_MAX_SOCKETS = 64;
+export const DEFAULT_CONNECTION_TIMEOUT_MS = 10_000;
+// A 512 KiB PUT on a link shared by 64 of them at a few MB/s still fits well
+// inside 30 s; a stall (coldsnap #437) ends here instead of hanging forever.
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+export const DEFAULT_RESOURCE_NOT_FOUND_WINDOW_MS = 130_000;
+// Started snapshots remembered for the ResourceNotFound window; a mount starts one.
+const MAX_REMEMBERED_STARTS = 1000;
+// An error message from the service is quoted up to this length.
+const MAX_QUOTED_MESSAGE_CHARS = 300;
+
+/** Why an attempt's AbortController fired. */
+class AttemptAbort extends Error {
+  constructor(readonly why: 'timeout' | 'closed', readonly afterMs: number) {
+    super(why === 'timeout' ? `no complete response within ${afterMs} ms` : 'the snapshot client was closed');
+    this.name = 'AttemptAbort';
+  }
+}
+
+interface CallContext {
+  operation: SnapshotOperation;
+  snapshotId?: string;
+  blockIndex?: number;
+}
+
+export class AwsSnapshotClient implements SnapshotClient {
+  readonly sdk: EBSClient;
+  private readonly requestTimeoutMs: number;
+  private readonly resourceNotFoundWindowMs: number;
+  private readonly nowMs: () => number;
+  private readonly explicitEndpoint?: string;
+  private readonly profile?: string;
+  private readonly httpAgent: http.Agent;
+  private readonly httpsAgent: https.Agent;
+  private readonly inFlight = new Set<AbortController>();
+  private readonly startedAtMs = new Map<string, number>();
+  /** The origin the last request went to, as the SDK resolved it. */
+  private lastOrigin?: string;
+  private closed = false;
+
+  constructor(options: AwsSnapshotClientOptions = {}) {
+    const maxSockets = options.maxSockets ?? DEFAULT_MAX_SOCKETS;
+    if (!Number.isInteger(maxSockets) || maxSockets < 1 || maxSockets > 1024) {
+      throw new RangeError(`maxSockets must be an integer in 1..1024, got ${maxSockets}`);
+    }
+    this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.resourceNotFoundWindowMs = options.resourceNotFoundWindowMs ?? DEFAULT_RESOURCE_NOT_FOUND_WINDOW_MS;
+    this.nowMs = options.nowMs ?? Date.now;
+    this.explicitEndpoint = options.endpoint;
+    this.profile = options.profile;
+    // ebs-fuse supports Node 20 on purpose; the SDK's multi-line notice that
+    // later SDK releases will not would land in every command's stderr.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+    const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: maxSockets };
+    this.httpAgent = new http.Agent(agentOptions);
+    this.httpsAgent = new https.Agent(agentOptions);
+    const config: EBSClientConfig = {
+      maxAttempts: 1,
+      requestHandler: new NodeHttpHandler({
+        httpAgent: this.httpAgent,
+        httpsAgent: this.httpsAgent,
+        connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+        // The handler's own timer covers only up to the response headers; the
+        // per-attempt AbortController in call() also covers the body.
+        requestTimeout: this.requestTimeoutMs,
+        throwOnRequestTimeout: true,
+      }),
+    };
+    if (options.region !== undefined) config.region = options.region;
+    if (options.endpoint !== undefined) config.endpoint = options.endpoint;
+    if (options.profile !== undefined) config.profile = options.profile;
+    if (options.credentials !== undefined) config.credentials = { ...options.credentials };
+    this.sdk = new EBSClient(config);
+    this.sdk.middlewareStack.add(
+      (next) => async (args) => {
+        const request = args.request as { protocol?: string; hostname?: string; port?: number } | undefined;
+        if (request?.hostname) {
+          const port = request.port ? `:${request.port}` : '';
+          this.lastOrigin = `${request.protocol ?? 'https:'}//${request.hostname}${port}`;
+        }
+        return next(args);
+      },
+      { step: 'finalizeRequest', name: 'ebsFuseRecordOrigin' },
+    );
+  }
+
+  /**
+   * The endpoint requests go to, for messages: the one last used, else the
+   * configured one, else the region's. Never throws.
+   */
+  async endpointDescription(): Promise<string> {
+    if (this.lastOrigin) return this.lastOrigin;
+    if (this.explicitEndpoint) return this.explicitEndpoint;
+    if (process.env.AWS_IGNORE_CONFIGURED_ENDPOINT_URLS !== 'true') {
+      const fromEnv = process.env.AWS_ENDPOINT_URL_EBS || process.env.AWS_ENDPOINT_URL;
+      if (fromEnv) return fromEnv;
+    }
+    try {
+      const region = await this.sdk.config.region();
+      const resolved = this.sdk.config.endpointProvider({
+        Region: region,
+        UseFIPS: await this.sdk.config.useFipsEndpoint(),
+        UseDualStack: await this.sdk.config.useDualstackEndpoint(),
+      });
+      return resolved.url.href.replace(/\/$/, '');
+    } catch {
+      return 'the AWS EBS endpoint (no region configured)';
+    }
+  }
+
+  async startSnapshot(params: StartSnapshotParams): Promise<StartedSnapshot> {
+    const context: CallContext = { operation: 'StartSnapshot' };
+    const out = await this.call(context, (abortSignal) =>
+      this.sdk.send(
+        new StartSnapshotCommand({
+          VolumeSize: params.volumeSizeGiB,
+          ParentSnapshotId: params.parentSnapshotId,
+          Description: params.description,
+          Tags: params.tags?.map((tag) => ({ Key: tag.key, Value: tag.value })),
+          Timeout: params.timeoutMinutes,
+          Encrypted: params.encrypted,
+          KmsKeyArn: params.kmsKeyArn,
+          ClientToken: params.clientToken,
+        }),
+        { abortSignal },
+      ),
+    );
+    if (!out.SnapshotId) throw await this.invalidResponse(context, 'no SnapshotId in the response');
+    this.rememberStart(out.SnapshotId);
+    return {
+      snapshotId: out.SnapshotId,
+      volumeSizeGiB: out.VolumeSize ?? params.volumeSizeGiB,
+      blockSizeBytes: out.BlockSize ?? BLOCK_SIZE_BYTES,
+      status: asStatus(out.Status) ?? 'pending',
+      ...(out.ParentSnapshotId ? { parentSnapshotId: out.ParentSnapshotId } : {}),
+      ...(out.KmsKeyArn ? { kmsKeyArn: out.KmsKeyArn } : {}),
+    };
+  }
+
+  async putSnapshotBlock(params: PutBlockParams): Promise<void> {
+    const context: CallContext = {
+      operation: 'PutSnapshotBlock',
+      snapshotId: params.snapshotId,
+      blockIndex: params.blockIndex,
+    };
+    if (params.data.length !== BLOCK_SIZE_BYTES) {
+      throw new SnapshotApiError(
+        `PutSnapshotBlock ${params.snapshotId} block ${params.blockIndex}: the data is ${params.data.length} bytes, not ${BLOCK_SIZE_BYTES} (a bug in the caller)`,
+        'InvalidBlockLength',
+        'permanent',
+      );
+    }
+    const out = await this.call(context, (abortSignal) =>
+      this.sdk.send(
+        new PutSnapshotBlockCommand({
+          SnapshotId: params.snapshotId,
+          BlockIndex: params.blockIndex,
+          // A Buffer, not a stream: the SDK signs its real hash and we can resend it.
+          BlockData: params.data,
+          DataLength: BLOCK_SIZE_BYTES,
+          Checksum: params.checksumBase64,
+          ChecksumAlgorithm: 'SHA256',
+          Progress: params.progressPercent,
+        }),
+        { abortSignal },
+      ),
+    );
+    if (out.Checksum !== params.checksumBase64) {
+      const got = out.Checksum ? `checksum ${out.Checksum}` : 'no checksum';
+      throw new SnapshotApiError(
+        `${await this.subject(context)} was acknowledged with ${got}, but ${params.checksumBase64} was sent; the block will be sent again`,
+        'ChecksumMismatch',
+        'transient',
+        out.$metadata.httpStatusCode,
+      );
+    }
+  }
+
+  async completeSnapshot(params: CompleteSnapshotParams): Promise<SnapshotStatus> {
+    const context: CallContext = { operation: 'CompleteSnapshot', snapshotId: params.snapshotId };
+    const linear = params.linearChecksumBase64;
+    const out = await this.call(context, (abortSignal) =>
+      this.sdk.send(
+        new CompleteSnapshotCommand({
+          SnapshotId: params.snapshotId,
+          ChangedBlocksCount: params.changedBlocksCount,
+          ...(linear !== undefined
+            ? { Checksum: linear, ChecksumAlgorithm: 'SHA256', ChecksumAggregationMethod: 'LINEAR' }
+            : {}),
+        }),
+        { abortSignal },
+      ),
+    );
+    // A 202 with no Status was still accepted; AWS seals asynchronously, so
+    // "pending" is the honest reading of an accepted completion.
+    return asStatus(out.Status) ?? 'pending';
+  }
+
+  async listSnapshotBlocks(snapshotId: string, page: ListPageParams = {}): Promise<BlockPage> {
+    const context: CallContext = { operation: 'ListSnapshotBlocks', snapshotId };
+    const out = await this.call(context, (abortSignal) =>
+      this.sdk.send(
+        new ListSnapshotBlocksCommand({
+          SnapshotId: snapshotId,
+          MaxResults: page.maxResults,
+          StartingBlockIndex: page.startingBlockIndex,
+          NextToken: page.nextToken,
+        }),
+        { abortSignal },
+      ),
+    );
+    const blocks = [];
+    for (const block of out.Blocks ?? []) {
+      if (block.BlockIndex === undefined || !block.BlockToken) {
+        throw await this.invalidResponse(context, 'a block without BlockIndex or BlockToken');
+      }
+      blocks.push({ blockIndex: block.BlockIndex, blockToken: block.BlockToken });
+    }
+    return {
+      blocks,
+      volumeSizeGiB: await this.required(context, 'VolumeSize', out.VolumeSize),
+      expiryTime: await this.date(context, out.ExpiryTime),
+      ...(out.NextToken ? { nextToken: out.NextToken } : {}),
+    };
+  }
+
+  async listChangedBlocks(
+    secondSnapshotId: string,
+    firstSnapshotId: string | undefined,
+    page: ListPageParams = {},
+  ): Promise<ChangedBlockPage> {
+    const context: CallContext = { operation: 'ListChangedBlocks', snapshotId: secondSnapshotId };
+    const out = await this.call(context, (abortSignal) =>
+      this.sdk.send(
+        new ListChangedBlocksCommand({
+          SecondSnapshotId: secondSnapshotId,
+          FirstSnapshotId: firstSnapshotId,
+          MaxResults: page.maxResults,
+          StartingBlockIndex: page.startingBlockIndex,
+          NextToken: page.nextToken,
+        }),
+        { abortSignal },
+      ),
+    );
+    const changedBlocks = [];
+    for (const block of out.ChangedBlocks ?? []) {
+      if (block.BlockIndex === undefined) throw await this.invalidResponse(context, 'a changed block without BlockIndex');
+      changedBlocks.push({
+        blockIndex: block.BlockIndex,
+        ...(block.FirstBlockToken ? { firstBlockToken: block.FirstBlockToken } : {}),
+        ...(block.SecondBlockToken ? { secondBlockToken: block.SecondBlockToken } : {}),
+      });
+    }
+    return {
+      changedBlocks,
+      volumeSizeGiB: await this.required(context, 'VolumeSize', out.VolumeSize),
+      expiryTime: await this.date(context, out.ExpiryTime),
+      ...(out.NextToken ? { nextToken: out.NextToken } : {}),
+    };
+  }
+
+  async getSnapshotBlock(snapshotId: string, blockIndex: number, blockToken: string): Promise<Buffer> {
+    const context: CallContext = { operation: 'GetSnapshotBlock', snapshotId, blockIndex };
+    const { data, checksum, dataLength } = await this.call(context, async (abortSignal) => {
+      const out = await this.sdk.send(
+        new GetSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: blockIndex, BlockToken: blockToken }),
+        { abortSignal },
+      );
+      // Read inside call() so that the attempt's timeout also covers the body.
+      const body = await readBody(out.BlockData as Readable | undefined, BLOCK_SIZE_BYTES, abortSignal);
+      return { data: body, checksum: out.Checksum, dataLength: out.DataLength };
+    });
+    // Bad bytes are never returned: a retry fetches the block again.
+    let problem: string | undefined;
+    if (data === undefined) problem = `more than ${BLOCK_SIZE_BYTES} bytes of block data`;
+    else if (dataLength !== data.length) problem = `${data.length} bytes of block data but DataLength ${dataLength}`;
+    else if (data.length !== BLOCK_SIZE_BYTES) problem = `${data.length} bytes of block data, not ${BLOCK_SIZE_BYTES}`;
+    else if (!checksum) problem = 'no checksum with the block data';
+    else if (sha256Base64(data) !== checksum) problem = `block data whose SHA-256 is ${sha256Base64(data)}, not the ${checksum} sent with it`;
+    if (problem !== undefined || data === undefined) {
+      throw new SnapshotApiError(`${await this.subject(context)} returned ${problem}; it will be read again`, 'CorruptBlockData', 'transient');
+    }
+    return data;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const controller of this.inFlight) controller.abort(new AttemptAbort('closed', 0));
+    this.inFlight.clear();
+    this.sdk.destroy();
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
+  }
+
+  /** Runs one attempt under its own timeout, turning any failure into a SnapshotApiError. */
+  private async call<T>(context: CallContext, attempt: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    if (this.closed) throw closedError(context);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new AttemptAbort('timeout', this.requestTimeoutMs)), this.requestTimeoutMs);
+    this.inFlight.add(controller);
+    try {
+      return await attempt(controller.signal);
+    } catch (error) {
+      const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
+      if (this.closed || (reason instanceof AttemptAbort && reason.why === 'closed')) throw closedError(context);
+      const classified = classifyEbsError(error, {
+        resourceNotFoundIsTransient:
+          context.operation === 'PutSnapshotBlock' && context.snapshotId !== undefined && this.recentlyStarted(context.snapshotId),
+        timedOutAfterMs: reason instanceof AttemptAbort && reason.why === 'timeout' ? reason.afterMs : undefined,
+        profile: this.profile ?? process.env.AWS_PROFILE,
+      });
+      const message = `${await this.subject(context)} failed: ${classified.detail}`;
+      const wrapped = new SnapshotApiError(message, classified.code, classified.kind, classified.httpStatus, classified.reason);
+      (wrapped as { cause?: unknown }).cause = error;
+      throw wrapped;
+    } finally {
+      clearTimeout(timer);
+      this.inFlight.delete(controller);
+    }
+  }
+
+  private async subject(context: CallContext): Promise<string> {
+    const what: string[] = [context.operation];
+    if (context.snapshotId !== undefined) what.push(context.snapshotId);
+    if (context.blockIndex !== undefined) what.push(`block ${context.blockIndex}`);
+    return `${what.join(' ')} at ${await this.endpointDescription()}`;
+  }
+
+  private rememberStart(snapshotId: string): void {
+    this.startedAtMs.delete(snapshotId);
+    this.startedAtMs.set(snapshotId, this.nowMs());
+    // Map order is insertion order: the first entries are the oldest.
+    while (this.startedAtMs.size > MAX_REMEMBERED_STARTS) {
+      const oldest = this.startedAtMs.keys().next().value as string;
+      this.startedAtMs.delete(oldest);
+    }
+  }
+
+  private recentlyStarted(snapshotId: string): boolean {
+    const startedAt = this.startedAtMs.get(snapshotId);
+    return startedAt !== undefined && this.nowMs() - startedAt < this.resourceNotFoundWindowMs;
+  }
+
+  private async invalidResponse(context: CallContext, what: string): Promise<SnapshotApiError> {
+    return new SnapshotApiError(
+      `${await this.subject(context)} returned an invalid response: ${what}; is the endpoint an EBS direct API?`,
+      'InvalidResponse',
+      'permanent',
+    );
+  }
+
+  private async required<T>(context: CallContext, name: string, value: T | undefined): Promise<T> {
+    if (value === undefined || value === null) throw await this.invalidResponse(context, `no ${name}`);
+    return value;
+  }
+
+  private async date(context: CallContext, value: Date | number | string | undefined): Promise<Date> {
+    const date = value instanceof Date ? value : typeof value === 'number' ? new Date(value * 1000) : undefined;
+    if (date === undefined || Number.isNaN(date.getTime())) throw await this.invalidResponse(context, 'no valid ExpiryTime');
+    return date;
+  }
+}
+
+function closedError(context: CallContext): SnapshotApiError {
+  return new SnapshotApiError(`${context.operation}: the snapshot client was closed`, 'ClientClosed', 'permanent');
+}
+
+function asStatus(value: string | undefined): SnapshotStatus | undefined {
+  return value === 'pending' || value === 'completed' || value === 'error' ? value : undefined;
+}
+
+/**
+ * The whole body, or undefined as soon as it exceeds limitBytes (the stream is
+ * then destroyed rather than drained: the socket is not worth saving).
+ */
+async function readBody(stream: Readable | undefined, limitBytes: number, signal: AbortSignal): Promise<Buffer | undefined> {
+  if (!stream) return Buffer.alloc(0);
+  const onAbort = (): void => {
+    stream.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+  };
+  if (signal.aborted) onAbort();
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of stream) {
+      const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+      total += buffer.length;
+      if (total > limitBytes) {
+        stream.destroy();
+        return undefined;
+      }
+      chunks.push(buffer);
+    }
+    return Buffer.concat(chunks, total);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+export interface ClassifiedError {
+  code: string;
+  kind: FailureKind;
+  httpStatus?: number;
+  reason?: string;
+  /** What happened and, where it is clear, what to do; one line. */
+  detail: string;
+}
+
+export interface ClassifyContext {
+  /** ResourceNotFound right after this client's StartSnapshot of the snapshot. */
+  resourceNotFoundIsTransient?: boolean;
+  /** Set when our own per-attempt timer aborted the attempt. */
+  timedOutAfterMs?: number;
+  /** The profile asked for, to name it when its credentials are missing. */
+  profile?: string;
+}
+
+const THROTTLING_CODES = new Set([
+  'ThrottlingException',
+  'RequestThrottledException',
+  'Throttling',
+  'ThrottledException',
+  'TooManyRequestsException',
+  'RequestLimitExceeded',
+  'SlowDown',
+]);
+
+const TRANSIENT_CODES = new Set([
+  'InternalServerException',
+  'InternalServerError',
+  'InternalFailure',
+  'ServiceUnavailable',
+  'ServiceUnavailableException',
+  'RequestTimeout',
+  'RequestTimeoutException',
+]);
+
+const NETWORK_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ERR_STREAM_PREMATURE_CLOSE',
+]);
+
+const CREDENTIAL_HINTS: Record<string, string> = {
+  ExpiredTokenException: 'the session token has expired; refresh the credentials (e.g. `aws sso login` or a new AWS_SESSION_TOKEN)',
+  ExpiredToken: 'the session token has expired; refresh the credentials (e.g. `aws sso login` or a new AWS_SESSION_TOKEN)',
+  RequestExpired: 'the request expired before it arrived; check the system clock',
+  UnrecognizedClientException: 'the access key ID is not known to the service; check AWS_ACCESS_KEY_ID or the profile',
+  InvalidClientTokenId: 'the access key ID is not known to the service; check AWS_ACCESS_KEY_ID or the profile',
+  InvalidAccessKeyId: 'the access key ID is not known to the service; check AWS_ACCESS_KEY_ID or the profile',
+  InvalidSignatureException: 'the request signature was rejected; check that the secret access key belongs to the access key ID, and the system clock',
+  SignatureDoesNotMatch: 'the request signature was rejected; check that the secret access key belongs to the access key ID, and the system clock',
+  IncompleteSignatureException: 'the request signature was incomplete; check the credentials',
+  MissingAuthenticationTokenException: 'the request was not signed; check the credentials',
+  MissingAuthenticationToken: 'the request was not signed; check the credentials',
+};
+
+/**
+ * Classifies anything the SDK (or the network below it) throws, as the AWS
+ * error-retry table and issue 3 say: 5xx, throttling, "Failed to read block
+ * data", network failures and timeouts are worth retrying; everything a
+ * retry cannot change is permanent.
+ */
+export function classifyEbsError(error: unknown, context: ClassifyContext = {}): ClassifiedError {
+  const fields = errorFields(error);
+  const { name, code, httpStatus, reason } = fields;
+  const quoted = quote(fields.message);
+  const status = httpStatus !== undefined ? ` (HTTP ${httpStatus}${reason ? `, ${reason}` : ''})` : reason ? ` (${reason})` : '';
+
+  if (context.timedOutAfterMs !== undefined) {
+    return { code: 'RequestTimeout', kind: 'transient', detail: `no complete response within ${context.timedOutAfterMs} ms` };
+  }
+  if (name === 'CredentialsProviderError' || /could not load credentials/i.test(fields.message)) {
+    return {
+      code: 'CredentialsNotFound',
+      kind: 'permanent',
+      detail: context.profile
+        ? `no AWS credentials found for profile "${context.profile}" (${quoted}); check that the profile exists in ~/.aws/config or ~/.aws/credentials`
+        : `no AWS credentials found (${quoted}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE / --profile, or use --local`,
+    };
+  }
+  if (/region is missing/i.test(fields.message)) {
+    return { code: 'RegionMissing', kind: 'permanent', detail: 'no AWS region configured; pass --region REGION or set AWS_REGION' };
+  }
+
+  if (httpStatus !== undefined || fields.isServiceError) {
+    if (THROTTLING_CODES.has(name) || httpStatus === 429) {
+      return { code: name, kind: 'throttled', httpStatus, reason, detail: `${name}${status}: ${quoted}` };
+    }
+    if (name === 'ValidationException' && /failed to read block data/i.test(fields.message)) {
+      return { code: name, kind: 'transient', httpStatus, reason, detail: `${name}${status}: ${quoted}` };
+    }
+    if (name === 'ResourceNotFoundException') {
+      if (context.resourceNotFoundIsTransient) {
+        return { code: name, kind: 'transient', httpStatus, reason, detail: `${name}${status}: ${quoted} (just after StartSnapshot, so retrying)` };
+      }
+      return {
+        code: name,
+        kind: 'permanent',
+        httpStatus,
+        reason,
+        detail: `${name}${status}: ${quoted}; check the snapshot ID (and the region), and that the snapshot is still there`,
+      };
+    }
+    if (name === 'AccessDeniedException') {
+      return {
+        code: name,
+        kind: 'permanent',
+        httpStatus,
+        reason,
+        detail: `${name}${status}: ${quoted}; check the credentials and their IAM permissions for the EBS direct APIs (and the KMS key, if encrypted)`,
+      };
+    }
+    const credentialHint = CREDENTIAL_HINTS[name];
+    if (credentialHint) {
+      return { code: name, kind: 'permanent', httpStatus, reason, detail: `${name}${status}: ${quoted}; ${credentialHint}` };
+    }
+    if (TRANSIENT_CODES.has(name) || (httpStatus !== undefined && httpStatus >= 500)) {
+      return { code: name, kind: 'transient', httpStatus, reason, detail: `${name}${status}: ${quoted}` };
+    }
+    const hint = PERMANENT_HINTS[name];
+    return { code: name, kind: 'permanent', httpStatus, reason, detail: `${name}${status}: ${quoted}${hint ? `; ${hint}` : ''}` };
+  }
+
+  if ((code !== undefined && NETWORK_CODES.has(code)) || /socket hang up|premature close/i.test(fields.message)) {
+    const label = code ?? 'ECONNRESET';
+    const hint = label === 'ECONNREFUSED' || label === 'ENOTFOUND' || label === 'EAI_AGAIN'
+      ? '; check the endpoint and that the server is running'
+      : '';
+    // Node's own text ("connect ECONNREFUSED 127.0.0.1:9") adds nothing to the code and URL.
+    const extra = fields.message.includes(label) ? '' : `: ${quoted}`;
+    return { code: label, kind: 'transient', detail: `${networkVerb(label)} (${label})${extra}${hint}` };
+  }
+  if (name === 'TimeoutError' || name === 'AbortError') {
+    return { code: 'RequestTimeout', kind: 'transient', detail: `timed out: ${quoted}` };
+  }
+  return {
+    code: name || 'UnknownError',
+    kind: 'permanent',
+    detail: `${name || 'error'}: ${quoted}`,
+  };
+}
+
+const PERMANENT_HINTS: Record<string, string> = {
+  ValidationException: 'the request was refused as invalid; trying again cannot help',
+  ConflictException: 'the client token was already used with different parameters; use another --client-token',
+  ServiceQuotaExceededException: 'a service quota was reached; request a higher quota or wait for other snapshots to finish',
+  ConcurrentLimitExceededException: 'too many snapshots are in progress; complete some first',
+};
+
+function networkVerb(code: string): string {
+  switch (code) {
+    case 'ECONNREFUSED':
+      return 'cannot connect, the connection was refused';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'cannot resolve the host name';
+    case 'ETIMEDOUT':
+      return 'the connection timed out';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'ENETDOWN':
+      return 'the network is unreachable';
+    default:
+      return 'the connection was lost';
+  }
+}
+
+interface ErrorFields {
+  name: string;
+  code?: string;
+  message: string;
+  httpStatus?: number;
+  reason?: string;
+  isServiceError: boolean;
+}
+
+function errorFields(error: unknown): ErrorFields {
+  if (!(error instanceof Error)) return { name: 'UnknownError', message: String(error), isServiceError: false };
+  const bag = error as Error & {
+    code?: unknown;
+    Reason?: unknown;
+    $fault?: unknown;
+    $metadata?: { httpStatusCode?: unknown };
+    $response?: { statusCode?: unknown };
+    cause?: unknown;
+  };
+  // Node puts the errno code on the error, or on its cause when it was wrapped.
+  let code = typeof bag.code === 'string' ? bag.code : undefined;
+  if (code === undefined && bag.cause instanceof Error) {
+    const causeCode = (bag.cause as { code?: unknown }).code;
+    if (typeof causeCode === 'string') code = causeCode;
+  }
+  const statusValue = bag.$metadata?.httpStatusCode ?? bag.$response?.statusCode;
+  const httpStatus = typeof statusValue === 'number' ? statusValue : undefined;
+  return {
+    name: error.name,
+    code,
+    message: error.message,
+    httpStatus,
+    reason: typeof bag.Reason === 'string' ? bag.Reason : undefined,
+    isServiceError: bag.$fault === 'client' || bag.$fault === 'server',
+  };
+}
+
+/** A service message, on one line and of bounded length. */
+function quote(message: string): string {
+  const oneLine = message.replace(/\s+/g, ' ').trim() || '(no message)';
+  return oneLine.length > MAX_QUOTED_MESSAGE_CHARS ? `${oneLine.slice(0, MAX_QUOTED_MESSAGE_CHARS)}…` : oneLine;
+}
