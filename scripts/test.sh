@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 npx --no-install tsc -p test/tsconfig.json
-exec npx --no-install mocha "$@"
+exec npx --no-install mocha "test/**/*.test.ts" "$@"
