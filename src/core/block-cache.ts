@@ -1,0 +1,256 @@
+/*
+ * The block cache: 512 KiB blocks of the volume held in memory, in LRU order.
+ *
+ * Block states. A state is derived from the fields of CachedBlock, never stored:
+ *
+ * | state           | uploading | generations              | in memory | evictable | a write...                     | an upload ack...      |
+ * |-----------------|-----------|--------------------------|-----------|-----------|--------------------------------|-----------------------|
+ * | absent          | -         | -                        | no        | -         | creates the block, dirty       | -                     |
+ * | clean           | no        | written == acked         | yes       | yes       | makes it dirty                 | -                     |
+ * | dirty           | no        | written > acked          | yes       | no        | keeps it dirty                 | -                     |
+ * | uploading       | yes       | written == uploading     | yes       | no        | copies the buffer first (COW), | makes it clean        |
+ * |                 |           |                          |           |           | making it dirty-uploading      |                       |
+ * | dirty-uploading | yes       | written > uploading      | yes       | no        | writes the entry's own copy    | leaves it dirty       |
+ *
+ * - A failed upload returns the block to dirty, with the failure kept on the block
+ *   until a later upload of it succeeds: dirty data is never dropped.
+ * - Only clean blocks are evicted. Their content is then in the read-back store
+ *   (written before the PUT), or is zeros.
+ * - `data === null` means the block is all zeros and holds no buffer: truncation
+ *   makes such blocks without touching memory.
+ * - A block created by a partial write holds only the bytes written (writtenRanges)
+ *   until its base content (read-back store, parent or zeros) is merged in, so a
+ *   block that ends up fully overwritten never reads its base at all.
+ * - At most one upload of a block is in flight (`uploading`).
+ * - Memory: block buffers, whether held by the cache or only by an in-flight
+ *   upload after a copy-on-write, never exceed the capacity; a writer that needs
+ *   a buffer waits, bounded in time, for an eviction.
+ */
+import { Mutex } from 'async-mutex';
+import { LRUCache } from 'lru-cache';
+import { BLOCK_SIZE_BYTES } from '../ebs/client';
+import { FileOperationError } from './file-errors';
+import { ChangeSignal } from './signal';
+
+export interface UploadFailure {
+  atMs: number;
+  message: string;
+}
+
+export class CachedBlock {
+  data: Buffer | null = null;
+  /** False while only writtenRanges of `data` are meaningful. */
+  baseMerged = true;
+  /** Sorted, disjoint [start, end) byte ranges written while !baseMerged. */
+  writtenRanges: Array<[number, number]> = [];
+  writeGeneration = 0;
+  ackedGeneration = 0;
+  uploadGeneration = 0;
+  uploading = false;
+  /** The in-flight upload holds `data`: a write must copy it first. */
+  dataSharedWithUpload = false;
+  /** A flush wants at least this generation acknowledged. */
+  flushWantedGeneration = 0;
+  lastFailure?: UploadFailure;
+
+  constructor(readonly index: number) {}
+
+  get isDirty(): boolean {
+    return this.writeGeneration > this.ackedGeneration;
+  }
+
+  get isClean(): boolean {
+    return !this.uploading && !this.isDirty;
+  }
+
+  /** Records [start, end) as written; true once the ranges cover the whole block. */
+  addWrittenRange(start: number, end: number): boolean {
+    const merged: Array<[number, number]> = [];
+    let next: [number, number] = [start, end];
+    for (const range of this.writtenRanges) {
+      if (range[1] < next[0] || range[0] > next[1]) merged.push(range);
+      else next = [Math.min(range[0], next[0]), Math.max(range[1], next[1])];
+    }
+    merged.push(next);
+    merged.sort((a, b) => a[0] - b[0]);
+    this.writtenRanges = merged;
+    return merged.length === 1 && merged[0][0] === 0 && merged[0][1] === BLOCK_SIZE_BYTES;
+  }
+
+  /** True when [start, end) lies inside one written range. */
+  isRangeWritten(start: number, end: number): boolean {
+    return this.writtenRanges.some(([from, to]) => from <= start && end <= to);
+  }
+
+  /** Copies the base into every byte not written, then forgets the ranges. */
+  mergeBase(base: Buffer | null): void {
+    if (this.data === null) throw new Error('mergeBase on a block without a buffer');
+    let cursor = 0;
+    for (const [from, to] of [...this.writtenRanges, [BLOCK_SIZE_BYTES, BLOCK_SIZE_BYTES] as [number, number]]) {
+      if (from > cursor) {
+        if (base) base.copy(this.data, cursor, cursor, from);
+        else this.data.fill(0, cursor, from);
+      }
+      cursor = Math.max(cursor, to);
+    }
+    this.writtenRanges = [];
+    this.baseMerged = true;
+  }
+}
+
+/** Per-block locks for absent and cached blocks alike; entries live only while used. */
+export class BlockLocks {
+  private readonly locks = new Map<number, { mutex: Mutex; users: number }>();
+
+  async with<T>(index: number, task: () => Promise<T>): Promise<T> {
+    let lock = this.locks.get(index);
+    if (!lock) {
+      lock = { mutex: new Mutex(), users: 0 };
+      this.locks.set(index, lock);
+    }
+    lock.users += 1;
+    try {
+      return await lock.mutex.runExclusive(task);
+    } finally {
+      lock.users -= 1;
+      if (lock.users === 0) this.locks.delete(index);
+    }
+  }
+
+  isLocked(index: number): boolean {
+    return this.locks.has(index);
+  }
+}
+
+export interface BlockCacheOptions {
+  capacityBlocks: number;
+  writerWaitTimeoutMs: number;
+  /** Entries kept beyond the buffer capacity: zero blocks made by truncation cost no buffer. */
+  zeroEntriesMax: number;
+  /** Asked to upload some dirty blocks when a writer finds no clean block to evict. */
+  requestWriteback: () => void;
+  isLocked: (index: number) => boolean;
+}
+
+export class BlockCache {
+  private readonly entries: LRUCache<number, CachedBlock>;
+  /** Block buffers alive: cached data plus buffers only an upload still holds. */
+  private buffersHeld = 0;
+  /** Blocks whose latest write is not acknowledged, uploading or not. */
+  private dirtyBlocks = 0;
+  /** Wakes writers waiting for room; notified when a buffer is freed or a block turns clean. */
+  readonly roomSignal = new ChangeSignal();
+
+  constructor(private readonly options: BlockCacheOptions) {
+    // Eviction is ours (only clean blocks may go), so the LRU's own bound must
+    // never be reached: `max` covers every buffer plus the zero entries.
+    this.entries = new LRUCache<number, CachedBlock>({ max: options.capacityBlocks + options.zeroEntriesMax });
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  get dirtyCount(): number {
+    return this.dirtyBlocks;
+  }
+
+  /** Records a change to the block's content; the caller holds its lock. */
+  noteWritten(block: CachedBlock): void {
+    if (!block.isDirty) this.dirtyBlocks += 1;
+    block.writeGeneration += 1;
+  }
+
+  /** Records that the service acknowledged `generation` of the block. */
+  noteAcknowledged(block: CachedBlock, generation: number): void {
+    const wasDirty = block.isDirty;
+    block.ackedGeneration = Math.max(block.ackedGeneration, generation);
+    if (wasDirty && !block.isDirty) this.dirtyBlocks -= 1;
+  }
+
+  /** Forgets an entry that was inserted but never written (its write failed). */
+  discardUnwritten(block: CachedBlock): void {
+    if (block.writeGeneration === 0 && block.data === null && this.entries.peek(block.index) === block) this.entries.delete(block.index);
+  }
+
+  get buffersInUse(): number {
+    return this.buffersHeld;
+  }
+
+  get capacityBlocks(): number {
+    return this.options.capacityBlocks;
+  }
+
+  /** Looks a block up and marks it most recently used. */
+  get(index: number): CachedBlock | undefined {
+    return this.entries.get(index);
+  }
+
+  /** Looks a block up without changing its recency. */
+  peek(index: number): CachedBlock | undefined {
+    return this.entries.peek(index);
+  }
+
+  /** Blocks from least to most recently used. */
+  *leastRecentFirst(): Generator<CachedBlock> {
+    for (const block of this.entries.rvalues()) if (block) yield block;
+  }
+
+  *values(): Generator<CachedBlock> {
+    for (const block of this.entries.values()) if (block) yield block;
+  }
+
+  /** Adds an entry with no buffer; the caller holds the block's lock. */
+  insert(index: number): CachedBlock {
+    if (this.entries.size >= this.options.capacityBlocks + this.options.zeroEntriesMax) this.evictClean(() => true);
+    if (this.entries.size >= this.options.capacityBlocks + this.options.zeroEntriesMax) {
+      throw new FileOperationError('EIO', `block cache holds ${this.entries.size} blocks, its limit; flush first`);
+    }
+    const block = new CachedBlock(index);
+    this.entries.set(index, block);
+    return block;
+  }
+
+  /**
+   * Accounts for one more block buffer, first evicting clean blocks or waiting
+   * (at most writerWaitTimeoutMs) for uploads to make some clean.
+   */
+  async reserveBuffer(): Promise<void> {
+    const deadlineMs = Date.now() + this.options.writerWaitTimeoutMs;
+    while (this.buffersHeld >= this.options.capacityBlocks) {
+      if (this.evictClean((block) => block.data !== null)) continue;
+      this.options.requestWriteback();
+      const remainingMs = deadlineMs - Date.now();
+      if (remainingMs <= 0 || !(await this.roomSignal.wait(remainingMs))) {
+        if (this.buffersHeld < this.options.capacityBlocks) break;
+        throw new FileOperationError(
+          'EIO',
+          `the block cache is full of dirty blocks and no upload finished within ${this.options.writerWaitTimeoutMs} ms`,
+        );
+      }
+    }
+    this.buffersHeld += 1;
+  }
+
+  /** Allocates a zeroed buffer for a block; the caller reserved it. */
+  static newBuffer(): Buffer {
+    return Buffer.alloc(BLOCK_SIZE_BYTES);
+  }
+
+  releaseBuffer(): void {
+    this.buffersHeld -= 1;
+    this.roomSignal.notify();
+  }
+
+  /** Evicts the least recently used clean, unlocked block that matches; false when none. */
+  private evictClean(matches: (block: CachedBlock) => boolean): boolean {
+    for (const block of this.leastRecentFirst()) {
+      // A locked block is in use by a write or read that holds the entry.
+      if (!block.isClean || !matches(block) || this.options.isLocked(block.index)) continue;
+      this.entries.delete(block.index);
+      if (block.data !== null) this.releaseBuffer();
+      return true;
+    }
+    return false;
+  }
+}

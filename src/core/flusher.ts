@@ -1,0 +1,135 @@
+// The flusher: uploads dirty blocks as PutSnapshotBlock calls, at most
+// `concurrency` at once and never two of one block. It owns what the snapshot
+// has acknowledged: the digest of every block PUT (for ChangedBlocksCount and
+// the LINEAR checksum) and which blocks were ever sent.
+import { sha256Digest } from '../ebs/checksum';
+import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
+import { BlockCache, type BlockLocks, type CachedBlock } from './block-cache';
+import type { ReadbackStore } from './readback-store';
+import { ChangeSignal } from './signal';
+
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE_BYTES);
+
+export interface FlusherOptions {
+  client: SnapshotClient;
+  snapshotId: string;
+  cache: BlockCache;
+  locks: BlockLocks;
+  readback: ReadbackStore;
+  concurrency: number;
+  /**
+   * The contract's zero-block rule: an all-zero block may be skipped only in a
+   * fresh snapshot with no parent, not encrypted, and only if it was never sent.
+   */
+  zeroSkipAllowed: boolean;
+  /** Blocks whose latest content is in the read-back store (shared with the volume). */
+  storedBlocks: Set<number>;
+  /** Merges a block's base content in before it is hashed; called under its lock. */
+  mergeBase: (block: CachedBlock) => Promise<void>;
+  /** The x-amz-Progress figure for the next PUT. */
+  progressPercent: () => number;
+  /** Told once per final upload failure, for the one clear log line. */
+  onUploadFailed: (blockIndex: number, message: string) => void;
+}
+
+export class Flusher {
+  /** Raw SHA-256 of the latest acknowledged content of every block PUT. */
+  readonly putDigests = new Map<number, Buffer>();
+  /** Blocks a PUT was ever attempted for: the service may hold them even if no ack came. */
+  readonly attemptedBlocks = new Set<number>();
+  /** Wakes waiters (fsync, writers) whenever an upload ends, well or badly. */
+  readonly uploadEnded = new ChangeSignal();
+  blocksUploaded = 0;
+  zeroBlocksSkipped = 0;
+  private readonly queue = new Set<number>();
+  private inFlight = 0;
+
+  constructor(private readonly options: FlusherOptions) {}
+
+  get uploadsInFlight(): number {
+    return this.inFlight;
+  }
+
+  get queuedBlocks(): number {
+    return this.queue.size;
+  }
+
+  /** Asks for the block's current generation to be uploaded. */
+  enqueue(block: CachedBlock): void {
+    block.flushWantedGeneration = Math.max(block.flushWantedGeneration, block.writeGeneration);
+    if (!block.isDirty) return;
+    this.queue.add(block.index);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.inFlight < this.options.concurrency && this.queue.size > 0) {
+      const index: number = this.queue.values().next().value!;
+      this.queue.delete(index);
+      this.inFlight += 1;
+      void this.upload(index).finally(() => {
+        this.inFlight -= 1;
+        this.uploadEnded.notify();
+        this.pump();
+      });
+    }
+  }
+
+  private async upload(index: number): Promise<void> {
+    const { cache, locks } = this.options;
+    // Take a stable view of the block under its lock; the PUT itself runs unlocked
+    // and later writes copy the buffer instead of changing what is being sent.
+    const taken = await locks.with(index, async () => {
+      const block = cache.peek(index);
+      if (!block || !block.isDirty || block.uploading) return undefined;
+      if (!block.baseMerged) await this.options.mergeBase(block);
+      block.uploading = true;
+      block.uploadGeneration = block.writeGeneration;
+      block.dataSharedWithUpload = block.data !== null;
+      return { block, data: block.data, generation: block.writeGeneration };
+    });
+    if (!taken) return;
+    const { block, data, generation } = taken;
+    try {
+      await this.send(index, data ?? ZERO_BLOCK);
+      cache.noteAcknowledged(block, generation);
+      block.lastFailure = undefined;
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      block.lastFailure = { atMs: Date.now(), message };
+      this.options.onUploadFailed(index, message);
+    } finally {
+      block.uploading = false;
+      if (block.data === data) block.dataSharedWithUpload = false;
+      // A copy-on-write during the upload left `data` held by the upload alone.
+      else if (data !== null) cache.releaseBuffer();
+      if (block.isClean) cache.roomSignal.notify();
+    }
+    // Rewritten while uploading, and somebody is waiting for the newer content.
+    if (block.lastFailure === undefined && block.isDirty && block.flushWantedGeneration > block.ackedGeneration) this.enqueue(block);
+  }
+
+  private async send(index: number, body: Buffer): Promise<void> {
+    const { storedBlocks, readback } = this.options;
+    if (this.options.zeroSkipAllowed && !this.attemptedBlocks.has(index) && body.equals(ZERO_BLOCK)) {
+      // Never sent and all zeros: the snapshot already reads zeros there.
+      this.zeroBlocksSkipped += 1;
+      return;
+    }
+    const digest = sha256Digest(body);
+    // The local copy first: once the PUT is acknowledged the block may be evicted
+    // and reads must still find it.
+    await readback.writeBlock(index, body);
+    storedBlocks.add(index);
+    this.attemptedBlocks.add(index);
+    await this.options.client.putSnapshotBlock({
+      snapshotId: this.options.snapshotId,
+      blockIndex: index,
+      data: body,
+      checksumBase64: digest.toString('base64'),
+      progressPercent: this.options.progressPercent(),
+    });
+    this.putDigests.set(index, digest);
+    this.blocksUploaded += 1;
+  }
+}

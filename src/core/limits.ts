@@ -1,0 +1,25 @@
+/** Every bound of the core in one place, so that each limit is chosen, not implied. */
+export interface CoreLimits {
+  /** Memory for block buffers: cached blocks plus copies held by in-flight uploads. */
+  cacheSizeBytes: number;
+  /** PutSnapshotBlock calls in flight at once. */
+  uploadConcurrency: number;
+  /** How long a writer may wait for cache room before its write fails with EIO. */
+  writerWaitTimeoutMs: number;
+  /** Dirty blocks beyond this share of the cache are uploaded in the background. */
+  dirtyHighWaterRatio: number;
+  /** Written ranges tracked per block before the block's base content is merged in. */
+  writtenRangesPerBlockMax: number;
+}
+
+export const MIN_CACHE_SIZE_BYTES = 16 * 1024 * 1024;
+
+export const DEFAULT_LIMITS: CoreLimits = {
+  cacheSizeBytes: 256 * 1024 * 1024,
+  uploadConcurrency: 64,
+  // Well under the FUSE adapter's write timeout (src/fuse), so a stalled writer
+  // gets EIO from us rather than ETIMEDOUT from fuse-native.
+  writerWaitTimeoutMs: 30_000,
+  dirtyHighWaterRatio: 0.5,
+  writtenRangesPerBlockMax: 64,
+};

@@ -1,0 +1,101 @@
+// Model test: random sequences of writes, reads, truncates, fsyncs and injected
+// upload failures against the real Volume over an in-memory client, checked
+// against a flat reference image. Invariants:
+// - every read equals the reference;
+// - after each successful fsync, the client's blocks equal the reference;
+// - block buffers never exceed the cache capacity.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BLOCK_SIZE_BYTES, SnapshotApiError } from '../../src/ebs/client';
+import { MemorySnapshotClient } from '../../src/ebs/memory-client';
+import { FileOperationError } from '../../src/core/file-errors';
+import { DEFAULT_LIMITS } from '../../src/core/limits';
+import { Volume } from '../../src/core/volume';
+import { SeededRandom } from '../support/random';
+
+const B = BLOCK_SIZE_BYTES;
+const REGION_BLOCKS = 48; // 24 MiB exercised through a 16 MiB cache: eviction happens
+const CACHE_BLOCKS = 32;
+const STEPS = 400;
+
+async function runModel(seed: number): Promise<{ fsyncOk: number; fsyncFailed: number; puts: number }> {
+  const random = new SeededRandom(seed);
+  let failureRate = 0;
+  const client = new MemorySnapshotClient({
+    latencyMs: 1,
+    failBefore: (operation) =>
+      operation === 'put' && random.next() < failureRate ? new SnapshotApiError('injected', 'InternalServerException', 'transient', 500) : undefined,
+  });
+  const { snapshotId } = await client.startSnapshot({ volumeSizeGiB: 1 });
+  const stateDirectory = mkdtempSync(path.join(os.tmpdir(), 'ebs-fuse-model-'));
+  const volume = new Volume({
+    client,
+    snapshotId,
+    volumeSizeGiB: 1,
+    stateDirectory,
+    limits: { ...DEFAULT_LIMITS, cacheSizeBytes: CACHE_BLOCKS * B, uploadConcurrency: 6, writerWaitTimeoutMs: 10_000 },
+    zeroSkipAllowed: true,
+    log: () => {},
+  });
+  const reference = Buffer.alloc(REGION_BLOCKS * B);
+  let fsyncOk = 0;
+  let fsyncFailed = 0;
+  try {
+    for (let step = 0; step < STEPS; step += 1) {
+      const choice = random.next();
+      const context = `seed ${seed} step ${step}`;
+      if (choice < 0.55) {
+        const offset = random.int(0, reference.length - 1);
+        const length = Math.min(random.int(1, 3 * B), reference.length - offset);
+        const data = random.next() < 0.15 ? Buffer.alloc(length) : random.bytes(length);
+        // Writes succeed whatever the uploads do, as long as room appears in time.
+        assert.equal(await volume.write(offset, data), length, context);
+        data.copy(reference, offset);
+      } else if (choice < 0.8) {
+        const offset = random.int(0, reference.length - 1);
+        const length = Math.min(random.int(1, 2 * B), reference.length - offset);
+        assert.ok((await volume.read(offset, length)).equals(reference.subarray(offset, offset + length)), `read mismatch, ${context}`);
+      } else if (choice < 0.85) {
+        const length = random.int(0, reference.length);
+        // Zeros from `length` to the end of the region (and of the volume).
+        await volume.truncate(length);
+        reference.fill(0, length);
+      } else if (choice < 0.9) {
+        failureRate = random.next() < 0.5 ? 0 : 0.3;
+      } else {
+        try {
+          await volume.fsync();
+          fsyncOk += 1;
+          assert.ok(client.imageRange(snapshotId, 0, REGION_BLOCKS).equals(reference), `snapshot differs after fsync, ${context}`);
+        } catch (error) {
+          assert.ok(error instanceof FileOperationError && error.errno === 'EIO', `fsync failed with ${String(error)}`);
+          assert.ok(failureRate > 0, `fsync failed without injected failures, ${context}`);
+          fsyncFailed += 1;
+        }
+      }
+      assert.ok(volume.buffersInUse <= CACHE_BLOCKS, `buffers ${volume.buffersInUse} > ${CACHE_BLOCKS}, ${context}`);
+    }
+    failureRate = 0;
+    await volume.flushAll(30_000);
+    assert.ok(client.imageRange(snapshotId, 0, REGION_BLOCKS).equals(reference), `final snapshot differs, seed ${seed}`);
+    const figures = volume.completionFigures();
+    assert.equal(await client.completeSnapshot({ snapshotId, ...figures }), 'completed');
+    return { fsyncOk, fsyncFailed, puts: client.callCounts.put };
+  } finally {
+    await volume.close();
+    rmSync(stateDirectory, { recursive: true, force: true });
+  }
+}
+
+describe('core: volume model (random operations vs a flat reference image)', function () {
+  this.timeout(120_000);
+  for (const seed of [11, 22, 33, 44, 55, 66]) {
+    it(`seed ${seed}`, async () => {
+      const { fsyncOk, fsyncFailed, puts } = await runModel(seed);
+      // The run must have exercised both outcomes of fsync and real uploads.
+      assert.ok(fsyncOk > 0 && puts > 0, `fsync ok ${fsyncOk}, failed ${fsyncFailed}, puts ${puts}`);
+    });
+  }
+});
