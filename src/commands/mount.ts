@@ -1,12 +1,351 @@
+// `ebs-fuse mount`: start a snapshot, present it as one file over FUSE until
+// SIGINT, SIGTERM or an external umount, then flush, complete and report.
+import { execFileSync } from 'node:child_process';
+import { existsSync, promises as fs, realpathSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import path from 'node:path';
 import type { Command } from 'commander';
-import { UserError } from '../errors';
+import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
+import { SnapshotSession } from '../core/session';
+import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from '../ebs/connection';
+import { describeError, UserError } from '../errors';
+import { FuseMount, FuseUnavailableError, loadFuseNative } from '../fuse/fuse-mount';
+import { isMountPoint } from '../fuse/mountinfo';
+import {
+  addSnapshotOptions,
+  defaultStateDir,
+  parseInteger,
+  parseSizeBytes,
+  parseVolumeSizeGiB,
+  snapshotParams,
+  type SnapshotOptionValues,
+} from './options';
+import { startFlushProgress, startStatusLines, type Reporter } from './progress';
+
+export const DEFAULT_FILE_NAME = 'snapshot.img';
+export const DEFAULT_CACHE_SIZE = '256MiB';
+export const DEFAULT_UPLOAD_CONCURRENCY = 64;
+const UPLOAD_CONCURRENCY_MAX = 1024;
+const FILE_NAME_MAX_BYTES = 255;
+/** The final flush and CompleteSnapshot together; retries are bounded well inside it. */
+const FINISH_TIMEOUT_MS = 30 * 60_000;
+/** The kernel sends release shortly after the last close; wait that long before calling the file busy. */
+const RELEASE_GRACE_MS = 2000;
+/** While an external lazy umount waits for the file to be closed, remind this often. */
+const BUSY_REMINDER_INTERVAL_MS = 30_000;
+/** Exit status after an interrupted final flush, as shells report SIGINT. */
+const EXIT_INTERRUPTED = 130;
+
+interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
+  size?: string;
+  fileName: string;
+  cacheSize: string;
+  uploadConcurrency: string;
+  stateDir?: string;
+  complete: boolean;
+}
+
+interface ValidatedMount {
+  mountpoint: string;
+  fileName: string;
+  cacheSizeBytes: number;
+  uploadConcurrency: number;
+  stateDir: string;
+  complete: boolean;
+}
 
 export function registerMountCommand(program: Command): void {
-  program
+  const command = program
     .command('mount')
-    .argument('<mountpoint>')
-    .description('start a snapshot and mount it as MOUNTPOINT/snapshot.img')
-    .action(() => {
-      throw new UserError('not yet: see issue 3');
+    .argument('<mountpoint>', 'an existing, empty directory')
+    .description('start a snapshot and mount it as MOUNTPOINT/snapshot.img; Ctrl-C or `umount MOUNTPOINT` completes it')
+    .option('--size <gib>', 'volume size in GiB (1-65536); the file is exactly this large');
+  addSnapshotOptions(command);
+  command
+    .option('--file-name <name>', 'name of the file in the mountpoint', DEFAULT_FILE_NAME)
+    .option('--cache-size <size>', 'memory for blocks not yet uploaded, e.g. 256MiB, 2GiB', DEFAULT_CACHE_SIZE)
+    .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_UPLOAD_CONCURRENCY))
+    .option('--state-dir <dir>', 'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)')
+    .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it');
+  addConnectionOptions(command);
+  command.action(async (mountpoint: string, flags: MountFlags) => {
+    const exitCode = await runMount(mountpoint, flags);
+    // fuse-native keeps a libuv handle alive after an external umount; end explicitly.
+    process.exit(exitCode);
+  });
+}
+
+function log(line: string): void {
+  process.stderr.write(line.startsWith('ebs-fuse:') ? `${line}\n` : `ebs-fuse: ${line}\n`);
+}
+
+function validateFileName(name: string): string {
+  if (name.length === 0 || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+    throw new UserError(`--file-name must be a plain file name without "/", not "${name}"`);
+  }
+  if (Buffer.byteLength(name) > FILE_NAME_MAX_BYTES) {
+    throw new UserError(`--file-name is longer than ${FILE_NAME_MAX_BYTES} bytes`);
+  }
+  return name;
+}
+
+function validateCacheSize(value: string): number {
+  const bytes = parseSizeBytes(value, '--cache-size');
+  if (bytes < MIN_CACHE_SIZE_BYTES) {
+    throw new UserError(`--cache-size must be at least ${MIN_CACHE_SIZE_BYTES / 1048576}MiB, not ${value}`);
+  }
+  if (bytes > totalmem()) {
+    throw new UserError(`--cache-size ${value} is more than this machine's memory (${Math.floor(totalmem() / 1048576)}MiB)`);
+  }
+  return bytes;
+}
+
+async function validateMountpoint(mountpoint: string): Promise<string> {
+  let stat;
+  try {
+    stat = await fs.stat(mountpoint);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UserError(`mountpoint ${mountpoint} does not exist; create it with: mkdir -p ${mountpoint}`);
+    if (code === 'ENOTCONN') {
+      throw new UserError(`mountpoint ${mountpoint} is a dead FUSE mount left by a crashed process; run: fusermount -uz ${mountpoint}`);
+    }
+    throw new UserError(`cannot use mountpoint ${mountpoint}: ${describeError(error)}`);
+  }
+  if (!stat.isDirectory()) throw new UserError(`mountpoint ${mountpoint} is not a directory`);
+  const absolute = realpathSync(mountpoint);
+  if (await isMountPoint(absolute)) {
+    throw new UserError(`mountpoint ${mountpoint} is already mounted; unmount it first (umount ${mountpoint}) or pick another directory`);
+  }
+  const entries = await fs.readdir(absolute);
+  if (entries.length > 0) throw new UserError(`mountpoint ${mountpoint} is not empty; use an empty directory`);
+  return absolute;
+}
+
+function checkFuseAvailable(): void {
+  if (!existsSync('/dev/fuse')) {
+    throw new UserError('/dev/fuse is missing: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse');
+  }
+  try {
+    loadFuseNative();
+  } catch (error) {
+    if (error instanceof FuseUnavailableError) {
+      throw new UserError(`libfuse 2 is not usable: ${error.message}; install it with: apt-get install libfuse2`);
+    }
+    throw error;
+  }
+  if (!commandExists('fusermount')) {
+    throw new UserError('fusermount is missing (needed to unmount); install it with: apt-get install fuse3');
+  }
+}
+
+function commandExists(name: string): boolean {
+  for (const directory of (process.env.PATH ?? '').split(':')) {
+    if (directory && existsSync(path.join(directory, name))) return true;
+  }
+  return false;
+}
+
+async function validate(mountpoint: string, flags: MountFlags): Promise<{ params: ReturnType<typeof snapshotParams>; mount: ValidatedMount }> {
+  if (flags.size === undefined) throw new UserError('--size GIB is required: the size of the volume, from 1 to 65536 GiB');
+  const volumeSizeGiB = parseVolumeSizeGiB(flags.size);
+  const params = snapshotParams(volumeSizeGiB, flags);
+  const mount: ValidatedMount = {
+    mountpoint: '',
+    fileName: validateFileName(flags.fileName),
+    cacheSizeBytes: validateCacheSize(flags.cacheSize),
+    uploadConcurrency: parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, UPLOAD_CONCURRENCY_MAX),
+    stateDir: path.resolve(flags.stateDir ?? defaultStateDir()),
+    complete: flags.complete,
+  };
+  checkFuseAvailable();
+  mount.mountpoint = await validateMountpoint(mountpoint);
+  return { params, mount };
+}
+
+/** Runs one mount to its end; resolves with the exit code. Errors before mounting are thrown. */
+async function runMount(mountpointArgument: string, flags: MountFlags): Promise<number> {
+  const { params, mount: settings } = await validate(mountpointArgument, flags);
+
+  const opened: OpenedClient = await openSnapshotClient(flags, { maxSockets: settings.uploadConcurrency, log });
+  let session: SnapshotSession;
+  try {
+    session = await SnapshotSession.start(opened.client, params, {
+      stateDir: settings.stateDir,
+      cacheSizeBytes: settings.cacheSizeBytes,
+      uploadConcurrency: settings.uploadConcurrency,
+      retryCount: () => opened.client.retryCount,
+      log,
     });
+  } catch (error) {
+    await opened.close().catch(() => undefined);
+    if (error instanceof UserError) throw error;
+    throw new UserError(`cannot start a snapshot at ${opened.endpointDescription}: ${describeError(error)}`);
+  }
+  const snapshotId = session.snapshotId;
+
+  let externalUnmount: () => void = () => undefined;
+  const externallyUnmounted = new Promise<void>((resolve) => (externalUnmount = resolve));
+  let fuseMount: FuseMount;
+  try {
+    fuseMount = await FuseMount.mount({
+      mountpoint: settings.mountpoint,
+      fileName: settings.fileName,
+      file: session.file,
+      log,
+      onExternalUnmount: () => externalUnmount(),
+    });
+  } catch (error) {
+    await session.close().catch(() => undefined);
+    await opened.close().catch(() => undefined);
+    throw new UserError(
+      `${describeError(error)}; snapshot ${snapshotId} was started but nothing was written: it stays pending until EBS times it out`,
+    );
+  }
+  installLastResortUnmount(fuseMount);
+
+  process.stdout.write(`${snapshotId} ${fuseMount.filePath}\n`);
+  log(
+    `snapshot ${snapshotId} (${params.volumeSizeGiB} GiB) via ${opened.endpointDescription}; ` +
+      `write ${fuseMount.filePath}, then press Ctrl-C or run \`umount ${fuseMount.mountpoint}\` to ` +
+      (settings.complete ? 'complete it' : 'leave it pending'),
+  );
+  let statusLines: Reporter = startStatusLines(session, process.stderr, 'mounted');
+
+  await waitForUnmountRequest(fuseMount, externallyUnmounted);
+  statusLines.stop();
+
+  try {
+    await fuseMount.unmount();
+  } catch (error) {
+    log(`${describeError(error)}; flushing anyway`);
+  }
+
+  let interruptions = 0;
+  const onSignalDuringFlush = (signal: NodeJS.Signals): void => {
+    interruptions += 1;
+    if (interruptions === 1) {
+      const stats = session.stats();
+      log(
+        `${signal}: still uploading ${stats.dirtyBlocks + stats.uploadingBlocks} blocks of ${snapshotId}; ` +
+          'send it again to stop now (the snapshot stays pending and data not yet uploaded is lost)',
+      );
+      return;
+    }
+    log(`stopped before the final flush finished: ${snapshotId} stays pending and is not complete`);
+    process.stdout.write(`${snapshotId} error\n`);
+    process.exit(EXIT_INTERRUPTED);
+  };
+  process.on('SIGINT', onSignalDuringFlush);
+  process.on('SIGTERM', onSignalDuringFlush);
+
+  statusLines = startFlushProgress(session, process.stderr);
+  let exitCode: number;
+  try {
+    const result = await session.finish({ complete: settings.complete, timeoutMs: FINISH_TIMEOUT_MS });
+    statusLines.stop();
+    process.stdout.write(`${snapshotId} ${result.status}\n`);
+    if (!settings.complete) {
+      log(`${snapshotId} left pending as asked; complete it later with: ebs-fuse complete ${snapshotId}`);
+      exitCode = result.status === 'pending' ? 0 : 1;
+    } else if (result.status === 'completed') {
+      exitCode = 0;
+    } else if (result.status === 'pending') {
+      // AWS may answer CompleteSnapshot with pending while it finishes processing.
+      log(`EBS accepted the completion of ${snapshotId} and is still processing it`);
+      exitCode = 0;
+    } else {
+      log(`EBS put snapshot ${snapshotId} into the error state at completion; it cannot be used`);
+      exitCode = 1;
+    }
+  } catch (error) {
+    statusLines.stop();
+    await session.close().catch(() => undefined);
+    process.stdout.write(`${snapshotId} error\n`);
+    log(
+      `${describeError(error)}. To finish it: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}, ` +
+        `or mount it again with: ebs-fuse mount MOUNTPOINT --resume ${snapshotId} --state-dir ${settings.stateDir}`,
+    );
+    exitCode = 1;
+  }
+  process.off('SIGINT', onSignalDuringFlush);
+  process.off('SIGTERM', onSignalDuringFlush);
+  await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
+  return exitCode;
+}
+
+/**
+ * Resolves when the mount should end: SIGINT or SIGTERM with the file closed,
+ * or an external umount once the file is closed (a lazy umount leaves it open).
+ * A signal while the file is open (dd still running, a loop device attached)
+ * says so and keeps serving, since unmounting then would lose later writes.
+ */
+function waitForUnmountRequest(fuseMount: FuseMount, externallyUnmounted: Promise<void>): Promise<void> {
+  return new Promise<void>((resolve) => {
+    let done = false;
+    let external = false;
+    let checking = false;
+    let reminder: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      if (done) return;
+      done = true;
+      if (reminder) clearInterval(reminder);
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve();
+    };
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (external) {
+        log(`${signal}: flushing although ${fuseMount.filePath} is still open`);
+        finish();
+        return;
+      }
+      if (checking) return;
+      checking = true;
+      void fuseMount.waitForHandlesClosed(RELEASE_GRACE_MS).then((closed) => {
+        checking = false;
+        if (closed) {
+          log(`${signal}: unmounting ${fuseMount.mountpoint}`);
+          finish();
+          return;
+        }
+        log(
+          `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${fuseMount.openHandleCount()} handles; ` +
+            `a loop device? see losetup -j ${fuseMount.filePath}); close it, then press Ctrl-C again`,
+        );
+      });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    void externallyUnmounted.then(async () => {
+      external = true;
+      log(`${fuseMount.mountpoint} was unmounted`);
+      if (fuseMount.openHandleCount() > 0) {
+        reminder = setInterval(() => {
+          log(`waiting for ${fuseMount.openHandleCount()} open handles of ${fuseMount.filePath} to close before the final flush`);
+        }, BUSY_REMINDER_INTERVAL_MS);
+      }
+      for (;;) {
+        if (done) return;
+        if (await fuseMount.waitForHandlesClosed(BUSY_REMINDER_INTERVAL_MS)) break;
+      }
+      finish();
+    });
+  });
+}
+
+/** A crash while mounted would leave a dead mount ("Transport endpoint is not connected"). */
+function installLastResortUnmount(fuseMount: FuseMount): void {
+  const onFatal = (error: unknown): void => {
+    log(`internal error: ${describeError(error)}`);
+    if (process.argv.includes('--verbose') && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+    try {
+      execFileSync('fusermount', ['-uz', fuseMount.mountpoint], { stdio: 'ignore', timeout: 10_000 });
+    } catch {
+      // Nothing more to do on the way out.
+    }
+    process.exit(1);
+  };
+  process.on('uncaughtException', onFatal);
+  process.on('unhandledRejection', onFatal);
 }

@@ -1,0 +1,120 @@
+// What a person sees on standard error while a mount runs: on a terminal a
+// progress bar while the final flush runs; elsewhere (logs, CI, systemd) one
+// status line every few seconds, while mounted and while flushing.
+import { SingleBar } from 'cli-progress';
+import type { VolumeStats } from '../core/volume-file';
+
+export interface StatsSource {
+  stats(): VolumeStats;
+}
+
+export interface ProgressStream {
+  write(text: string): boolean;
+  isTTY?: boolean;
+}
+
+export const STATUS_LINE_INTERVAL_MS = 5000;
+const BAR_REDRAW_INTERVAL_MS = 200;
+const BYTES_PER_MB = 1e6;
+
+/** Upload speed between two samples of bytesUploaded. */
+class RateMeter {
+  private lastBytes: number;
+  private lastAtMs: number;
+
+  constructor(stats: VolumeStats, nowMs: number) {
+    this.lastBytes = stats.bytesUploaded;
+    this.lastAtMs = nowMs;
+  }
+
+  sampleMBps(stats: VolumeStats, nowMs: number): number {
+    const elapsedMs = nowMs - this.lastAtMs;
+    const rate = elapsedMs > 0 ? (stats.bytesUploaded - this.lastBytes) / BYTES_PER_MB / (elapsedMs / 1000) : 0;
+    this.lastBytes = stats.bytesUploaded;
+    this.lastAtMs = nowMs;
+    return rate;
+  }
+}
+
+/** One line: dirty blocks, uploaded blocks, MB/s, retries, and the last upload error if any. */
+export function formatStatusLine(phase: string, stats: VolumeStats, rateMBps: number): string {
+  const parts = [
+    `${stats.dirtyBlocks} dirty blocks`,
+    `${stats.uploadingBlocks} uploading`,
+    `${stats.blocksUploaded} uploaded (${(stats.bytesUploaded / BYTES_PER_MB).toFixed(1)} MB)`,
+    `${rateMBps.toFixed(1)} MB/s`,
+    `${stats.retries} retries`,
+  ];
+  if (stats.lastUploadError) parts.push(`last upload error: ${stats.lastUploadError}`);
+  return `ebs-fuse: ${phase}: ${parts.join(', ')}`;
+}
+
+export interface Reporter {
+  stop(): void;
+}
+
+/** Status lines every intervalMs (not on a terminal, where it would only clutter the prompt). */
+export function startStatusLines(
+  source: StatsSource,
+  stream: ProgressStream,
+  phase: string,
+  intervalMs = STATUS_LINE_INTERVAL_MS,
+): Reporter {
+  if (stream.isTTY) return { stop: () => undefined };
+  const meter = new RateMeter(source.stats(), Date.now());
+  const timer = setInterval(() => {
+    const stats = source.stats();
+    stream.write(`${formatStatusLine(phase, stats, meter.sampleMBps(stats, Date.now()))}\n`);
+  }, intervalMs);
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
+}
+
+/**
+ * The final flush: a bar of blocks to upload on a terminal, status lines
+ * elsewhere. The total is what was dirty or uploading when the flush began.
+ */
+export function startFlushProgress(
+  source: StatsSource,
+  stream: ProgressStream & NodeJS.WritableStream,
+  intervalMs = STATUS_LINE_INTERVAL_MS,
+): Reporter {
+  if (!stream.isTTY) return startStatusLines(source, stream, 'flushing', intervalMs);
+  const first = source.stats();
+  const uploadedAtStart = first.blocksUploaded;
+  let total = Math.max(1, first.dirtyBlocks + first.uploadingBlocks);
+  const meter = new RateMeter(first, Date.now());
+  const bar = new SingleBar({
+    stream,
+    format: 'flushing |{bar}| {value}/{total} blocks | {rate} MB/s | {retries} retries',
+    hideCursor: true,
+    clearOnComplete: false,
+    barsize: 30,
+  });
+  bar.start(total, 0, { rate: '0.0', retries: first.retries });
+  let lastRate = 0;
+  let ticks = 0;
+  const redraw = (): void => {
+    const stats = source.stats();
+    const done = stats.blocksUploaded - uploadedAtStart;
+    const remaining = stats.dirtyBlocks + stats.uploadingBlocks;
+    // Blocks rewritten during the flush are uploaded again: grow the total rather than overflow.
+    if (done + remaining > total) {
+      total = done + remaining;
+      bar.setTotal(total);
+    }
+    ticks += 1;
+    // The rate over one redraw period jitters; sample it once a second.
+    if (ticks % Math.max(1, Math.round(1000 / BAR_REDRAW_INTERVAL_MS)) === 0) lastRate = meter.sampleMBps(stats, Date.now());
+    bar.update(done, { rate: lastRate.toFixed(1), retries: stats.retries });
+  };
+  const timer = setInterval(redraw, BAR_REDRAW_INTERVAL_MS);
+  timer.unref();
+  return {
+    stop: () => {
+      clearInterval(timer);
+      redraw();
+      bar.stop();
+    },
+  };
+}
