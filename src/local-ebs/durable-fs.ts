@@ -1,0 +1,37 @@
+// The few file-system steps the store's durability argument rests on (docs/SEMANTICS.md
+// "local-ebs": on-disk format): a file is fsync'd before it is renamed into place, and
+// the directory is fsync'd before anything that depends on the new name is acknowledged.
+import { promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+
+export async function fsyncDirectory(directory: string): Promise<void> {
+  const handle = await fsp.open(directory, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes `data` to a temporary name, fsyncs it, renames it over `file`, fsyncs the directory. */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const temporary = `${file}.${randomBytes(6).toString('hex')}.tmp`;
+  const handle = await fsp.open(temporary, 'wx', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await fsp.rm(temporary, { force: true });
+    throw error;
+  }
+  await handle.close();
+  try {
+    await fsp.rename(temporary, file);
+  } catch (error) {
+    await fsp.rm(temporary, { force: true });
+    throw error;
+  }
+  await fsyncDirectory(path.dirname(file));
+}
