@@ -33,7 +33,8 @@ import { FileOperationError } from './file-errors';
 import { ChangeSignal } from './signal';
 
 export interface UploadFailure {
-  atMs: number;
+  /** Orders failures against the start of an fsync (a clock's millisecond cannot). */
+  sequence: number;
   message: string;
 }
 

@@ -5,6 +5,7 @@
 import { sha256Digest } from '../ebs/checksum';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
 import { BlockCache, type BlockLocks, type CachedBlock } from './block-cache';
+import type { Journal } from './journal';
 import type { ReadbackStore } from './readback-store';
 import { ChangeSignal } from './signal';
 
@@ -16,6 +17,7 @@ export interface FlusherOptions {
   cache: BlockCache;
   locks: BlockLocks;
   readback: ReadbackStore;
+  journal: Journal;
   concurrency: number;
   /**
    * The contract's zero-block rule: an all-zero block may be skipped only in a
@@ -34,17 +36,29 @@ export interface FlusherOptions {
 
 export class Flusher {
   /** Raw SHA-256 of the latest acknowledged content of every block PUT. */
-  readonly putDigests = new Map<number, Buffer>();
+  readonly putDigests: Map<number, Buffer>;
   /** Blocks a PUT was ever attempted for: the service may hold them even if no ack came. */
-  readonly attemptedBlocks = new Set<number>();
+  readonly attemptedBlocks: Set<number>;
+  /** When the service last acknowledged a PUT (the snapshot's idle timer restarts). */
+  lastPutAckMs = Date.now();
   /** Wakes waiters (fsync, writers) whenever an upload ends, well or badly. */
   readonly uploadEnded = new ChangeSignal();
   blocksUploaded = 0;
+  /** Final upload failures so far; each failure carries its number. */
+  failureCount = 0;
   zeroBlocksSkipped = 0;
   private readonly queue = new Set<number>();
   private inFlight = 0;
+  private stopped = false;
 
-  constructor(private readonly options: FlusherOptions) {}
+  constructor(
+    private readonly options: FlusherOptions,
+    acknowledged: Map<number, Buffer> = new Map(),
+    attempted: Iterable<number> = [],
+  ) {
+    this.putDigests = acknowledged;
+    this.attemptedBlocks = new Set(attempted);
+  }
 
   get uploadsInFlight(): number {
     return this.inFlight;
@@ -57,9 +71,17 @@ export class Flusher {
   /** Asks for the block's current generation to be uploaded. */
   enqueue(block: CachedBlock): void {
     block.flushWantedGeneration = Math.max(block.flushWantedGeneration, block.writeGeneration);
-    if (!block.isDirty) return;
+    if (!block.isDirty || this.stopped) return;
     this.queue.add(block.index);
     this.pump();
+  }
+
+  /** Takes no more work and waits (at most timeoutMs) for uploads in flight to end. */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopped = true;
+    this.queue.clear();
+    const deadlineMs = Date.now() + timeoutMs;
+    while (this.inFlight > 0 && Date.now() < deadlineMs) await this.uploadEnded.wait(deadlineMs - Date.now());
   }
 
   private pump(): void {
@@ -96,7 +118,8 @@ export class Flusher {
       block.lastFailure = undefined;
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      block.lastFailure = { atMs: Date.now(), message };
+      this.failureCount += 1;
+      block.lastFailure = { sequence: this.failureCount, message };
       this.options.onUploadFailed(index, message);
     } finally {
       block.uploading = false;
@@ -118,10 +141,12 @@ export class Flusher {
     }
     const digest = sha256Digest(body);
     // The local copy first: once the PUT is acknowledged the block may be evicted
-    // and reads must still find it.
+    // and reads must still find it. The intent is durable (after the copy) before
+    // the PUT, so a resume knows which blocks the service may hold.
     await readback.writeBlock(index, body);
     storedBlocks.add(index);
     this.attemptedBlocks.add(index);
+    await this.options.journal.recordIntent(index, digest);
     await this.options.client.putSnapshotBlock({
       snapshotId: this.options.snapshotId,
       blockIndex: index,
@@ -130,6 +155,8 @@ export class Flusher {
       progressPercent: this.options.progressPercent(),
     });
     this.putDigests.set(index, digest);
+    this.options.journal.recordAck(index, digest);
+    this.lastPutAckMs = Date.now();
     this.blocksUploaded += 1;
   }
 }

@@ -1,8 +1,14 @@
 // A mount's snapshot from StartSnapshot to CompleteSnapshot: the state directory,
 // the volume, and the final flush. Plain async code, so it is tested without FUSE.
+//
+// State directory, one per snapshot (mode 0700):
+//   snapshot.json   what StartSnapshot was asked, and the status once completed
+//   lock            the pid of the process using the state
+//   journal.log     intents and acknowledgements of PUTs (journal.ts)
+//   readback-NN.img the read-back store (readback-store.ts)
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { SnapshotClient, StartSnapshotParams } from '../ebs/client';
+import { BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
 import { UserError } from '../errors';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
 import { Volume } from './volume';
@@ -15,10 +21,21 @@ export interface SessionTuning extends Partial<CoreLimits> {
   log?: (line: string) => void;
 }
 
+interface StateRecord {
+  snapshotId: string;
+  volumeSizeGiB: number;
+  params: StartSnapshotParams;
+  status: 'pending' | 'completed';
+}
+
+const STATE_FILE = 'snapshot.json';
+const LOCK_FILE = 'lock';
+
 export class SnapshotSession {
   private constructor(
     readonly snapshotId: string,
     readonly stateDirectory: string,
+    private readonly state: StateRecord,
     private readonly client: SnapshotClient,
     private readonly volume: Volume,
   ) {}
@@ -26,29 +43,51 @@ export class SnapshotSession {
   static async start(client: SnapshotClient, params: StartSnapshotParams, tuning: SessionTuning): Promise<SnapshotSession> {
     const started = await client.startSnapshot(params);
     const stateDirectory = path.join(tuning.stateDir, started.snapshotId);
+    const state: StateRecord = { snapshotId: started.snapshotId, volumeSizeGiB: started.volumeSizeGiB, params, status: 'pending' };
     try {
       await fs.mkdir(stateDirectory, { recursive: true, mode: 0o700 });
       await fs.chmod(stateDirectory, 0o700);
-      await writeFileAtomic(path.join(stateDirectory, 'snapshot.json'), `${JSON.stringify({ snapshotId: started.snapshotId, params }, null, 2)}\n`);
+      await writeFileAtomic(path.join(stateDirectory, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
     } catch (error) {
-      throw new UserError(`cannot use state directory ${stateDirectory}: ${(error as Error).message}`);
+      throw new UserError(`cannot use the state directory ${stateDirectory}: ${(error as Error).message}`);
     }
-    const limits = limitsFrom(tuning);
-    const volume = new Volume({
-      client,
-      snapshotId: started.snapshotId,
-      volumeSizeGiB: started.volumeSizeGiB,
-      stateDirectory,
-      limits,
-      zeroSkipAllowed: params.parentSnapshotId === undefined && !params.encrypted,
-      retryCount: tuning.retryCount,
-      log: tuning.log,
-    });
-    return new SnapshotSession(started.snapshotId, stateDirectory, client, volume);
+    return SnapshotSession.open(client, stateDirectory, state, tuning);
+  }
+
+  /** Continues a pending snapshot from the state an earlier mount left on this machine. */
+  static async resume(client: SnapshotClient, snapshotId: string, tuning: SessionTuning): Promise<SnapshotSession> {
+    const stateDirectory = path.join(tuning.stateDir, snapshotId);
+    const state = await readState(stateDirectory, snapshotId);
+    if (state.status === 'completed') throw new UserError(`${snapshotId} is already completed; there is nothing to resume`);
+    return SnapshotSession.open(client, stateDirectory, state, tuning);
+  }
+
+  private static async open(client: SnapshotClient, stateDirectory: string, state: StateRecord, tuning: SessionTuning): Promise<SnapshotSession> {
+    await takeLock(stateDirectory);
+    try {
+      const volume = await Volume.open({
+        client,
+        snapshotId: state.snapshotId,
+        volumeSizeGiB: state.volumeSizeGiB,
+        stateDirectory,
+        limits: limitsFrom(tuning),
+        zeroSkipAllowed: state.params.parentSnapshotId === undefined && !state.params.encrypted,
+        retryCount: tuning.retryCount,
+        log: tuning.log,
+      });
+      return new SnapshotSession(state.snapshotId, stateDirectory, state, client, volume);
+    } catch (error) {
+      await releaseLock(stateDirectory);
+      throw new UserError(`cannot open the state of ${state.snapshotId} in ${stateDirectory}: ${(error as Error).message}`);
+    }
   }
 
   get file(): VolumeFile {
     return this.volume;
+  }
+
+  get volumeSizeGiB(): number {
+    return this.state.volumeSizeGiB;
   }
 
   stats(): VolumeStats {
@@ -63,28 +102,90 @@ export class SnapshotSession {
     try {
       await this.volume.flushAll(options.timeoutMs);
     } catch (error) {
+      await this.close();
       throw new UserError(
         `could not upload every block of ${this.snapshotId} (${(error as Error).message}); ` +
-          `the snapshot stays pending and its state is kept in ${this.stateDirectory}`,
+          `the snapshot stays pending and its state is kept in ${this.stateDirectory}; ` +
+          `continue with 'ebs-fuse mount MOUNTPOINT --resume ${this.snapshotId}' or 'ebs-fuse complete ${this.snapshotId}'`,
       );
     }
     if (!options.complete) {
-      await this.volume.close();
+      await this.close();
       return { snapshotId: this.snapshotId, status: 'pending' };
     }
     const figures = this.volume.completionFigures();
-    const status = await this.client.completeSnapshot({
-      snapshotId: this.snapshotId,
-      changedBlocksCount: figures.changedBlocksCount,
-      linearChecksumBase64: figures.linearChecksumBase64,
-    });
+    let status;
+    try {
+      status = await this.client.completeSnapshot({ snapshotId: this.snapshotId, ...figures });
+    } catch (error) {
+      await this.close();
+      throw error;
+    }
     await this.volume.close();
-    if (status !== 'error') await fs.rm(this.stateDirectory, { recursive: true, force: true });
+    if (status !== 'error') await this.forgetData();
+    await releaseLock(this.stateDirectory);
     return { snapshotId: this.snapshotId, status };
   }
 
+  /** Stops uploads and closes the state, keeping it for a resume. */
   async close(): Promise<void> {
     await this.volume.close();
+    await releaseLock(this.stateDirectory);
+  }
+
+  /** After completion only snapshot.json stays, so a resume can say it is done. */
+  private async forgetData(): Promise<void> {
+    this.state.status = 'completed';
+    await writeFileAtomic(path.join(this.stateDirectory, STATE_FILE), `${JSON.stringify(this.state, null, 2)}\n`);
+    for (const entry of await fs.readdir(this.stateDirectory)) {
+      if (entry !== STATE_FILE && entry !== LOCK_FILE) await fs.rm(path.join(this.stateDirectory, entry), { force: true });
+    }
+  }
+}
+
+async function readState(stateDirectory: string, snapshotId: string): Promise<StateRecord> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(stateDirectory, STATE_FILE), 'utf8');
+  } catch {
+    throw new UserError(`no local state for ${snapshotId} in ${path.dirname(stateDirectory)}: only a snapshot started by a mount with this --state-dir can be resumed`);
+  }
+  const state = JSON.parse(text) as StateRecord;
+  if (state.snapshotId !== snapshotId || !(state.volumeSizeGiB >= 1 && state.volumeSizeGiB * BLOCKS_PER_GIB > 0)) {
+    throw new UserError(`the state in ${stateDirectory} is not that of ${snapshotId}`);
+  }
+  return state;
+}
+
+/** One process at a time per snapshot state; a lock left by a dead process is taken over. */
+async function takeLock(stateDirectory: string): Promise<void> {
+  const file = path.join(stateDirectory, LOCK_FILE);
+  for (let attempt = 0; attempt < 2; attempt += 1) {
+    try {
+      await fs.writeFile(file, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const holder = Number.parseInt(await fs.readFile(file, 'utf8').catch(() => ''), 10);
+      if (Number.isInteger(holder) && holder !== process.pid && isAlive(holder)) {
+        throw new UserError(`the state in ${stateDirectory} is in use by process ${holder}`);
+      }
+      await fs.rm(file, { force: true });
+    }
+  }
+  throw new UserError(`cannot lock the state in ${stateDirectory}`);
+}
+
+async function releaseLock(stateDirectory: string): Promise<void> {
+  await fs.rm(path.join(stateDirectory, LOCK_FILE), { force: true });
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -5,10 +5,13 @@ import { linearChecksumBase64 } from '../ebs/checksum';
 import { BlockCache, BlockLocks, type CachedBlock } from './block-cache';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
+import { Journal, type JournalReplay } from './journal';
 import type { CoreLimits } from './limits';
 import { ReadbackStore } from './readback-store';
 import type { VolumeFile, VolumeStats } from './volume-file';
 
+/** How long close() lets in-flight uploads finish. */
+const CLOSE_WAIT_MS = 60_000;
 /** Zero blocks (truncated regions) the cache may track beyond its buffers. */
 const ZERO_ENTRIES_MAX = 1 << 20;
 
@@ -31,7 +34,6 @@ export class Volume implements VolumeFile {
   private readonly blockCount: number;
   private readonly locks = new BlockLocks();
   private readonly cache: BlockCache;
-  private readonly readback: ReadbackStore;
   private readonly flusher: Flusher;
   /** Blocks whose latest uploaded content is in the read-back store. */
   private readonly storedBlocks = new Set<number>();
@@ -39,7 +41,27 @@ export class Volume implements VolumeFile {
   private lastUploadError?: string;
   private readonly log: (line: string) => void;
 
-  constructor(private readonly options: VolumeOptions) {
+  /**
+   * Opens the volume over its state directory: the read-back store and the
+   * journal. A journal left by an earlier mount of the snapshot is replayed:
+   * acknowledged blocks read back from the store, and blocks that were being
+   * sent are queued to be sent again.
+   */
+  static async open(options: VolumeOptions): Promise<Volume> {
+    const readback = new ReadbackStore(options.stateDirectory);
+    const { journal, replay } = await Journal.open(options.stateDirectory, () => readback.sync());
+    const volume = new Volume(options, readback, journal, replay);
+    for (const index of [...replay.unacknowledged.keys()].sort((a, b) => a - b)) await volume.resend(index);
+    return volume;
+  }
+
+  private constructor(
+    private readonly options: VolumeOptions,
+    private readonly readback: ReadbackStore,
+    private readonly journal: Journal,
+    replay: JournalReplay,
+  ) {
+    for (const index of [...replay.acknowledged.keys(), ...replay.unacknowledged.keys()]) this.storedBlocks.add(index);
     this.blockCount = options.volumeSizeGiB * BLOCKS_PER_GIB;
     this.sizeBytes = this.blockCount * BLOCK_SIZE_BYTES;
     this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
@@ -52,20 +74,24 @@ export class Volume implements VolumeFile {
       requestWriteback: () => this.writeBack(this.options.limits.uploadConcurrency),
       isLocked: (index) => this.locks.isLocked(index),
     });
-    this.readback = new ReadbackStore(options.stateDirectory);
-    this.flusher = new Flusher({
+    this.flusher = new Flusher(
+      {
       client: options.client,
       snapshotId: options.snapshotId,
       cache: this.cache,
       locks: this.locks,
-      readback: this.readback,
+      readback,
+      journal,
       concurrency: options.limits.uploadConcurrency,
       zeroSkipAllowed: options.zeroSkipAllowed,
       storedBlocks: this.storedBlocks,
       mergeBase: (block) => this.mergeBase(block),
       progressPercent: () => this.progressPercent(),
       onUploadFailed: (index, message) => this.reportUploadFailure(index, message),
-    });
+      },
+      new Map(replay.acknowledged),
+      this.storedBlocks,
+    );
   }
 
   async read(offsetBytes: number, length: number): Promise<Buffer> {
@@ -159,7 +185,45 @@ export class Volume implements VolumeFile {
     return this.cache.buffersInUse;
   }
 
+  /** When the service last acknowledged a PUT. */
+  get lastPutAckMs(): number {
+    return this.flusher.lastPutAckMs;
+  }
+
+  /** How many blocks the service has acknowledged (candidates for resend). */
+  acknowledgedBlockIndexes(): IterableIterator<number> {
+    return this.flusher.putDigests.keys();
+  }
+
+  /**
+   * Sends a block again with its current content: after a crash for a block
+   * that was in flight, and to restart the snapshot's idle timer.
+   */
+  async resend(index: number): Promise<void> {
+    await this.locks.with(index, async () => {
+      let block = this.cache.get(index);
+      if (!block) {
+        block = this.cache.insert(index);
+        try {
+          await this.cache.reserveBuffer();
+        } catch (error) {
+          this.cache.discardUnwritten(block);
+          throw error;
+        }
+        block.data = BlockCache.newBuffer();
+        // Empty written ranges: the whole content comes from the read-back store.
+        block.baseMerged = !this.storedBlocks.has(index);
+        block.writtenRanges = [];
+      }
+      if (!block.isDirty) this.cache.noteWritten(block);
+      this.flusher.enqueue(block);
+    });
+  }
+
+  /** Stops uploading (in-flight PUTs end first, bounded) and closes the files. */
   async close(): Promise<void> {
+    await this.flusher.stop(CLOSE_WAIT_MS);
+    await this.journal.close();
     await this.readback.close();
   }
 
@@ -254,7 +318,7 @@ export class Volume implements VolumeFile {
 
   /** Waits until every block dirty at the call is acknowledged; EIO on a failure. */
   private async flushDirty(deadlineMs: number): Promise<void> {
-    const startedMs = Date.now();
+    const failuresBefore = this.flusher.failureCount;
     const targets: Array<{ block: CachedBlock; generation: number }> = [];
     for (const block of this.cache.values()) {
       if (!block.isDirty) continue;
@@ -264,10 +328,11 @@ export class Volume implements VolumeFile {
     for (;;) {
       const pending = targets.filter(({ block, generation }) => block.ackedGeneration < generation);
       if (pending.length === 0) {
+        await this.syncJournal();
         this.lastUploadError = undefined;
         return;
       }
-      const failed = pending.find(({ block }) => !block.uploading && block.lastFailure !== undefined && block.lastFailure.atMs >= startedMs);
+      const failed = pending.find(({ block }) => !block.uploading && block.lastFailure !== undefined && block.lastFailure.sequence > failuresBefore);
       if (failed) {
         throw new FileOperationError('EIO', `upload of block ${failed.block.index} failed: ${failed.block.lastFailure!.message}`);
       }
@@ -278,6 +343,14 @@ export class Volume implements VolumeFile {
         throw new FileOperationError('EIO', `${pending.length} dirty blocks were not acknowledged in time`);
       }
       await this.flusher.uploadEnded.wait(Math.min(remainingMs, 1000));
+    }
+  }
+
+  private async syncJournal(): Promise<void> {
+    try {
+      await this.journal.sync();
+    } catch (error) {
+      throw new FileOperationError('EIO', `cannot make the journal durable: ${(error as Error).message}`);
     }
   }
 

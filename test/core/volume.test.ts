@@ -37,7 +37,7 @@ async function makeVolume(
   const { snapshotId } = await client.startSnapshot({ volumeSizeGiB: 1 });
   const stateDirectory = mkdtempSync(path.join(os.tmpdir(), 'ebs-fuse-volume-'));
   directories.push(stateDirectory);
-  const volume = new Volume({
+  const volume = await Volume.open({
     client,
     snapshotId,
     volumeSizeGiB: 1,

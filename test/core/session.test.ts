@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BLOCK_SIZE_BYTES, SnapshotApiError, type PutBlockParams, type SnapshotClient } from '../../src/ebs/client';
+import { MemorySnapshotClient } from '../../src/ebs/memory-client';
+import { SnapshotSession, type SessionTuning } from '../../src/core/session';
+import { UserError } from '../../src/errors';
+import { SeededRandom } from '../support/random';
+
+const B = BLOCK_SIZE_BYTES;
+
+/** Passes PUTs through to the service but never answers the ones `hang` picks: a crash mid-PUT. */
+function withHangingPuts(inner: MemorySnapshotClient, hang: (params: PutBlockParams) => boolean): SnapshotClient {
+  return new Proxy(inner, {
+    get(target, property, receiver) {
+      if (property === 'putSnapshotBlock') {
+        return async (params: PutBlockParams) => {
+          await target.putSnapshotBlock(params);
+          if (hang(params)) await new Promise(() => {});
+        };
+      }
+      return Reflect.get(target, property, receiver);
+    },
+  });
+}
+
+describe('core: session (journal, resume, complete)', () => {
+  let stateDir: string;
+  let tuning: SessionTuning;
+  beforeEach(() => {
+    stateDir = mkdtempSync(path.join(os.tmpdir(), 'ebs-fuse-session-'));
+    tuning = { stateDir, cacheSizeBytes: 16 * 1024 * 1024, uploadConcurrency: 4, log: () => {} };
+  });
+  afterEach(() => rmSync(stateDir, { recursive: true, force: true }));
+
+  it('after a crash, resume reads back every block fsync acknowledged and completes over both runs', async () => {
+    const service = new MemorySnapshotClient();
+    const random = new SeededRandom(7);
+    const first = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, tuning);
+    const before = random.bytes(5 * B + 1234);
+    await first.file.write(100, before);
+    await first.file.fsync();
+    // The process dies here: no close, no finish.
+    const second = await SnapshotSession.resume(service, first.snapshotId, tuning);
+    assert.ok((await second.file.read(100, before.length)).equals(before));
+    const after = random.bytes(3 * B);
+    await second.file.write(4 * B, after);
+    const result = await second.finish({ complete: true, timeoutMs: 10_000 });
+    assert.equal(result.status, 'completed');
+    const expected = Buffer.alloc(8 * B);
+    before.copy(expected, 100);
+    after.copy(expected, 4 * B);
+    assert.ok(service.imageRange(first.snapshotId, 0, 8).equals(expected));
+    assert.deepEqual(readdirSync(path.join(stateDir, first.snapshotId)), ['snapshot.json']);
+  });
+
+  it('sends again a block whose PUT reached the service but was never acknowledged', async () => {
+    const service = new MemorySnapshotClient();
+    let hanging = true;
+    const flaky = withHangingPuts(service, (params) => hanging && params.blockIndex === 2);
+    const first = await SnapshotSession.start(flaky, { volumeSizeGiB: 1 }, tuning);
+    await first.file.write(0, Buffer.alloc(4 * B, 5));
+    const fsync = first.file.fsync();
+    const deadline = Date.now() + 5000;
+    while (service.snapshots.get(first.snapshotId)!.ownBlocks.size < 4 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    void fsync.catch(() => {});
+    hanging = false;
+    // Crash with block 2 on the service but not acknowledged to us.
+    const second = await SnapshotSession.resume(service, first.snapshotId, tuning);
+    const result = await second.finish({ complete: true, timeoutMs: 10_000 });
+    // The service checks ChangedBlocksCount and LINEAR: block 2 must be counted.
+    assert.equal(result.status, 'completed');
+    assert.ok(service.imageRange(first.snapshotId, 0, 4).equals(Buffer.alloc(4 * B, 5)));
+  });
+
+  it('refuses to resume an unknown or a completed snapshot, and one another live process holds', async () => {
+    const service = new MemorySnapshotClient();
+    await assert.rejects(SnapshotSession.resume(service, 'snap-0123456789abcdef0', tuning), (error: Error) => {
+      return error instanceof UserError && /no local state for snap-0123456789abcdef0/.test(error.message);
+    });
+    const done = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, tuning);
+    await done.finish({ complete: true, timeoutMs: 1000 });
+    await assert.rejects(SnapshotSession.resume(service, done.snapshotId, tuning), /already completed/);
+
+    const busy = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, tuning);
+    await busy.close();
+    writeFileSync(path.join(stateDir, busy.snapshotId, 'lock'), '1\n'); // pid 1 is alive
+    await assert.rejects(SnapshotSession.resume(service, busy.snapshotId, tuning), /in use by process 1/);
+  });
+
+  it('keeps the state and says how to continue when the final flush fails', async () => {
+    let failing = true;
+    const service = new MemorySnapshotClient({
+      failBefore: (operation) => (failing && operation === 'put' ? new SnapshotApiError('down', 'InternalServerException', 'transient', 500) : undefined),
+    });
+    const session = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, tuning);
+    await session.file.write(0, Buffer.alloc(100, 1));
+    await assert.rejects(session.finish({ complete: true, timeoutMs: 5000 }), (error: Error) => {
+      return error instanceof UserError && error.message.includes(`--resume ${session.snapshotId}`) && error.message.includes(`complete ${session.snapshotId}`);
+    });
+    assert.ok(existsSync(path.join(stateDir, session.snapshotId, 'journal.log')));
+    failing = false;
+    const resumed = await SnapshotSession.resume(service, session.snapshotId, tuning);
+    assert.ok((await resumed.file.read(0, 100)).equals(Buffer.alloc(100, 1)), 'the intent replays the read-back copy');
+    assert.equal((await resumed.finish({ complete: true, timeoutMs: 5000 })).status, 'completed');
+  });
+});
