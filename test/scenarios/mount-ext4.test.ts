@@ -1,0 +1,94 @@
+// A file system on the mounted file: mkfs.ext4, a loop mount, a tree of a few
+// thousand files copied in, then the completed snapshot read back through
+// GetSnapshotBlock must pass e2fsck and hold the identical tree.
+import { strict as assert } from 'node:assert';
+import { randomBytes, randomInt } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { isMountPoint } from '../../src/fuse/mountinfo';
+import { ScenarioContext, expectEnded, mustRun, sh, waitForLoopDetached, MIB } from './support';
+
+const DIRECTORIES = 30;
+const FILES_PER_DIRECTORY = 100;
+const SMALL_FILE_MAX_BYTES = 20_000;
+const LARGE_FILES = 3;
+const LARGE_FILE_BYTES = 4 * MIB;
+
+async function makeTree(root: string): Promise<number> {
+  let totalBytes = 0;
+  for (let directory = 0; directory < DIRECTORIES; directory += 1) {
+    const folder = path.join(root, `dir-${directory}`, `sub-${directory % 7}`);
+    await mkdir(folder, { recursive: true });
+    await Promise.all(
+      Array.from({ length: FILES_PER_DIRECTORY }, (_, file) => {
+        const data = randomBytes(randomInt(SMALL_FILE_MAX_BYTES + 1));
+        totalBytes += data.length;
+        return writeFile(path.join(folder, `file-${file}.bin`), data);
+      }),
+    );
+  }
+  for (let file = 0; file < LARGE_FILES; file += 1) {
+    totalBytes += LARGE_FILE_BYTES;
+    await writeFile(path.join(root, `large-${file}.bin`), randomBytes(LARGE_FILE_BYTES));
+  }
+  return totalBytes;
+}
+
+describe('scenario: mkfs.ext4 and a file tree on the mounted file', function () {
+  this.timeout(300_000);
+  const context = new ScenarioContext();
+  const loopMounts: string[] = [];
+  const loopFiles: string[] = [];
+
+  before(async () => {
+    await context.setUp();
+  });
+
+  after(async () => {
+    for (const mountpoint of loopMounts) {
+      if (await isMountPoint(mountpoint).catch(() => false)) await sh('umount', ['-l', mountpoint]);
+    }
+    for (const file of loopFiles) {
+      const attached = await sh('losetup', ['-j', file]);
+      for (const line of attached.stdout.split('\n')) {
+        const device = line.split(':')[0];
+        if (device) await sh('losetup', ['-d', device]);
+      }
+    }
+    await context.tearDown();
+  });
+
+  it('e2fsck is clean on the downloaded snapshot and the tree is identical', async () => {
+    const tree = context.file('tree');
+    const treeBytes = await makeTree(tree);
+    assert.ok(treeBytes > 20 * MIB);
+
+    const mount = await context.mount(1);
+    loopFiles.push(mount.filePath);
+    await mustRun('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', mount.filePath], { timeoutMs: 120_000 });
+    const inner = context.file('inner');
+    await mkdir(inner);
+    loopMounts.push(inner);
+    await mustRun('mount', ['-o', 'loop', mount.filePath, inner]);
+    await mustRun('cp', ['-a', tree, path.join(inner, 'tree')], { timeoutMs: 120_000 });
+    await mustRun('umount', [inner]);
+    await waitForLoopDetached(mount.filePath);
+
+    const result = await mount.stop('SIGINT');
+    expectEnded(result, mount.snapshotId);
+
+    const image = context.file('downloaded.img');
+    loopFiles.push(image);
+    assert.ok((await context.download(mount.snapshotId, image)) > 0);
+    const fsck = await sh('e2fsck', ['-fn', image], { timeoutMs: 120_000 });
+    assert.equal(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+
+    const check = context.file('check');
+    await mkdir(check);
+    loopMounts.push(check);
+    await mustRun('mount', ['-o', 'loop,ro', image, check]);
+    const diff = await sh('diff', ['-r', tree, path.join(check, 'tree')], { timeoutMs: 120_000 });
+    await mustRun('umount', [check]);
+    assert.equal(diff.code, 0, `diff -r: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);
+  });
+});
