@@ -17,6 +17,8 @@ import type { FinishResult, VolumeFile, VolumeStats } from './volume-file';
 export interface SessionTuning extends Partial<CoreLimits> {
   /** Parent folder of the per-snapshot state directories. */
   stateDir: string;
+  /** The snapshot's idle timeout; defaults to its Timeout parameter (AWS's default 60 min). */
+  idleTimeoutMs?: number;
   retryCount?: () => number;
   log?: (line: string) => void;
 }
@@ -29,16 +31,29 @@ interface StateRecord {
 }
 
 const STATE_FILE = 'snapshot.json';
+/** AWS's default StartSnapshot Timeout. */
+const SERVICE_DEFAULT_TIMEOUT_MINUTES = 60;
+/** The keep-alive PUT goes out once this share of the idle timeout has passed without a PUT. */
+const KEEP_ALIVE_AFTER_RATIO = 0.5;
 const LOCK_FILE = 'lock';
 
 export class SnapshotSession {
+  private readonly keepAliveTimer: NodeJS.Timeout;
+  private keepAliveWarned = false;
+
   private constructor(
     readonly snapshotId: string,
     readonly stateDirectory: string,
     private readonly state: StateRecord,
     private readonly client: SnapshotClient,
     private readonly volume: Volume,
-  ) {}
+    private readonly idleTimeoutMs: number,
+    private readonly log: (line: string) => void,
+  ) {
+    // Check often enough that a PUT always lands well inside the idle timeout.
+    this.keepAliveTimer = setInterval(() => void this.keepAlive(), Math.max(50, Math.min(60_000, idleTimeoutMs / 10)));
+    this.keepAliveTimer.unref();
+  }
 
   static async start(client: SnapshotClient, params: StartSnapshotParams, tuning: SessionTuning): Promise<SnapshotSession> {
     const started = await client.startSnapshot(params);
@@ -75,7 +90,9 @@ export class SnapshotSession {
         retryCount: tuning.retryCount,
         log: tuning.log,
       });
-      return new SnapshotSession(state.snapshotId, stateDirectory, state, client, volume);
+      const idleTimeoutMs = tuning.idleTimeoutMs ?? (state.params.timeoutMinutes ?? SERVICE_DEFAULT_TIMEOUT_MINUTES) * 60_000;
+      const log = tuning.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+      return new SnapshotSession(state.snapshotId, stateDirectory, state, client, volume, idleTimeoutMs, log);
     } catch (error) {
       await releaseLock(stateDirectory);
       throw new UserError(`cannot open the state of ${state.snapshotId} in ${stateDirectory}: ${(error as Error).message}`);
@@ -99,6 +116,8 @@ export class SnapshotSession {
    * When the flush fails the snapshot stays pending and the state is kept.
    */
   async finish(options: { complete: boolean; timeoutMs: number }): Promise<FinishResult> {
+    // No keep-alive PUT may race the final flush and CompleteSnapshot.
+    clearInterval(this.keepAliveTimer);
     try {
       await this.volume.flushAll(options.timeoutMs);
     } catch (error) {
@@ -127,8 +146,30 @@ export class SnapshotSession {
     return { snapshotId: this.snapshotId, status };
   }
 
+  /**
+   * A pending snapshot with no PUT for its Timeout turns to `error`: an idle
+   * mount would lose everything. Before that, send an acknowledged block again
+   * with its known content (LINEAR and the count do not change); with nothing
+   * acknowledged yet and no parent, send block 0 as the zeros it reads as.
+   */
+  private async keepAlive(): Promise<void> {
+    if (Date.now() - this.volume.lastPutAckMs < this.idleTimeoutMs * KEEP_ALIVE_AFTER_RATIO) return;
+    if (this.volume.stats().uploadingBlocks > 0) return;
+    const acknowledged = this.volume.acknowledgedBlockIndexes().next();
+    try {
+      if (!acknowledged.done) await this.volume.resend(acknowledged.value);
+      else if (this.state.params.parentSnapshotId === undefined) await this.volume.resend(0, { evenIfZero: true });
+      else throw new Error('no block has been uploaded yet to send again');
+    } catch (error) {
+      if (this.keepAliveWarned) return;
+      this.keepAliveWarned = true;
+      this.log(`ebs-fuse: warning: cannot keep ${this.snapshotId} alive (${(error as Error).message}); it turns to 'error' after ${Math.round(this.idleTimeoutMs / 60_000)} min without a PUT`);
+    }
+  }
+
   /** Stops uploads and closes the state, keeping it for a resume. */
   async close(): Promise<void> {
+    clearInterval(this.keepAliveTimer);
     await this.volume.close();
     await releaseLock(this.stateDirectory);
   }

@@ -199,7 +199,10 @@ export class Volume implements VolumeFile {
    * Sends a block again with its current content: after a crash for a block
    * that was in flight, and to restart the snapshot's idle timer.
    */
-  async resend(index: number): Promise<void> {
+  async resend(index: number, options: { evenIfZero?: boolean } = {}): Promise<void> {
+    // A block that was never sent and reads as zeros would be skipped by the
+    // zero-block rule; the idle keep-alive needs a real PUT.
+    if (options.evenIfZero) this.flusher.attemptedBlocks.add(index);
     await this.locks.with(index, async () => {
       let block = this.cache.get(index);
       if (!block) {

@@ -107,4 +107,26 @@ describe('core: session (journal, resume, complete)', () => {
     assert.ok((await resumed.file.read(0, 100)).equals(Buffer.alloc(100, 1)), 'the intent replays the read-back copy');
     assert.equal((await resumed.finish({ complete: true, timeoutMs: 5000 })).status, 'completed');
   });
+
+  it('keeps an idle snapshot alive by sending an acknowledged block again, content unchanged', async () => {
+    const service = new MemorySnapshotClient();
+    const session = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, { ...tuning, idleTimeoutMs: 400 });
+    await session.file.write(B, Buffer.alloc(B, 3));
+    await session.file.fsync();
+    const putsAfterFsync = service.callCounts.put;
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    assert.ok(service.callCounts.put > putsAfterFsync, 'a keep-alive PUT went out while idle');
+    const result = await session.finish({ complete: true, timeoutMs: 5000 });
+    assert.equal(result.status, 'completed', 'count and LINEAR unchanged by the keep-alive');
+    assert.ok(service.imageRange(session.snapshotId, 1, 1).equals(Buffer.alloc(B, 3)));
+  });
+
+  it('with nothing written yet, keeps a fresh snapshot alive with block 0 as zeros', async () => {
+    const service = new MemorySnapshotClient();
+    const session = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, { ...tuning, idleTimeoutMs: 400 });
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    assert.ok(service.callCounts.put >= 1);
+    assert.ok((await session.file.read(0, B)).equals(Buffer.alloc(B)));
+    assert.equal((await session.finish({ complete: true, timeoutMs: 5000 })).status, 'completed');
+  });
 });
