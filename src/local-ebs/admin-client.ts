@@ -23,7 +23,7 @@ function toBuffer(data: SourceData): Buffer {
 }
 
 /** The hash the signer asks for, on node:crypto. */
-class Sha256 {
+export class Sha256 {
   private readonly hash: Hash | Hmac;
 
   constructor(secret?: SourceData) {

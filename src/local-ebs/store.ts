@@ -83,7 +83,9 @@ export class SnapshotStore {
   private renameGeneration = 0;
   private syncedRenameGeneration = 0;
   private readonly commitQueue: QueuedRecord[] = [];
-  private committing: Promise<void> | undefined;
+  /** Set and cleared synchronously with the queue check, so no record is ever left unserved. */
+  private committing = false;
+  private commitDone: Promise<void> = Promise.resolve();
   private closed = false;
 
   private constructor(
@@ -153,7 +155,10 @@ export class SnapshotStore {
     await this.ensureBlockFile(digest, data);
     await new Promise<void>((resolve, reject) => {
       this.commitQueue.push({ snapshot, record: { blockIndex, digest }, resolve, reject });
-      if (!this.committing) this.committing = this.commitLoop().finally(() => (this.committing = undefined));
+      if (!this.committing) {
+        this.committing = true;
+        this.commitDone = this.commitLoop();
+      }
     });
   }
 
@@ -165,7 +170,7 @@ export class SnapshotStore {
 
   /** Waits for queued commits, then closes every log. */
   async close(): Promise<void> {
-    while (this.committing) await this.committing.catch(() => undefined);
+    while (this.committing) await this.commitDone;
     this.closed = true;
     for (const snapshot of this.snapshots.values()) await this.closeLog(snapshot);
   }
@@ -225,40 +230,47 @@ export class SnapshotStore {
   }
 
   private async commitLoop(): Promise<void> {
-    while (this.commitQueue.length > 0) {
-      const batch = this.commitQueue.splice(0, MAX_RECORDS_PER_COMMIT);
-      const generation = this.renameGeneration;
-      if (generation > this.syncedRenameGeneration) {
-        try {
-          await fsyncDirectory(this.blocksDir);
-          this.syncedRenameGeneration = Math.max(this.syncedRenameGeneration, generation);
-        } catch (error) {
-          for (const queued of batch) queued.reject(error);
-          continue;
-        }
-      }
-      const bySnapshot = new Map<StoredSnapshot, QueuedRecord[]>();
-      for (const queued of batch) {
-        const list = bySnapshot.get(queued.snapshot);
-        if (list) list.push(queued);
-        else bySnapshot.set(queued.snapshot, [queued]);
-      }
-      await Promise.all(
-        [...bySnapshot].map(async ([snapshot, items]) => {
-          try {
-            await this.appendToLog(snapshot, items.map((item) => item.record));
-          } catch (error) {
-            for (const item of items) item.reject(error);
-            return;
-          }
-          // Visible only now, in log order, so memory never shows what the disk may lose.
-          for (const item of items) {
-            snapshot.ownBlocks.set(item.record.blockIndex, item.record.digest);
-            item.resolve();
-          }
-        }),
-      );
+    // The emptiness check and clearing `committing` happen in one synchronous step.
+    try {
+      while (this.commitQueue.length > 0) await this.commitBatch();
+    } finally {
+      this.committing = false;
     }
+  }
+
+  private async commitBatch(): Promise<void> {
+    const batch = this.commitQueue.splice(0, MAX_RECORDS_PER_COMMIT);
+    const generation = this.renameGeneration;
+    if (generation > this.syncedRenameGeneration) {
+      try {
+        await fsyncDirectory(this.blocksDir);
+        this.syncedRenameGeneration = Math.max(this.syncedRenameGeneration, generation);
+      } catch (error) {
+        for (const queued of batch) queued.reject(error);
+        return;
+      }
+    }
+    const bySnapshot = new Map<StoredSnapshot, QueuedRecord[]>();
+    for (const queued of batch) {
+      const list = bySnapshot.get(queued.snapshot);
+      if (list) list.push(queued);
+      else bySnapshot.set(queued.snapshot, [queued]);
+    }
+    await Promise.all(
+      [...bySnapshot].map(async ([snapshot, items]) => {
+        try {
+          await this.appendToLog(snapshot, items.map((item) => item.record));
+        } catch (error) {
+          for (const item of items) item.reject(error);
+          return;
+        }
+        // Visible only now, in log order, so memory never shows what the disk may lose.
+        for (const item of items) {
+          snapshot.ownBlocks.set(item.record.blockIndex, item.record.digest);
+          item.resolve();
+        }
+      }),
+    );
   }
 
   private async appendToLog(snapshot: StoredSnapshot, records: BlockRecord[]): Promise<void> {
