@@ -8,9 +8,11 @@
 //   readback-NN.img the read-back store (readback-store.ts)
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
+import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
 import { UserError } from '../errors';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
+import { ReadOnlyVolume } from './read-only-volume';
+import { SnapshotReader } from './snapshot-reader';
 import { Volume } from './volume';
 import type { FinishResult, VolumeFile, VolumeStats } from './volume-file';
 
@@ -31,6 +33,10 @@ interface StateRecord {
 }
 
 const STATE_FILE = 'snapshot.json';
+/** Parent blocks kept in memory for reads and merges (16 MiB), beside the block cache. */
+const PARENT_CACHED_BLOCKS = 32;
+/** Blocks a read-only mount fetches ahead of a sequential reader. */
+const READ_AHEAD_BLOCKS = 8;
 /** AWS's default StartSnapshot Timeout. */
 const SERVICE_DEFAULT_TIMEOUT_MINUTES = 60;
 /** The keep-alive PUT goes out once this share of the idle timeout has passed without a PUT. */
@@ -80,7 +86,10 @@ export class SnapshotSession {
   private static async open(client: SnapshotClient, stateDirectory: string, state: StateRecord, tuning: SessionTuning): Promise<SnapshotSession> {
     await takeLock(stateDirectory);
     try {
+      const parentId = state.params.parentSnapshotId;
+      const parent = parentId === undefined ? undefined : await SnapshotReader.open(client, parentId, { cachedBlocksMax: PARENT_CACHED_BLOCKS, readAheadBlocks: 0 });
       const volume = await Volume.open({
+        parent,
         client,
         snapshotId: state.snapshotId,
         volumeSizeGiB: state.volumeSizeGiB,
@@ -228,6 +237,13 @@ function isAlive(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** A completed snapshot as a read-only file: nothing local, nothing to finish. */
+export async function openReadOnlySnapshot(client: SnapshotClient, snapshotId: string, cacheSizeBytes: number): Promise<VolumeFile> {
+  const cachedBlocksMax = Math.max(2 * READ_AHEAD_BLOCKS, Math.floor(cacheSizeBytes / BLOCK_SIZE_BYTES));
+  const reader = await SnapshotReader.open(client, snapshotId, { cachedBlocksMax, readAheadBlocks: READ_AHEAD_BLOCKS });
+  return new ReadOnlyVolume(reader);
 }
 
 function limitsFrom(tuning: Partial<CoreLimits>): CoreLimits {

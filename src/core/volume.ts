@@ -8,6 +8,7 @@ import { Flusher } from './flusher';
 import { Journal, type JournalReplay } from './journal';
 import type { CoreLimits } from './limits';
 import { ReadbackStore } from './readback-store';
+import type { SnapshotReader } from './snapshot-reader';
 import type { VolumeFile, VolumeStats } from './volume-file';
 
 /** How long close() lets in-flight uploads finish. */
@@ -23,6 +24,8 @@ export interface VolumeOptions {
   stateDirectory: string;
   limits: CoreLimits;
   zeroSkipAllowed: boolean;
+  /** The parent snapshot of an incremental mount: what unwritten blocks read as. */
+  parent?: SnapshotReader;
   /** Retries so far by the client's retry policy, for status lines. */
   retryCount?: () => number;
   log?: (line: string) => void;
@@ -140,7 +143,7 @@ export class Volume implements VolumeFile {
       await this.writeBlockRange(index, inBlock, Buffer.alloc(BLOCK_SIZE_BYTES - inBlock));
     }
     // Only blocks that may hold data need zeroing; the rest already read as zeros.
-    const candidates = new Set<number>([...this.storedBlocks, ...this.flusher.attemptedBlocks]);
+    const candidates = new Set<number>([...this.storedBlocks, ...this.flusher.attemptedBlocks, ...(this.options.parent?.blockIndexes() ?? [])]);
     for (const block of this.cache.values()) candidates.add(block.index);
     for (const index of [...candidates].filter((candidate) => candidate >= firstWhole).sort((a, b) => a - b)) {
       const cached = this.cache.peek(index);
@@ -215,7 +218,7 @@ export class Volume implements VolumeFile {
         }
         block.data = BlockCache.newBuffer();
         // Empty written ranges: the whole content comes from the read-back store.
-        block.baseMerged = !this.storedBlocks.has(index);
+        block.baseMerged = !this.hasBase(index);
         block.writtenRanges = [];
       }
       if (!block.isDirty) this.cache.noteWritten(block);
@@ -251,14 +254,22 @@ export class Volume implements VolumeFile {
     (await this.readBase(index, inBlock, count)).copy(out, outOffset);
   }
 
-  /** Content of a block that is not in memory: the read-back store, else zeros. */
+  /** True when a block not in memory reads as something other than zeros. */
+  private hasBase(index: number): boolean {
+    return this.storedBlocks.has(index) || (this.options.parent?.has(index) ?? false);
+  }
+
+  /** Content of a block that is not in memory: the read-back store, else the parent, else zeros. */
   private async readBase(index: number, inBlock: number, count: number): Promise<Buffer> {
     if (this.storedBlocks.has(index)) return this.readback.readRange(index, inBlock, count);
+    if (this.options.parent?.has(index)) return this.options.parent.readRange(index, inBlock, count);
     return Buffer.alloc(count);
   }
 
   private async mergeBase(block: CachedBlock): Promise<void> {
-    const base = this.storedBlocks.has(block.index) ? await this.readback.readRange(block.index, 0, BLOCK_SIZE_BYTES) : null;
+    let base: Buffer | null = null;
+    if (this.storedBlocks.has(block.index)) base = await this.readback.readRange(block.index, 0, BLOCK_SIZE_BYTES);
+    else if (this.options.parent?.has(block.index)) base = await this.options.parent.readBlock(block.index);
     block.mergeBase(base);
   }
 
@@ -295,7 +306,7 @@ export class Volume implements VolumeFile {
       block.data = BlockCache.newBuffer();
       // A block that was absent and may have content elsewhere gets that content
       // merged in lazily; a zero block (null data in the cache) is known to be zeros.
-      if (isNew && this.storedBlocks.has(block.index)) {
+      if (isNew && this.hasBase(block.index)) {
         block.baseMerged = false;
         block.writtenRanges = [];
       }
