@@ -66,8 +66,8 @@ export function registerLocalEbsCommand(program: Command): void {
         faults: options.faults,
         log: (line) => process.stderr.write(`${line}\n`),
       });
-      process.stdout.write(`local-ebs listening on ${server.endpoint}\n`);
-      await new Promise<void>((resolve) => {
+      // The handlers are in place before the line is out: whoever reads it may signal at once.
+      const stopped = new Promise<void>((resolve) => {
         const stop = (): void => {
           process.removeListener('SIGINT', stop);
           process.removeListener('SIGTERM', stop);
@@ -76,6 +76,8 @@ export function registerLocalEbsCommand(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       });
+      process.stdout.write(`local-ebs listening on ${server.endpoint}\n`);
+      await stopped;
       await server.close();
     });
 }

@@ -1,0 +1,243 @@
+// --faults: each fault kind reaches a client (the JS SDK with maxAttempts 1) as the
+// error AWS would send; faults switch at run time through the admin route; a bad
+// spec, a port in use or an unusable data directory stop the CLI with one line.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
+import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { sha256Base64 } from '../../src/ebs/checksum';
+import { parseFaultSpec } from '../../src/local-ebs/faults';
+import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
+import { CLI_PATH, REPO_ROOT, TEST_CREDENTIALS, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+
+interface Failure {
+  name: string;
+  code?: string;
+  reason?: string;
+  status?: number;
+  message: string;
+}
+
+async function failure(promise: Promise<unknown>): Promise<Failure> {
+  try {
+    await promise;
+  } catch (error) {
+    const e = error as { name: string; code?: string; Reason?: string; message: string; $metadata?: { httpStatusCode?: number } };
+    return { name: e.name, code: e.code, reason: e.Reason, status: e.$metadata?.httpStatusCode, message: e.message };
+  }
+  assert.fail('expected the call to fail');
+}
+
+function runCli(args: string[], timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI_PATH, 'local-ebs', ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+function assertOneLineError(result: { code: number | null; stdout: string; stderr: string }, pattern: RegExp): void {
+  assert.notEqual(result.code, 0);
+  assert.equal(result.stdout, '');
+  const lines = result.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `expected one line, got:\n${result.stderr}`);
+  assert.match(lines[0], pattern);
+  assert.doesNotMatch(result.stderr, /\n\s+at /);
+}
+
+describe('local-ebs fault spec', () => {
+  it('parses every item of the grammar', () => {
+    const spec = parseFaultSpec('500=0.1,throttle=0.05,reset=0.01,corrupt=1,latency=0-50ms,rate=1000,ops=put+get');
+    assert.equal(spec.internalErrorProbability, 0.1);
+    assert.equal(spec.throttleProbability, 0.05);
+    assert.equal(spec.resetProbability, 0.01);
+    assert.equal(spec.corruptProbability, 1);
+    assert.deepEqual([spec.latencyMinMs, spec.latencyMaxMs], [0, 50]);
+    assert.equal(spec.putsPerSecondPerSnapshot, 1000);
+    assert.deepEqual([...spec.operations].sort(), ['GetSnapshotBlock', 'PutSnapshotBlock']);
+    assert.deepEqual([parseFaultSpec('latency=20ms').latencyMinMs, parseFaultSpec('latency=20ms').latencyMaxMs], [20, 20]);
+    assert.equal(parseFaultSpec('').operations.size, 6);
+  });
+
+  it('refuses what is not in the grammar', () => {
+    for (const bad of ['500', '500=2', '500=-0.1', 'throttle=abc', 'latency=20', 'latency=50-10ms', 'rate=0', 'rate=1.5', 'ops=put+delete', 'boom=1', '500=0.1,500=0.2', '500=0.1,,']) {
+      assert.throws(() => parseFaultSpec(bad), /--faults/, bad);
+    }
+  });
+});
+
+describe('local-ebs faults seen by a client', function () {
+  this.timeout(60_000);
+  let server: LocalEbsProcess;
+  let ebs: EBSClient;
+  const data = Buffer.alloc(BLOCK_SIZE_BYTES, 0x5a);
+  const put = (snapshotId: string, index: number) =>
+    ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: index, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }));
+  const start = async () => (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1 }))).SnapshotId!;
+  const faults = (spec: string) => setLocalEbsFaults(server.endpoint, server.credentials, spec);
+
+  before(async () => {
+    server = await startLocalEbsProcess({ faults: '500=1,ops=put' });
+    ebs = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: server.credentials, maxAttempts: 1 });
+  });
+
+  after(async () => {
+    ebs?.destroy();
+    await server?.stop();
+    await stopAllLocalEbsProcesses();
+  });
+
+  it('500: InternalServerException on the operations chosen, then recovery when cleared', async () => {
+    const id = await start();
+    const failed = await failure(put(id, 0));
+    assert.deepEqual([failed.name, failed.status], ['InternalServerException', 500]);
+    await faults('');
+    await put(id, 0);
+    const stats = await getLocalEbsStats(server.endpoint, server.credentials);
+    assert.ok((stats.faultsInjected['500'] ?? 0) >= 1);
+    assert.ok((stats.responses['500'] ?? 0) >= 1);
+  });
+
+  it('throttle: ThrottlingException and RequestThrottledException, both 400, as AWS sends them', async () => {
+    await faults('throttle=1');
+    const first = await failure(start());
+    const second = await failure(start());
+    await faults('');
+    const byName = new Map([first, second].map((f) => [f.name, f]));
+    assert.deepEqual([...byName.keys()].sort(), ['RequestThrottledException', 'ThrottlingException']);
+    assert.equal(byName.get('ThrottlingException')!.status, 400);
+    assert.deepEqual([byName.get('RequestThrottledException')!.status, byName.get('RequestThrottledException')!.reason], [400, 'ACCOUNT_THROTTLED']);
+  });
+
+  it('reset: the connection is destroyed without an answer', async () => {
+    await faults('reset=1,ops=start');
+    const failed = await failure(start());
+    await faults('');
+    assert.match(`${failed.code} ${failed.message}`, /ECONNRESET|socket hang up/);
+  });
+
+  it('latency: a fixed delay, and a uniform range', async () => {
+    await faults('latency=300ms,ops=start');
+    let t0 = performance.now();
+    await start();
+    assert.ok(performance.now() - t0 >= 290, 'the delay was added');
+    await faults('latency=0-50ms');
+    t0 = performance.now();
+    await start();
+    await faults('');
+    const stats = await getLocalEbsStats(server.endpoint, server.credentials);
+    assert.ok((stats.faultsInjected.latency ?? 0) >= 2);
+  });
+
+  it('rate: PutSnapshotBlock above N per second per snapshot gets RequestThrottledException RESOURCE_LEVEL_THROTTLE', async () => {
+    const id = await start();
+    const other = await start();
+    await faults('rate=5');
+    const results = await Promise.allSettled(Array.from({ length: 15 }, (_, i) => put(id, i)));
+    const ok = results.filter((r) => r.status === 'fulfilled').length;
+    const refused = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as { name: string; Reason?: string; $metadata?: { httpStatusCode?: number } }] : []));
+    // A burst of one second's worth passes; a little refill may land while the burst arrives.
+    assert.ok(ok >= 5 && ok <= 7, `${ok} PUTs passed`);
+    assert.ok(refused.length > 0);
+    for (const e of refused) assert.deepEqual([e.name, e.Reason, e.$metadata?.httpStatusCode], ['RequestThrottledException', 'RESOURCE_LEVEL_THROTTLE', 400]);
+    await put(other, 0); // the limit is per snapshot
+    await faults('');
+  });
+
+  it('corrupt: GetSnapshotBlock returns data that does not match its x-amz-Checksum', async () => {
+    const id = await start();
+    await put(id, 0);
+    await ebs.send(new CompleteSnapshotCommand({ SnapshotId: id, ChangedBlocksCount: 1 }));
+    const token = (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))).Blocks![0].BlockToken;
+    await faults('corrupt=1');
+    const got = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: 0, BlockToken: token }));
+    const body = Buffer.from(await got.BlockData!.transformToByteArray());
+    await faults('');
+    assert.equal(got.Checksum, sha256Base64(data));
+    assert.notEqual(sha256Base64(body), got.Checksum);
+    assert.equal(body.length, BLOCK_SIZE_BYTES);
+  });
+
+  it('an invalid spec at run time is refused and the faults stay as they were', async () => {
+    await assert.rejects(faults('500=7'), /ValidationException/);
+    await start();
+  });
+});
+
+describe('local-ebs command errors', function () {
+  this.timeout(30_000);
+
+  it('a bad --faults spec: one line, non-zero exit', async () => {
+    assertOneLineError(await runCli(['--port', '0', '--data', mkdtempSync(path.join(os.tmpdir(), 'le-')), '--faults', 'boom=1']), /invalid --faults item/);
+  });
+
+  it('a port in use: one line, non-zero exit', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const port = (blocker.address() as net.AddressInfo).port;
+    try {
+      const result = await runCli(['--port', String(port), '--data', mkdtempSync(path.join(os.tmpdir(), 'le-')), '--access-key-id', 'a', '--secret-access-key', 'b']);
+      assertOneLineError(result, new RegExp(`port ${port} on 127.0.0.1 is in use`));
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it('an unusable data directory: one line, non-zero exit', async () => {
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'le-')), 'a-file');
+    writeFileSync(file, 'not a directory');
+    const result = await runCli(['--port', '0', '--data', path.join(file, 'data'), '--access-key-id', 'a', '--secret-access-key', 'b']);
+    assertOneLineError(result, /local-ebs data directory/);
+  });
+
+  it('a data directory held by a running server: one line naming it', async () => {
+    const first = await startLocalEbsProcess();
+    try {
+      const result = await runCli(['--port', '0', '--data', first.dataDir, '--access-key-id', 'a', '--secret-access-key', 'b']);
+      assertOneLineError(result, new RegExp(`is in use by pid ${first.child.pid} at ${first.endpoint}`));
+    } finally {
+      await first.stop();
+    }
+  });
+
+  it('generates and prints a key pair when none is given, and exits 0 on SIGTERM', async () => {
+    const server = await startLocalEbsProcess({ credentials: TEST_CREDENTIALS, extraArgs: [] });
+    assert.equal(await server.stop(), 0);
+    const dataDir = mkdtempSync(path.join(os.tmpdir(), 'le-'));
+    const child = spawn(process.execPath, [CLI_PATH, 'local-ebs', '--port', '0', '--data', dataDir], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const firstLine = await new Promise<string>((resolve) => {
+        let stdout = '';
+        child.stdout.on('data', (d: Buffer) => {
+          stdout += d.toString();
+          if (stdout.includes('\n')) resolve(stdout.split('\n')[0]);
+        });
+      });
+      assert.match(firstLine, /^local-ebs listening on http:\/\/127\.0\.0\.1:\d+$/);
+      const keyId = /AWS_ACCESS_KEY_ID=(\S+)/.exec(stderr)?.[1];
+      const secret = /AWS_SECRET_ACCESS_KEY=(\S+)/.exec(stderr)?.[1];
+      assert.ok(keyId && secret, stderr);
+      const endpoint = firstLine.split(' ').pop()!;
+      const stats = await getLocalEbsStats(endpoint, { accessKeyId: keyId, secretAccessKey: secret });
+      assert.deepEqual(stats.requests, {});
+    } finally {
+      child.kill('SIGINT');
+      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      assert.equal(code, 0);
+    }
+  });
+});
