@@ -61,6 +61,8 @@ export interface AwsSnapshotClientOptions {
    */
   resourceNotFoundWindowMs?: number;
   nowMs?: () => number;
+  /** Warnings of the HTTP layer (e.g. sockets exhausted), one line each. */
+  log?: (line: string) => void;
 }
 
 export const DEFAULT_MAX_SOCKETS = 64;
@@ -129,6 +131,8 @@ export class AwsSnapshotClient implements SnapshotClient {
         // per-attempt AbortController in call() also covers the body.
         requestTimeout: this.requestTimeoutMs,
         throwOnRequestTimeout: true,
+        // Without a logger the handler warns on the console, over several lines.
+        logger: httpLogger(options.log),
       }),
     };
     if (options.region !== undefined) config.region = options.region;
@@ -425,6 +429,15 @@ export class AwsSnapshotClient implements SnapshotClient {
     if (date === undefined || Number.isNaN(date.getTime())) throw await this.invalidResponse(context, 'no valid ExpiryTime');
     return date;
   }
+}
+
+function httpLogger(log: ((line: string) => void) | undefined) {
+  const warn = (...parts: unknown[]): void => {
+    const text = parts.map(String).join(' ').replace(/\s+/g, ' ').trim();
+    log?.(`ebs http: ${text.slice(0, MAX_QUOTED_MESSAGE_CHARS)}`);
+  };
+  const ignore = (): void => undefined;
+  return { trace: ignore, debug: ignore, info: ignore, warn, error: warn };
 }
 
 function closedError(context: CallContext): SnapshotApiError {

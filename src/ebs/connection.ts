@@ -37,7 +37,7 @@ export interface ConnectionTuning {
   requestTimeoutMs?: number;
   resourceNotFoundWindowMs?: number;
   retry?: RetryingSnapshotClientOptions;
-  /** Lines from an embedded local-ebs. */
+  /** Lines from an embedded local-ebs and warnings of the HTTP layer. */
   log?: (line: string) => void;
 }
 
@@ -115,6 +115,7 @@ function awsClient(
     connectionTimeoutMs: tuning.connectionTimeoutMs,
     requestTimeoutMs: tuning.requestTimeoutMs,
     resourceNotFoundWindowMs: tuning.resourceNotFoundWindowMs,
+    log: tuning.log,
   });
 }
 

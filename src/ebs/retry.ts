@@ -5,6 +5,7 @@
 // dead server turns into an error well before a user gives up on the mount.
 
 import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import {
   SnapshotApiError,
   type BlockPage,
@@ -120,6 +121,9 @@ export class RetryingSnapshotClient implements SnapshotClient {
     this.onRetry = options.onRetry;
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
+    // Every call in back-off listens on this one signal; their number is bounded
+    // by the caller's concurrency, not by Node's default of 10.
+    setMaxListeners(0, this.closing.signal);
   }
 
   startSnapshot(params: StartSnapshotParams): Promise<StartedSnapshot> {

@@ -280,6 +280,27 @@ describe('RetryingSnapshotClient', () => {
     assert.throws(() => new RetryingSnapshotClient(inner, { policy: { totalTimeoutMs: Number.NaN } }), RangeError);
   });
 
+  it('many calls in back-off at once raise no listener-leak warning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => {
+      warnings.push(warning.name);
+    };
+    process.on('warning', onWarning);
+    try {
+      // The first attempt of every call fails, so all of them back off together.
+      const calls = 32;
+      const inner = new ScriptedClient([...Array<Outcome>(calls).fill('transient'), 'ok']);
+      const client = new RetryingSnapshotClient(inner, { policy: { baseDelayMs: 5, maxDelayMs: 5 }, random: () => 0.99 });
+      await Promise.all(Array.from({ length: calls }, () => client.putSnapshotBlock(block)));
+      assert.equal(client.retryCount, calls);
+      // Warnings are emitted on the next tick.
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off('warning', onWarning);
+    }
+    assert.deepEqual(warnings.filter((name) => name === 'MaxListenersExceededWarning'), []);
+  });
+
   it('the system clock sleeps for real and wakes early on abort', async () => {
     const started = Date.now();
     await systemClock.sleep(20, new AbortController().signal);
