@@ -6,7 +6,9 @@ import { totalmem } from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
-import { SnapshotSession } from '../core/session';
+import { openReadOnlySnapshot, SnapshotSession } from '../core/session';
+import type { VolumeFile } from '../core/volume-file';
+import type { StartSnapshotParams } from '../ebs/client';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from '../ebs/connection';
 import { describeError, UserError } from '../errors';
 import { FuseMount, FuseUnavailableError, loadFuseNative } from '../fuse/fuse-mount';
@@ -16,6 +18,7 @@ import {
   defaultStateDir,
   parseInteger,
   parseSizeBytes,
+  parseSnapshotId,
   parseVolumeSizeGiB,
   snapshotParams,
   type SnapshotOptionValues,
@@ -26,6 +29,7 @@ export const DEFAULT_FILE_NAME = 'snapshot.img';
 export const DEFAULT_CACHE_SIZE = '256MiB';
 export const DEFAULT_UPLOAD_CONCURRENCY = 64;
 const UPLOAD_CONCURRENCY_MAX = 1024;
+const GIB_BYTES = 1073741824;
 const FILE_NAME_MAX_BYTES = 255;
 /** The final flush and CompleteSnapshot together; retries are bounded well inside it. */
 const FINISH_TIMEOUT_MS = 30 * 60_000;
@@ -33,11 +37,19 @@ const FINISH_TIMEOUT_MS = 30 * 60_000;
 const RELEASE_GRACE_MS = 2000;
 /** While an external lazy umount waits for the file to be closed, remind this often. */
 const BUSY_REMINDER_INTERVAL_MS = 30_000;
+/**
+ * SIGINT and SIGTERM end the mount as the contract says; SIGHUP (the terminal
+ * closed) does the same rather than killing the process in the middle of it.
+ */
+const UNMOUNT_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 /** Exit status after an interrupted final flush, as shells report SIGINT. */
 const EXIT_INTERRUPTED = 130;
 
 interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
   size?: string;
+  resume?: string;
+  snapshotId?: string;
+  readOnly?: boolean;
   fileName: string;
   cacheSize: string;
   uploadConcurrency: string;
@@ -59,7 +71,10 @@ export function registerMountCommand(program: Command): void {
     .command('mount')
     .argument('<mountpoint>', 'an existing, empty directory')
     .description('start a snapshot and mount it as MOUNTPOINT/snapshot.img; Ctrl-C or `umount MOUNTPOINT` completes it')
-    .option('--size <gib>', 'volume size in GiB (1-65536); the file is exactly this large');
+    .option('--size <gib>', 'volume size in GiB (1-65536) of a new snapshot; the file is exactly this large')
+    .option('--resume <snapshot-id>', 'continue a pending snapshot that an earlier mount on this machine left (from --state-dir)')
+    .option('--snapshot-id <snapshot-id>', 'with --read-only: mount this completed snapshot')
+    .option('--read-only', 'mount a completed snapshot (--snapshot-id) read-only; nothing is written or completed');
   addSnapshotOptions(command);
   command
     .option('--file-name <name>', 'name of the file in the mountpoint', DEFAULT_FILE_NAME)
@@ -73,6 +88,10 @@ export function registerMountCommand(program: Command): void {
     // fuse-native keeps a libuv handle alive after an external umount; end explicitly.
     process.exit(exitCode);
   });
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
 }
 
 function log(line: string): void {
@@ -146,10 +165,51 @@ function commandExists(name: string): boolean {
   return false;
 }
 
-async function validate(mountpoint: string, flags: MountFlags): Promise<{ params: ReturnType<typeof snapshotParams>; mount: ValidatedMount }> {
-  if (flags.size === undefined) throw new UserError('--size GIB is required: the size of the volume, from 1 to 65536 GiB');
-  const volumeSizeGiB = parseVolumeSizeGiB(flags.size);
-  const params = snapshotParams(volumeSizeGiB, flags);
+type MountMode =
+  | { kind: 'new'; params: StartSnapshotParams }
+  | { kind: 'resume'; snapshotId: string }
+  | { kind: 'read-only'; snapshotId: string };
+
+/** Flags that only make sense when starting a snapshot. */
+const START_ONLY_FLAGS: Array<[keyof MountFlags, string]> = [
+  ['size', '--size'],
+  ['parentSnapshotId', '--parent-snapshot-id'],
+  ['description', '--description'],
+  ['tag', '--tag'],
+  ['timeout', '--timeout'],
+  ['encrypted', '--encrypted'],
+  ['kmsKeyArn', '--kms-key-arn'],
+  ['clientToken', '--client-token'],
+];
+
+function mountMode(flags: MountFlags): MountMode {
+  const refuseStartFlags = (mode: string): void => {
+    for (const [key, flag] of START_ONLY_FLAGS) {
+      if (flags[key] !== undefined) throw new UserError(`${flag} cannot be combined with ${mode}: it applies only to a new snapshot`);
+    }
+  };
+  if (flags.resume !== undefined) {
+    if (flags.snapshotId !== undefined || flags.readOnly) throw new UserError('--resume cannot be combined with --snapshot-id or --read-only');
+    refuseStartFlags('--resume');
+    return { kind: 'resume', snapshotId: parseSnapshotId(flags.resume, '--resume') };
+  }
+  if (flags.snapshotId !== undefined || flags.readOnly) {
+    if (flags.snapshotId === undefined) throw new UserError('--read-only needs --snapshot-id SNAPSHOT_ID: the completed snapshot to show');
+    if (!flags.readOnly) {
+      throw new UserError('--snapshot-id mounts a completed snapshot and needs --read-only; to change it, start a child with --size and --parent-snapshot-id');
+    }
+    refuseStartFlags('--read-only');
+    if (!flags.complete) throw new UserError('--no-complete cannot be combined with --read-only: nothing is written');
+    return { kind: 'read-only', snapshotId: parseSnapshotId(flags.snapshotId, '--snapshot-id') };
+  }
+  if (flags.size === undefined) {
+    throw new UserError('--size GIB is required: the size of the volume, from 1 to 65536 GiB (or --resume SNAPSHOT_ID, or --snapshot-id SNAPSHOT_ID --read-only)');
+  }
+  return { kind: 'new', params: snapshotParams(parseVolumeSizeGiB(flags.size), flags) };
+}
+
+async function validate(mountpoint: string, flags: MountFlags): Promise<{ mode: MountMode; mount: ValidatedMount }> {
+  const mode = mountMode(flags);
   const mount: ValidatedMount = {
     mountpoint: '',
     fileName: validateFileName(flags.fileName),
@@ -160,29 +220,55 @@ async function validate(mountpoint: string, flags: MountFlags): Promise<{ params
   };
   checkFuseAvailable();
   mount.mountpoint = await validateMountpoint(mountpoint);
-  return { params, mount };
+  return { mode, mount };
+}
+
+/** What is mounted: a session that ends in a flush, or a completed snapshot with nothing to finish. */
+interface MountTarget {
+  snapshotId: string;
+  volumeSizeGiB: number;
+  file: VolumeFile;
+  session?: SnapshotSession;
+}
+
+async function openTarget(mode: MountMode, opened: OpenedClient, settings: ValidatedMount): Promise<MountTarget> {
+  const tuning = {
+    stateDir: settings.stateDir,
+    cacheSizeBytes: settings.cacheSizeBytes,
+    uploadConcurrency: settings.uploadConcurrency,
+    retryCount: () => opened.client.retryCount,
+    log,
+  };
+  try {
+    if (mode.kind === 'read-only') {
+      const file = await openReadOnlySnapshot(opened.client, mode.snapshotId, settings.cacheSizeBytes);
+      return { snapshotId: mode.snapshotId, volumeSizeGiB: file.sizeBytes / GIB_BYTES, file };
+    }
+    const session =
+      mode.kind === 'new'
+        ? await SnapshotSession.start(opened.client, mode.params, tuning)
+        : await SnapshotSession.resume(opened.client, mode.snapshotId, tuning);
+    return { snapshotId: session.snapshotId, volumeSizeGiB: session.volumeSizeGiB, file: session.file, session };
+  } catch (error) {
+    if (error instanceof UserError) throw error;
+    const what = mode.kind === 'new' ? 'start a snapshot' : `open ${mode.snapshotId}`;
+    throw new UserError(`cannot ${what} at ${opened.endpointDescription}: ${describeError(error)}`);
+  }
 }
 
 /** Runs one mount to its end; resolves with the exit code. Errors before mounting are thrown. */
 async function runMount(mountpointArgument: string, flags: MountFlags): Promise<number> {
-  const { params, mount: settings } = await validate(mountpointArgument, flags);
+  const { mode, mount: settings } = await validate(mountpointArgument, flags);
 
   const opened: OpenedClient = await openSnapshotClient(flags, { maxSockets: settings.uploadConcurrency, log });
-  let session: SnapshotSession;
+  let target: MountTarget;
   try {
-    session = await SnapshotSession.start(opened.client, params, {
-      stateDir: settings.stateDir,
-      cacheSizeBytes: settings.cacheSizeBytes,
-      uploadConcurrency: settings.uploadConcurrency,
-      retryCount: () => opened.client.retryCount,
-      log,
-    });
+    target = await openTarget(mode, opened, settings);
   } catch (error) {
     await opened.close().catch(() => undefined);
-    if (error instanceof UserError) throw error;
-    throw new UserError(`cannot start a snapshot at ${opened.endpointDescription}: ${describeError(error)}`);
+    throw error;
   }
-  const snapshotId = session.snapshotId;
+  const { snapshotId, session } = target;
 
   let externalUnmount: () => void = () => undefined;
   const externallyUnmounted = new Promise<void>((resolve) => (externalUnmount = resolve));
@@ -191,26 +277,33 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     fuseMount = await FuseMount.mount({
       mountpoint: settings.mountpoint,
       fileName: settings.fileName,
-      file: session.file,
+      file: target.file,
       log,
       onExternalUnmount: () => externalUnmount(),
     });
   } catch (error) {
-    await session.close().catch(() => undefined);
+    await session?.close().catch(() => undefined);
     await opened.close().catch(() => undefined);
-    throw new UserError(
-      `${describeError(error)}; snapshot ${snapshotId} was started but nothing was written: it stays pending until EBS times it out`,
-    );
+    const consequence =
+      mode.kind === 'new'
+        ? `; snapshot ${snapshotId} was started but nothing was written: it stays pending until EBS times it out`
+        : mode.kind === 'resume'
+          ? `; ${snapshotId} stays pending with its state kept`
+          : '';
+    throw new UserError(`${describeError(error)}${consequence}`);
   }
   installLastResortUnmount(fuseMount);
+  // Once the terminal is gone, writes to it fail with EIO; the flush must go on regardless.
+  process.stdout.on('error', () => undefined);
+  process.stderr.on('error', () => undefined);
 
   process.stdout.write(`${snapshotId} ${fuseMount.filePath}\n`);
+  const ending = !session ? 'unmount' : settings.complete ? 'complete it' : 'leave it pending';
   log(
-    `snapshot ${snapshotId} (${params.volumeSizeGiB} GiB) via ${opened.endpointDescription}; ` +
-      `write ${fuseMount.filePath}, then press Ctrl-C or run \`umount ${fuseMount.mountpoint}\` to ` +
-      (settings.complete ? 'complete it' : 'leave it pending'),
+    `snapshot ${snapshotId} (${target.volumeSizeGiB} GiB${session ? '' : ', read-only'}) via ${opened.endpointDescription}; ` +
+      `${session ? 'write' : 'read'} ${fuseMount.filePath}, then press Ctrl-C or run \`umount ${fuseMount.mountpoint}\` to ${ending}`,
   );
-  let statusLines: Reporter = startStatusLines(session, process.stderr, 'mounted');
+  let statusLines: Reporter = session ? startStatusLines(session, process.stderr, 'mounted') : { stop: () => undefined };
 
   await waitForUnmountRequest(fuseMount, externallyUnmounted);
   statusLines.stop();
@@ -218,11 +311,19 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   try {
     await fuseMount.unmount();
   } catch (error) {
-    log(`${describeError(error)}; flushing anyway`);
+    log(`${describeError(error)}; ${session ? 'flushing' : 'ending'} anyway`);
+  }
+
+  if (!session) {
+    process.stdout.write(`${snapshotId} completed\n`);
+    await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
+    return 0;
   }
 
   let interruptions = 0;
   const onSignalDuringFlush = (signal: NodeJS.Signals): void => {
+    // A closed terminal is no request to abandon the flush.
+    if (signal === 'SIGHUP') return;
     interruptions += 1;
     if (interruptions === 1) {
       const stats = session.stats();
@@ -236,8 +337,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     process.stdout.write(`${snapshotId} error\n`);
     process.exit(EXIT_INTERRUPTED);
   };
-  process.on('SIGINT', onSignalDuringFlush);
-  process.on('SIGTERM', onSignalDuringFlush);
+  for (const signal of UNMOUNT_SIGNALS) process.on(signal, onSignalDuringFlush);
 
   statusLines = startFlushProgress(session, process.stderr);
   let exitCode: number;
@@ -246,7 +346,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     statusLines.stop();
     process.stdout.write(`${snapshotId} ${result.status}\n`);
     if (!settings.complete) {
-      log(`${snapshotId} left pending as asked; complete it later with: ebs-fuse complete ${snapshotId}`);
+      log(`${snapshotId} left pending as asked; complete it later with: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}`);
       exitCode = result.status === 'pending' ? 0 : 1;
     } else if (result.status === 'completed') {
       exitCode = 0;
@@ -260,16 +360,16 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     }
   } catch (error) {
     statusLines.stop();
-    await session.close().catch(() => undefined);
     process.stdout.write(`${snapshotId} error\n`);
+    // finish() explains a failed flush itself; a failed CompleteSnapshot needs the way out said here.
     log(
-      `${describeError(error)}. To finish it: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}, ` +
-        `or mount it again with: ebs-fuse mount MOUNTPOINT --resume ${snapshotId} --state-dir ${settings.stateDir}`,
+      error instanceof UserError
+        ? error.message
+        : `CompleteSnapshot of ${snapshotId} failed: ${describeError(error)}; its state is kept, retry with: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}`,
     );
     exitCode = 1;
   }
-  process.off('SIGINT', onSignalDuringFlush);
-  process.off('SIGTERM', onSignalDuringFlush);
+  for (const signal of UNMOUNT_SIGNALS) process.off(signal, onSignalDuringFlush);
   await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
   return exitCode;
 }
@@ -290,8 +390,7 @@ function waitForUnmountRequest(fuseMount: FuseMount, externallyUnmounted: Promis
       if (done) return;
       done = true;
       if (reminder) clearInterval(reminder);
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      for (const signal of UNMOUNT_SIGNALS) process.off(signal, onSignal);
       resolve();
     };
     const onSignal = (signal: NodeJS.Signals): void => {
@@ -310,19 +409,18 @@ function waitForUnmountRequest(fuseMount: FuseMount, externallyUnmounted: Promis
           return;
         }
         log(
-          `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${fuseMount.openHandleCount()} handles; ` +
+          `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${plural(fuseMount.openHandleCount(), 'handle')}; ` +
             `a loop device? see losetup -j ${fuseMount.filePath}); close it, then press Ctrl-C again`,
         );
       });
     };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    for (const signal of UNMOUNT_SIGNALS) process.on(signal, onSignal);
     void externallyUnmounted.then(async () => {
       external = true;
       log(`${fuseMount.mountpoint} was unmounted`);
       if (fuseMount.openHandleCount() > 0) {
         reminder = setInterval(() => {
-          log(`waiting for ${fuseMount.openHandleCount()} open handles of ${fuseMount.filePath} to close before the final flush`);
+          log(`waiting for ${plural(fuseMount.openHandleCount(), 'open handle')} of ${fuseMount.filePath} to close before the final flush`);
         }, BUSY_REMINDER_INTERVAL_MS);
       }
       for (;;) {

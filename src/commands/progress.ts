@@ -82,7 +82,9 @@ export function startFlushProgress(
   if (!stream.isTTY) return startStatusLines(source, stream, 'flushing', intervalMs);
   const first = source.stats();
   const uploadedAtStart = first.blocksUploaded;
-  let total = Math.max(1, first.dirtyBlocks + first.uploadingBlocks);
+  // Nothing left to upload: a bar would only flash.
+  if (first.dirtyBlocks + first.uploadingBlocks === 0) return { stop: () => undefined };
+  let total = first.dirtyBlocks + first.uploadingBlocks;
   const meter = new RateMeter(first, Date.now());
   const bar = new SingleBar({
     stream,

@@ -65,7 +65,8 @@ export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; timeo
 
 export interface MountProcessOptions {
   mountpoint: string;
-  sizeGiB: number;
+  /** Omitted for --resume and --read-only mounts. */
+  sizeGiB?: number;
   endpoint: Endpoint;
   stateDir: string;
   /** More flags, e.g. ['--cache-size', '32MiB']. */
@@ -116,8 +117,7 @@ export class MountProcess {
       CLI_PATH,
       'mount',
       options.mountpoint,
-      '--size',
-      String(options.sizeGiB),
+      ...(options.sizeGiB === undefined ? [] : ['--size', String(options.sizeGiB)]),
       '--endpoint',
       options.endpoint.endpoint,
       '--state-dir',

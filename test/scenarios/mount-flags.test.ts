@@ -46,6 +46,11 @@ const CASES: FlagCase[] = [
   { name: 'mountpoint not a directory', args: ['MNT', '--size', '1'], mountpoint: 'file', message: /is not a directory$/ },
   { name: 'mountpoint not empty', args: ['MNT', '--size', '1'], mountpoint: 'not-empty', message: /is not empty; use an empty directory$/ },
   { name: 'mountpoint already mounted', args: ['MNT', '--size', '1'], mountpoint: 'mounted', message: /is already mounted; unmount it first/ },
+  { name: '--resume with --size', args: ['MNT', '--resume', 'snap-0123456789abcdef0', '--size', '1'], message: /^--size cannot be combined with --resume/ },
+  { name: 'bad --resume id', args: ['MNT', '--resume', 'vol-123'], message: /^--resume must be a snapshot ID such as snap-/ },
+  { name: '--resume without local state', args: ['MNT', '--resume', 'snap-0123456789abcdef0'], message: /^no local state for snap-0123456789abcdef0 in / },
+  { name: '--read-only without --snapshot-id', args: ['MNT', '--read-only'], message: /^--read-only needs --snapshot-id/ },
+  { name: '--snapshot-id without --read-only', args: ['MNT', '--snapshot-id', 'snap-0123456789abcdef0'], message: /^--snapshot-id mounts a completed snapshot and needs --read-only/ },
   { name: 'bad --endpoint', args: ['MNT', '--size', '1', '--endpoint', 'ftp://127.0.0.1:9'], message: /^--endpoint must be an http or https URL/ },
   {
     name: 'no /dev/fuse',

@@ -63,8 +63,8 @@ export class ScenarioContext {
     this.localEbs = await startLocalEbsProcess({ dataDir: path.join(this.scratch, 'local-ebs'), faults });
   }
 
-  /** A fresh empty mountpoint and a mount of sizeGiB on it. */
-  async mount(sizeGiB: number, args: string[] = [], extra: Partial<MountProcessOptions> = {}): Promise<MountProcess> {
+  /** A fresh empty mountpoint and a mount of sizeGiB on it (undefined for --resume / --read-only). */
+  async mount(sizeGiB: number | undefined, args: string[] = [], extra: Partial<MountProcessOptions> = {}): Promise<MountProcess> {
     this.mountCount += 1;
     const mountpoint = path.join(this.scratch, `mnt-${this.mountCount}`);
     await mkdir(mountpoint);

@@ -1,0 +1,70 @@
+// The other two ways to mount: --resume of a pending snapshot (after
+// --no-complete, and after the mount process was killed), and a completed
+// snapshot mounted --read-only.
+import { strict as assert } from 'node:assert';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { ScenarioContext, createZeroImage, expectEnded, mustRun, sh, GIB, MIB } from './support';
+
+describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-only', function () {
+  this.timeout(240_000);
+  const context = new ScenarioContext();
+
+  before(async () => {
+    await context.setUp();
+  });
+
+  after(async () => {
+    await context.tearDown();
+  });
+
+  it('leaves a snapshot pending with --no-complete, resumes it, completes it with both runs\' data, then mounts it read-only', async () => {
+    const source = context.file('resume-source.bin');
+    await writeFile(source, randomBytes(8 * MIB));
+    const expected = context.file('resume-expected.img');
+    await createZeroImage(expected, GIB);
+
+    const first = await context.mount(1, ['--no-complete']);
+    for (const target of [first.filePath, expected]) {
+      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=1M', 'count=4', 'seek=3', 'conv=notrunc', 'status=none']);
+    }
+    expectEnded(await first.stop('SIGINT'), first.snapshotId, 'pending');
+
+    const second = await context.mount(undefined, ['--resume', first.snapshotId]);
+    assert.equal(second.snapshotId, first.snapshotId);
+    // The first run's data reads back in the resumed mount.
+    await mustRun('cmp', [expected, second.filePath]);
+    for (const target of [second.filePath, expected]) {
+      // Overlaps the first run's blocks partly, unaligned.
+      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=4K', 'count=300', 'skip=1100', 'oflag=seek_bytes', `seek=${6 * MIB + 1234}`, 'conv=notrunc', 'status=none']);
+    }
+    expectEnded(await second.stop('SIGTERM'), first.snapshotId);
+    await context.expectSnapshotEquals(first.snapshotId, expected);
+
+    const readOnly = await context.mount(undefined, ['--snapshot-id', first.snapshotId, '--read-only']);
+    await mustRun('cmp', [expected, readOnly.filePath]);
+    const write = await sh('dd', ['if=/dev/zero', `of=${readOnly.filePath}`, 'bs=4K', 'count=1', 'conv=notrunc', 'status=none']);
+    assert.notEqual(write.code, 0);
+    assert.match(write.stderr, /Read-only file system/);
+    expectEnded(await readOnly.stop('SIGINT'), first.snapshotId);
+  });
+
+  it('resumes after the mount process was killed: data covered by fsync survives', async () => {
+    const source = context.file('crash-source.bin');
+    await writeFile(source, randomBytes(4 * MIB));
+    const expected = context.file('crash-expected.img');
+    await createZeroImage(expected, GIB);
+
+    const crashed = await context.mount(1);
+    for (const target of [crashed.filePath, expected]) {
+      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=1M', 'count=4', 'seek=20', 'conv=notrunc,fsync', 'status=none']);
+    }
+    await crashed.cleanup();
+    assert.equal(crashed.running, false);
+
+    const resumed = await context.mount(undefined, ['--resume', crashed.snapshotId]);
+    await mustRun('cmp', [expected, resumed.filePath]);
+    expectEnded(await resumed.stop('SIGINT'), crashed.snapshotId);
+    await context.expectSnapshotEquals(crashed.snapshotId, expected);
+  });
+});
