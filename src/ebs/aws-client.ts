@@ -693,6 +693,7 @@ function errorFields(error: unknown): ErrorFields {
 
 /** A service message, on one line and of bounded length. */
 function quote(message: string): string {
-  const oneLine = message.replace(/\s+/g, ' ').trim() || '(no message)';
+  // Without its final period, so that "; what to do" can follow it.
+  const oneLine = message.replace(/\s+/g, ' ').trim().replace(/\.$/, '') || '(no message)';
   return oneLine.length > MAX_QUOTED_MESSAGE_CHARS ? `${oneLine.slice(0, MAX_QUOTED_MESSAGE_CHARS)}…` : oneLine;
 }
