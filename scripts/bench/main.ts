@@ -1,0 +1,217 @@
+// `npm run bench`: every baseline and target of issue 6 in one invocation on this
+// machine, printed as tables with the verdict on each target. Only 127.0.0.1 is
+// ever contacted; everything started is stopped and removed at the end, on a
+// failure and on Ctrl-C. Sizes come from environment variables (see usage()).
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { runDiagnostics } from './diagnostics';
+import { runExt4 } from './ext4';
+import { buildNullfs } from './lib/ceilings';
+import { Cleanup } from './lib/cleanup';
+import { countNonZeroBlocks, createRandomFile } from './lib/data';
+import { CLI_PATH, REPO_ROOT } from './lib/paths';
+import { run } from './lib/proc';
+import { GIB, MIB } from './lib/stats';
+import { renderReport, type Results, type Settings } from './report';
+import { runSparse } from './sparse';
+import { runThroughput } from './throughput';
+
+const GROUPS = ['throughput', 'ext4', 'sparse', 'diagnostics'] as const;
+type Group = (typeof GROUPS)[number];
+
+function usage(): string {
+  return [
+    'npm run bench [-- --help]; settings by environment variable (default):',
+    '  BENCH_DATA_MIB=2048          dd / upload size of baselines 1-4',
+    '  BENCH_ROUNDS=3               rounds of baselines 1-4 (each round runs every variant once)',
+    '  BENCH_EXT4_FILES=20000       files copied in baseline 5',
+    '  BENCH_EXT4_FILE_MAX_KIB=16   their sizes are uniform in 0..this',
+    '  BENCH_EXT4_VOLUME_GIB=4      volume (and image) size of baseline 5',
+    '  BENCH_EXT4_ROUNDS=1          rounds of baseline 5',
+    '  BENCH_SPARSE_MIB=1024        dd size of baseline 6',
+    '  BENCH_SPARSE_GIB=16384       the large volume of baseline 6 (compared with 1 GiB)',
+    '  BENCH_SPARSE_ROUNDS=3        runs per volume size in baseline 6',
+    '  BENCH_LOAD_MIB=1024          bytes the local-ebs load generator sends',
+    '  BENCH_LOAD_CONCURRENCY=64    its PUTs in flight',
+    `  BENCH_ONLY=${GROUPS.join(',')}`,
+    '  BENCH_SCRATCH=$TMPDIR        where temp files go (needs ~3x BENCH_DATA_MIB free)',
+    '  BENCH_JSON=FILE              also write every raw figure as JSON',
+    '  BENCH_TIME_LIMIT_MIN=45      stop and clean up after this long',
+    '  BENCH_VERBOSE=1              pass the children\'s stderr through',
+  ].join('\n');
+}
+
+function integerSetting(name: string, fallback: number, minimum: number, maximum: number): number {
+  const text = process.env[name];
+  if (text === undefined || text === '') return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < minimum || value > maximum) throw new Error(`${name} must be an integer from ${minimum} to ${maximum}, not "${text}"`);
+  return value;
+}
+
+function log(line: string): void {
+  process.stderr.write(`bench: ${line}\n`);
+}
+
+function commandOutput(command: string, args: string[]): string {
+  try {
+    return execFileSync(command, args, { encoding: 'utf8', timeout: 10_000 }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function main(): Promise<number> {
+  if (process.argv.includes('--help') || process.argv.includes('-h')) {
+    process.stdout.write(`${usage()}\n`);
+    return 0;
+  }
+  const settings: Settings = {
+    dataBytes: integerSetting('BENCH_DATA_MIB', 2048, 16, 65536) * MIB,
+    rounds: integerSetting('BENCH_ROUNDS', 3, 1, 50),
+    cacheSizeBytes: 256 * MIB,
+    ext4Files: integerSetting('BENCH_EXT4_FILES', 20_000, 100, 1_000_000),
+    ext4FileSizeMaxBytes: integerSetting('BENCH_EXT4_FILE_MAX_KIB', 16, 1, 1024) * 1024,
+    ext4VolumeGiB: integerSetting('BENCH_EXT4_VOLUME_GIB', 4, 1, 1024),
+    ext4Rounds: integerSetting('BENCH_EXT4_ROUNDS', 1, 1, 20),
+    sparseBytes: integerSetting('BENCH_SPARSE_MIB', 1024, 16, 65536) * MIB,
+    sparseVolumesGiB: [1, integerSetting('BENCH_SPARSE_GIB', 16384, 2, 65536)],
+    sparseRounds: integerSetting('BENCH_SPARSE_ROUNDS', 3, 1, 50),
+    loadBytes: integerSetting('BENCH_LOAD_MIB', 1024, 16, 65536) * MIB,
+    loadConcurrency: integerSetting('BENCH_LOAD_CONCURRENCY', 64, 1, 1024),
+  };
+  if (settings.sparseBytes > settings.sparseVolumesGiB[0] * GIB) throw new Error('BENCH_SPARSE_MIB must fit in the 1 GiB volume');
+  const groups = new Set<Group>(
+    (process.env.BENCH_ONLY ?? GROUPS.join(','))
+      .split(',')
+      .map((name) => name.trim())
+      .filter(Boolean)
+      .map((name) => {
+        if (!(GROUPS as readonly string[]).includes(name)) throw new Error(`BENCH_ONLY: unknown group "${name}"; use ${GROUPS.join(',')}`);
+        return name as Group;
+      }),
+  );
+  const timeLimitMs = integerSetting('BENCH_TIME_LIMIT_MIN', 45, 1, 24 * 60) * 60_000;
+
+  if (process.getuid?.() !== 0) throw new Error('the bench mounts file systems and loop devices: run it as root');
+  if (!existsSync('/dev/fuse')) throw new Error('/dev/fuse is missing');
+  if (!existsSync(CLI_PATH)) throw new Error(`${CLI_PATH} is missing: run scripts/setup.sh (npm run bench does)`);
+
+  const cleanup = new Cleanup();
+  cleanup.installSignalHandlers(log);
+  const startedAtMs = Date.now();
+  const deadline = setTimeout(() => {
+    log(`time limit of ${timeLimitMs / 60_000} min reached: stopping and cleaning up`);
+    cleanup.interrupted = true;
+    void cleanup.runAll().finally(() => process.exit(1));
+  }, timeLimitMs);
+  deadline.unref();
+
+  const cpus = os.cpus();
+  const results: Results = {
+    machine: {
+      cpus: cpus.length,
+      cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+      memoryGiB: os.totalmem() / GIB,
+      kernel: os.release(),
+      node: process.version,
+      libfuse2: commandOutput('pkg-config', ['--modversion', 'fuse']),
+      libfuse3: commandOutput('pkg-config', ['--modversion', 'fuse3']),
+      loadBefore: os.loadavg(),
+      startedAt: new Date(startedAtMs).toISOString(),
+    },
+    settings,
+    nonZeroBlocks: 0,
+    sparseNonZeroBlocks: 0,
+    uploadAvailable: false,
+  };
+
+  const scratchParent = process.env.BENCH_SCRATCH || os.tmpdir();
+  const scratch = await mkdtemp(path.join(scratchParent, 'ebs-fuse-bench-'));
+  cleanup.add(`remove ${scratch}`, () => rm(scratch, { recursive: true, force: true }));
+
+  try {
+    // `ebs-fuse upload --help` would print the program's help even without the command: read the command list.
+    const help = await run(cleanup, process.execPath, [CLI_PATH, '--help'], { allowFailure: true, cwd: REPO_ROOT, timeoutMs: 30_000 });
+    results.uploadAvailable = /^\s+upload\b/m.test(help.stdout) && process.env.BENCH_SKIP_UPLOAD !== '1';
+    if (!results.uploadAvailable) log('`ebs-fuse upload` is not available in this build: baseline 4 and 5b are skipped');
+
+    log('building the C null file systems');
+    const binaries = await buildNullfs(cleanup);
+
+    const dataFile = path.join(scratch, 'random.bin');
+    const dataBytes = Math.max(settings.dataBytes, settings.sparseBytes, settings.loadBytes);
+    log(`writing ${dataBytes / MIB} MiB of random data`);
+    await createRandomFile(dataFile, dataBytes);
+    results.nonZeroBlocks = await countNonZeroBlocks(dataFile, settings.dataBytes);
+    results.sparseNonZeroBlocks = await countNonZeroBlocks(dataFile, settings.sparseBytes);
+
+    if (groups.has('throughput')) {
+      log(`baselines 1-4: ${settings.rounds} rounds of ${settings.dataBytes / MIB} MiB`);
+      results.throughput = await runThroughput(cleanup, {
+        scratch,
+        dataFile,
+        dataBytes: settings.dataBytes,
+        nonZeroBlocks: results.nonZeroBlocks,
+        rounds: settings.rounds,
+        uploadAvailable: results.uploadAvailable,
+        binaries,
+        log,
+      });
+    }
+    if (groups.has('ext4')) {
+      log(`baseline 5: ext4 with ${settings.ext4Files} files`);
+      results.ext4 = await runExt4(cleanup, {
+        scratch,
+        fileCount: settings.ext4Files,
+        fileSizeMaxBytes: settings.ext4FileSizeMaxBytes,
+        volumeSizeGiB: settings.ext4VolumeGiB,
+        rounds: settings.ext4Rounds,
+        uploadAvailable: results.uploadAvailable,
+        log,
+      });
+    }
+    if (groups.has('sparse')) {
+      log(`baseline 6: sparse, ${settings.sparseVolumesGiB.join(' vs ')} GiB`);
+      results.sparse = await runSparse(cleanup, {
+        scratch,
+        dataFile,
+        dataBytes: settings.sparseBytes,
+        volumeSizesGiB: settings.sparseVolumesGiB,
+        rounds: settings.sparseRounds,
+        log,
+      });
+    }
+    if (groups.has('diagnostics')) {
+      log('diagnostics');
+      results.diagnostics = await runDiagnostics(cleanup, {
+        scratch,
+        dataFile,
+        loadBytes: settings.loadBytes,
+        loadConcurrency: settings.loadConcurrency,
+        log,
+      });
+    }
+  } finally {
+    clearTimeout(deadline);
+    await cleanup.runAll();
+  }
+
+  results.machine.loadAfter = os.loadavg();
+  results.machine.elapsedSeconds = (Date.now() - startedAtMs) / 1000;
+  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`${renderReport(results)}\n`);
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    log(error instanceof Error ? error.message : String(error));
+    if (process.env.BENCH_VERBOSE && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,60 @@
+// Baseline 2's mount: the product's SnapshotSession (cache, flusher, read-back
+// store, journal) behind the product's FUSE adapter, with NullSnapshotClient in
+// place of the network. Bench-only, so the product CLI needs no hidden flags.
+//
+//   tsx scripts/bench/null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY]
+//
+// stdout, like `ebs-fuse mount`: `SNAPSHOT_ID FILE_PATH` once writable; after
+// SIGINT/SIGTERM the final flush and `SNAPSHOT_ID STATUS`, then one JSON line
+// with what the null client saw.
+import { DEFAULT_CACHE_SIZE, DEFAULT_UPLOAD_CONCURRENCY } from '../../src/commands/mount';
+import { parseSizeBytes } from '../../src/commands/options';
+import { SnapshotSession } from '../../src/core/session';
+import { FuseMount } from '../../src/fuse/fuse-mount';
+import { NullSnapshotClient } from './null-client';
+
+const RELEASE_GRACE_MS = 5000;
+const FINISH_TIMEOUT_MS = 10 * 60_000;
+
+async function main(): Promise<number> {
+  const [mountpoint, sizeText, stateDir, cacheText, concurrencyText] = process.argv.slice(2);
+  if (!mountpoint || !sizeText || !stateDir) throw new Error('usage: null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY]');
+  const log = (line: string): void => void process.stderr.write(`null-mount: ${line}\n`);
+  const client = new NullSnapshotClient();
+  const session = await SnapshotSession.start(
+    client,
+    { volumeSizeGiB: Number(sizeText) },
+    {
+      stateDir,
+      cacheSizeBytes: parseSizeBytes(cacheText ?? DEFAULT_CACHE_SIZE, 'CACHE_SIZE'),
+      uploadConcurrency: Number(concurrencyText ?? DEFAULT_UPLOAD_CONCURRENCY),
+      log,
+    },
+  );
+  const fuseMount = await FuseMount.mount({ mountpoint, fileName: 'snapshot.img', file: session.file, log });
+  process.stdout.write(`${session.snapshotId} ${fuseMount.filePath}\n`);
+
+  await new Promise<void>((resolve) => {
+    const onSignal = (): void => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+  if (!(await fuseMount.waitForHandlesClosed(RELEASE_GRACE_MS))) log('the file is still open; unmounting anyway');
+  await fuseMount.unmount();
+  const result = await session.finish({ complete: true, timeoutMs: FINISH_TIMEOUT_MS });
+  process.stdout.write(`${result.snapshotId} ${result.status}\n`);
+  process.stdout.write(`${JSON.stringify({ puts: client.putCount, distinctBlocks: client.blocksPut.size, fuse: fuseMount.stats() })}\n`);
+  return result.status === 'completed' ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`null-mount: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  },
+);

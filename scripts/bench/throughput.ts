@@ -1,0 +1,176 @@
+// Baselines 1–4 and 7: `dd bs=1M conv=fsync` of the same random file into each
+// null file system, the null-client mount and the real mount, and `ebs-fuse
+// upload` of that file, in rounds. Every round runs each variant once, so the
+// ratios are paired run by run (same minute, same background load); the report
+// shows the median of each figure and of each per-round ratio.
+import type { Cleanup } from './lib/cleanup';
+import { mountCeiling, type CeilingKind, type CeilingMount } from './lib/ceilings';
+import { dd } from './lib/data';
+import { RunningMount, runUpload } from './lib/ebs-fuse';
+import { LocalEbs, putsBetween } from './lib/local-ebs';
+import type { Rusage } from './lib/proc';
+import { megabytesPerSecond } from './lib/stats';
+
+export const CEILING_KINDS: CeilingKind[] = ['nullfs3', 'nullfs2', 'noop-raw', 'noop-adapter'];
+const DD_BLOCK_BYTES = 1024 * 1024;
+
+export interface ThroughputSettings {
+  scratch: string;
+  dataFile: string;
+  dataBytes: number;
+  /** Non-zero 512 KiB blocks of dataFile: what a sequential dd must PUT, exactly. */
+  nonZeroBlocks: number;
+  rounds: number;
+  /** Whether `ebs-fuse upload` exists in this checkout (issue 5). */
+  uploadAvailable: boolean;
+  binaries: { nullfs3: string; nullfs2: string };
+  log: (line: string) => void;
+}
+
+export interface CeilingSample {
+  seconds: number;
+  megabytesPerSecond: number;
+}
+
+export interface MountSample {
+  /** dd alone, seconds. */
+  ddSeconds: number;
+  /** From the start of dd to the completed snapshot (the process's exit), seconds. */
+  totalSeconds: number;
+  megabytesPerSecond: number;
+  /** Spawn to writable. */
+  startSeconds: number;
+  /** Unmount signal to completed. */
+  finishSeconds: number;
+  puts: number;
+  distinctBlocks: number;
+  rusage: Rusage;
+  serverRusage?: Rusage;
+}
+
+export interface UploadSample {
+  seconds: number;
+  megabytesPerSecond: number;
+  puts: number;
+  distinctBlocks: number;
+  rusage: Rusage;
+  serverRusage: Rusage;
+}
+
+export interface ThroughputRound {
+  ceilings: Record<CeilingKind, CeilingSample>;
+  nullMount: MountSample;
+  mount: MountSample;
+  upload?: UploadSample;
+}
+
+export interface ThroughputResult {
+  rounds: ThroughputRound[];
+  /** The largest write each ceiling file system saw: proves the write size claimed. */
+  largestWriteBytes: Record<CeilingKind, number>;
+  nullMountLargestWriteBytes: number;
+}
+
+export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettings): Promise<ThroughputResult> {
+  const { scratch, dataFile, dataBytes } = settings;
+  const count = Math.ceil(dataBytes / DD_BLOCK_BYTES);
+  const volumeSizeGiB = Math.max(1, Math.ceil(dataBytes / 2 ** 30));
+  const ddTimeoutMs = 10 * 60_000;
+
+  const mounts = new Map<CeilingKind, CeilingMount>();
+  for (const kind of CEILING_KINDS) mounts.set(kind, await mountCeiling(cleanup, kind, scratch, settings.binaries));
+
+  const rounds: ThroughputRound[] = [];
+  let nullMountLargestWriteBytes = 0;
+  for (let round = 1; round <= settings.rounds; round += 1) {
+    if (cleanup.interrupted) throw new Error('interrupted');
+    const ceilings = {} as Record<CeilingKind, CeilingSample>;
+    for (const kind of CEILING_KINDS) {
+      const seconds = await dd(cleanup, { input: dataFile, output: mounts.get(kind)!.filePath, blockSizeBytes: DD_BLOCK_BYTES, count, conv: 'fsync,notrunc', timeoutMs: ddTimeoutMs });
+      ceilings[kind] = { seconds, megabytesPerSecond: megabytesPerSecond(dataBytes, seconds) };
+      settings.log(`round ${round}: ${kind} ${ceilings[kind].megabytesPerSecond.toFixed(0)} MB/s`);
+    }
+
+    const nullMount = await measureMount(cleanup, settings, { name: `null-${round}`, volumeSizeGiB, count, ddTimeoutMs });
+    nullMountLargestWriteBytes = Math.max(nullMountLargestWriteBytes, nullMount.largestWriteBytes);
+    settings.log(`round ${round}: null-client mount ${nullMount.sample.megabytesPerSecond.toFixed(0)} MB/s`);
+
+    const server = await LocalEbs.start(cleanup, scratch, `mount-${round}`);
+    const mount = (await measureMount(cleanup, settings, { name: `mount-${round}`, volumeSizeGiB, count, ddTimeoutMs, server })).sample;
+    settings.log(`round ${round}: ebs-fuse mount ${mount.megabytesPerSecond.toFixed(0)} MB/s, ${mount.puts} PUTs`);
+
+    let upload: UploadSample | undefined;
+    if (settings.uploadAvailable) {
+      upload = await measureUpload(cleanup, settings, `upload-${round}`);
+      settings.log(`round ${round}: ebs-fuse upload ${upload.megabytesPerSecond.toFixed(0)} MB/s, ${upload.puts} PUTs`);
+    }
+    rounds.push({ ceilings, nullMount: nullMount.sample, mount, upload });
+  }
+
+  const largestWriteBytes = {} as Record<CeilingKind, number>;
+  for (const [kind, mount] of mounts) largestWriteBytes[kind] = (await mount.stop()).largestWriteBytes;
+  return { rounds, largestWriteBytes, nullMountLargestWriteBytes };
+}
+
+async function measureMount(
+  cleanup: Cleanup,
+  settings: ThroughputSettings,
+  options: { name: string; volumeSizeGiB: number; count: number; ddTimeoutMs: number; server?: LocalEbs },
+): Promise<{ sample: MountSample; largestWriteBytes: number }> {
+  const { server } = options;
+  const mount = await RunningMount.start(cleanup, { name: options.name, scratch: settings.scratch, volumeSizeGiB: options.volumeSizeGiB, server });
+  const before = server ? await server.stats() : undefined;
+  const ddStartNs = process.hrtime.bigint();
+  const ddSeconds = await dd(cleanup, {
+    input: settings.dataFile,
+    output: mount.filePath,
+    blockSizeBytes: DD_BLOCK_BYTES,
+    count: options.count,
+    conv: 'fsync',
+    timeoutMs: options.ddTimeoutMs,
+  });
+  const finished = await mount.finish();
+  const totalSeconds = Number(finished.endedAtNs - ddStartNs) / 1e9;
+  let puts: number;
+  let distinctBlocks: number;
+  let serverRusage: Rusage | undefined;
+  if (server) {
+    puts = putsBetween(before!, await server.stats());
+    distinctBlocks = await server.countSnapshotBlocks(finished.snapshotId);
+    serverRusage = await server.stop();
+  } else {
+    puts = finished.report!.puts;
+    distinctBlocks = finished.report!.distinctBlocks;
+  }
+  return {
+    sample: {
+      ddSeconds,
+      totalSeconds,
+      megabytesPerSecond: megabytesPerSecond(settings.dataBytes, totalSeconds),
+      startSeconds: mount.startSeconds,
+      finishSeconds: finished.finishSeconds,
+      puts,
+      distinctBlocks,
+      rusage: finished.rusage,
+      serverRusage,
+    },
+    largestWriteBytes: finished.report?.fuse.largestWriteBytes ?? 0,
+  };
+}
+
+async function measureUpload(cleanup: Cleanup, settings: ThroughputSettings, name: string): Promise<UploadSample> {
+  const server = await LocalEbs.start(cleanup, settings.scratch, name);
+  const before = await server.stats();
+  const result = await runUpload(cleanup, server, settings.scratch, name, settings.dataFile);
+  const puts = putsBetween(before, await server.stats());
+  const distinctBlocks = await server.countSnapshotBlocks(result.snapshotId);
+  const serverRusage = await server.stop();
+  return {
+    seconds: result.seconds,
+    megabytesPerSecond: megabytesPerSecond(settings.dataBytes, result.seconds),
+    puts,
+    distinctBlocks,
+    rusage: result.rusage,
+    serverRusage,
+  };
+}
