@@ -76,9 +76,12 @@ describe('scenario: a cache smaller than the data (eviction, read-back, rewrites
           '--do_verify=1',
           `--randseed=${seed}`,
           '--end_fsync=1',
+          // fio would otherwise leave <job>-verify.state files in the working directory.
+          '--verify_state_save=0',
           '--output-format=terse',
         ],
-        { timeoutMs: 180_000 },
+        // Its scratch files, if any, belong in the scenario's folder rather than the working directory.
+        { timeoutMs: 180_000, cwd: context.scratch },
       );
     await fio('first', '0', '48M', '16k', 1);
     // Overlaps the first run: rewrites blocks that were uploaded and evicted.

@@ -21,13 +21,14 @@ export interface CommandResult {
 }
 
 /** Runs a command with a time limit, never through a shell. */
-export function sh(command: string, args: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CommandResult> {
+export function sh(command: string, args: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: options.timeoutMs ?? 120_000,
       killSignal: 'SIGKILL',
       env: options.env ?? process.env,
+      cwd: options.cwd,
     });
     let stdout = '';
     let stderr = '';
@@ -39,7 +40,7 @@ export function sh(command: string, args: string[], options: { timeoutMs?: numbe
 }
 
 /** Like sh, but rejects unless the command exits 0. */
-export async function mustRun(command: string, args: string[], options: { timeoutMs?: number } = {}): Promise<CommandResult> {
+export async function mustRun(command: string, args: string[], options: { timeoutMs?: number; cwd?: string } = {}): Promise<CommandResult> {
   const result = await sh(command, args, options);
   if (result.code !== 0) {
     throw new Error(`${command} ${args.join(' ')} exited ${result.code}: ${result.stderr.trim() || result.stdout.trim()}`);
