@@ -84,7 +84,17 @@ export function registerMountCommand(program: Command): void {
     .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it');
   addConnectionOptions(command);
   command.action(async (mountpoint: string, flags: MountFlags) => {
-    const exitCode = await runMount(mountpoint, flags);
+    let exitCode: number;
+    try {
+      exitCode = await runMount(mountpoint, flags);
+    } catch (error) {
+      // Reported here rather than by cli.ts: a failed FUSE mount may leave a libuv handle that would keep the process alive.
+      log(describeError(error));
+      if (process.argv.includes('--verbose') && !(error instanceof UserError) && error instanceof Error && error.stack) {
+        process.stderr.write(`${error.stack}\n`);
+      }
+      exitCode = error instanceof UserError ? error.exitCode : 1;
+    }
     // fuse-native keeps a libuv handle alive after an external umount; end explicitly.
     process.exit(exitCode);
   });
