@@ -285,7 +285,9 @@ export class EbsService {
     if (!entry || !this.tokens.verifyBlockToken(blockToken, snapshot.id, blockIndex, entry.digest, this.now())) {
       throw validationError('INVALID_BLOCK_TOKEN', `The block token is not valid for block ${blockIndex} of snapshot '${snapshot.id}', or it has expired.`);
     }
-    return { data: await this.store.readBlock(entry.digest), digest: entry.digest };
+    const origin = this.store.get(entry.origin);
+    if (!origin) throw new Error(`snapshot ${entry.origin} vanished`);
+    return { data: await this.store.readBlock(origin, blockIndex), digest: entry.digest };
   }
 
   async listSnapshotBlocks(snapshotId: string, page: PageInput): Promise<JsonObject> {

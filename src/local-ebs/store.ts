@@ -1,30 +1,38 @@
 // The durable store behind local-ebs. Layout under the data directory:
 //
-//   store.json                    {"format":"local-ebs-store","version":1}
-//   blocks/<sha256 hex>           one file per distinct block content (content-addressed)
-//   tmp/                          block files being written; emptied at start
-//   snapshots/<snap-id>/meta.json snapshot metadata, replaced atomically
-//   snapshots/<snap-id>/blocks.log append-only (index, digest) records, see block-log.ts
+//   store.json                     {"format":"local-ebs-store","version":2}
+//   snapshots/<snap-id>/meta.json  snapshot metadata, replaced atomically
+//   snapshots/<snap-id>/blocks.dat block data: slot s at byte offset s × 524288
+//   snapshots/<snap-id>/blocks.log append-only (index, slot, digest) records, see block-log.ts
 //
-// A PUT is acknowledged only after (1) its block file was written, fdatasync'd and
-// renamed into blocks/, (2) blocks/ was fsync'd so the name is durable, and (3) its
-// log record was written and the log fdatasync'd. Steps 2 and 3 are group commits:
-// one directory fsync and one fdatasync per snapshot log serve every PUT that
-// arrived while the previous commit was running. After a crash, the log replays up
-// to its first torn record; block files nobody references (written but never
-// acknowledged, or overwritten) are deleted at start.
-import { promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+// A PUT takes a free slot, writes the block there, then joins a group commit: one
+// fdatasync of blocks.dat, then the records appended to blocks.log and one fdatasync
+// of it, for every PUT to that snapshot that arrived while the previous commit ran.
+// Only then is the block visible and the 201 sent. After a crash the log replays up
+// to its first torn record; data written to slots no replayed record names is just
+// free space. A slot that an overwrite frees is reused only after the overwriting
+// record is durable, so no record that a replay can reach ever names reused data.
+// Storage grows with the distinct blocks written, never with VolumeSize; a child
+// snapshot shares its parent's blocks by reading them from the parent.
+import { close, fdatasync, ftruncate, open, read, write, promises as fsp } from 'node:fs';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { encodeRecords, replayLog, type BlockRecord } from './block-log';
 import { fsyncDirectory, writeFileAtomic } from './durable-fs';
 import { SNAPSHOT_ID_PATTERN, type Tag } from './validation';
 
+// The callback API on plain descriptors: FileHandle objects cost the event loop
+// measurably more per block at hundreds of PUTs per second.
+const fsOpen = promisify(open);
+const fsWrite = promisify(write);
+const fsRead = promisify(read);
+const fsFdatasync = promisify(fdatasync);
+const fsFtruncate = promisify(ftruncate);
+const fsClose = promisify(close);
+
 const STORE_FORMAT = 'local-ebs-store';
-const STORE_VERSION = 1;
-const DIGEST_HEX_PATTERN = /^[0-9a-f]{64}$/;
+const STORE_VERSION = 2;
 /** A bound on one group commit, so one slow fdatasync never holds an unbounded batch. */
 const MAX_RECORDS_PER_COMMIT = 4096;
 
@@ -52,7 +60,14 @@ export interface SnapshotMeta {
 export class StoredSnapshot {
   /** Latest digest per block index written to this snapshot (not inherited ones). */
   readonly ownBlocks = new Map<number, Buffer>();
-  logHandle: FileHandle | undefined;
+  /** Where each of ownBlocks lives in blocks.dat. */
+  readonly slots = new Map<number, number>();
+  /** Slots below nextSlot that hold no live block. */
+  readonly freeSlots: number[] = [];
+  nextSlot = 0;
+  dataFd: number | undefined;
+  private dataFdOpening: Promise<number> | undefined;
+  logFd: number | undefined;
   logBytes = 0;
 
   constructor(
@@ -67,6 +82,24 @@ export class StoredSnapshot {
   get logFile(): string {
     return path.join(this.directory, 'blocks.log');
   }
+
+  get dataFile(): string {
+    return path.join(this.directory, 'blocks.dat');
+  }
+
+  takeSlot(): number {
+    return this.freeSlots.pop() ?? this.nextSlot++;
+  }
+
+  /** One descriptor for writing blocks.dat, however many PUTs ask at once. */
+  async writableDataFd(): Promise<number> {
+    if (this.dataFd !== undefined) return this.dataFd;
+    this.dataFdOpening ??= fsOpen(this.dataFile, 'r+').then((fd) => {
+      this.dataFd = fd;
+      return fd;
+    }).finally(() => (this.dataFdOpening = undefined));
+    return this.dataFdOpening;
+  }
 }
 
 interface QueuedRecord {
@@ -78,10 +111,6 @@ interface QueuedRecord {
 
 export class SnapshotStore {
   private readonly snapshots = new Map<string, StoredSnapshot>();
-  /** Digest hex -> true when the file is in blocks/, or the promise of its write. */
-  private readonly blockFiles = new Map<string, true | Promise<void>>();
-  private renameGeneration = 0;
-  private syncedRenameGeneration = 0;
   private readonly commitQueue: QueuedRecord[] = [];
   /** Set and cleared synchronously with the queue check, so no record is ever left unserved. */
   private committing = false;
@@ -92,14 +121,6 @@ export class SnapshotStore {
     readonly dataDir: string,
     private readonly log: (line: string) => void,
   ) {}
-
-  private get blocksDir(): string {
-    return path.join(this.dataDir, 'blocks');
-  }
-
-  private get tmpDir(): string {
-    return path.join(this.dataDir, 'tmp');
-  }
 
   private get snapshotsDir(): string {
     return path.join(this.dataDir, 'snapshots');
@@ -128,9 +149,11 @@ export class SnapshotStore {
     const directory = path.join(this.snapshotsDir, meta.snapshotId);
     await fsp.mkdir(directory);
     const snapshot = new StoredSnapshot(meta, directory);
-    const log = await fsp.open(snapshot.logFile, 'wx', 0o600);
-    await log.sync();
-    await log.close();
+    for (const file of [snapshot.logFile, snapshot.dataFile]) {
+      const fd = await fsOpen(file, 'wx', 0o600);
+      await fsFdatasync(fd);
+      await fsClose(fd);
+    }
     // meta.json appears last: a directory without it is an unfinished create, removed at start.
     await writeFileAtomic(path.join(directory, 'meta.json'), JSON.stringify(meta), 0o600);
     await fsyncDirectory(this.snapshotsDir);
@@ -142,7 +165,7 @@ export class SnapshotStore {
     this.assertOpen();
     await writeFileAtomic(path.join(snapshot.directory, 'meta.json'), JSON.stringify(meta), 0o600);
     snapshot.meta = meta;
-    if (meta.status !== 'pending') await this.closeLog(snapshot);
+    if (meta.status !== 'pending') await this.closeFiles(snapshot);
   }
 
   /**
@@ -152,81 +175,54 @@ export class SnapshotStore {
   async putBlock(snapshot: StoredSnapshot, blockIndex: number, digest: Buffer, data: Buffer): Promise<void> {
     this.assertOpen();
     if (data.length !== BLOCK_SIZE_BYTES) throw new Error('a block is 524288 bytes');
-    await this.ensureBlockFile(digest, data);
-    await new Promise<void>((resolve, reject) => {
-      this.commitQueue.push({ snapshot, record: { blockIndex, digest }, resolve, reject });
-      if (!this.committing) {
-        this.committing = true;
-        this.commitDone = this.commitLoop();
-      }
-    });
+    if (snapshot.meta.status !== 'pending') throw new Error(`snapshot ${snapshot.id} is ${snapshot.meta.status}`);
+    const slot = snapshot.takeSlot();
+    try {
+      await fsWrite(await snapshot.writableDataFd(), data, 0, data.length, slot * BLOCK_SIZE_BYTES);
+      await new Promise<void>((resolve, reject) => {
+        this.commitQueue.push({ snapshot, record: { blockIndex, slot, digest }, resolve, reject });
+        if (!this.committing) {
+          this.committing = true;
+          this.commitDone = this.commitLoop();
+        }
+      });
+    } catch (error) {
+      // Never named by a durable record: free again.
+      snapshot.freeSlots.push(slot);
+      throw error;
+    }
   }
 
-  async readBlock(digest: Buffer): Promise<Buffer> {
-    const data = await fsp.readFile(path.join(this.blocksDir, digest.toString('hex')));
-    if (data.length !== BLOCK_SIZE_BYTES) throw new Error(`block file ${digest.toString('hex')} has ${data.length} bytes`);
-    return data;
+  /** The block at `blockIndex` that `snapshot` itself wrote. */
+  async readBlock(snapshot: StoredSnapshot, blockIndex: number): Promise<Buffer> {
+    const slot = snapshot.slots.get(blockIndex);
+    if (slot === undefined) throw new Error(`snapshot ${snapshot.id} has no block ${blockIndex}`);
+    const fd = await fsOpen(snapshot.dataFile, 'r');
+    try {
+      const data = Buffer.allocUnsafe(BLOCK_SIZE_BYTES);
+      const { bytesRead } = await fsRead(fd, data, 0, BLOCK_SIZE_BYTES, slot * BLOCK_SIZE_BYTES);
+      if (bytesRead !== BLOCK_SIZE_BYTES) throw new Error(`snapshot ${snapshot.id}: block ${blockIndex} is short (${bytesRead} bytes)`);
+      return data;
+    } finally {
+      await fsClose(fd);
+    }
   }
 
-  /** Waits for queued commits, then closes every log. */
+  /** Waits for queued commits, then closes every file. */
   async close(): Promise<void> {
     while (this.committing) await this.commitDone;
     this.closed = true;
-    for (const snapshot of this.snapshots.values()) await this.closeLog(snapshot);
+    for (const snapshot of this.snapshots.values()) await this.closeFiles(snapshot);
   }
 
   private assertOpen(): void {
     if (this.closed) throw new Error('the local-ebs store is closed');
   }
 
-  private async closeLog(snapshot: StoredSnapshot): Promise<void> {
-    const handle = snapshot.logHandle;
-    snapshot.logHandle = undefined;
-    if (handle) await handle.close().catch(() => undefined);
-  }
-
-  private async ensureBlockFile(digest: Buffer, data: Buffer): Promise<void> {
-    const hex = digest.toString('hex');
-    // Two attempts: if a concurrent writer of the same content failed, try once ourselves.
-    for (let attempt = 0; ; attempt++) {
-      const state = this.blockFiles.get(hex);
-      if (state === true) return;
-      if (state) {
-        try {
-          await state;
-          return;
-        } catch (error) {
-          if (attempt > 0) throw error;
-          continue;
-        }
-      }
-      const writing = this.writeBlockFile(hex, data);
-      this.blockFiles.set(hex, writing);
-      try {
-        await writing;
-        this.blockFiles.set(hex, true);
-        return;
-      } catch (error) {
-        this.blockFiles.delete(hex);
-        throw error;
-      }
-    }
-  }
-
-  private async writeBlockFile(hex: string, data: Buffer): Promise<void> {
-    const temporary = path.join(this.tmpDir, `${hex}.${randomBytes(6).toString('hex')}`);
-    const handle = await fsp.open(temporary, 'wx', 0o600);
-    try {
-      await handle.write(data, 0, data.length, 0);
-      await handle.datasync();
-    } catch (error) {
-      await handle.close();
-      await fsp.rm(temporary, { force: true });
-      throw error;
-    }
-    await handle.close();
-    await fsp.rename(temporary, path.join(this.blocksDir, hex));
-    this.renameGeneration++;
+  private async closeFiles(snapshot: StoredSnapshot): Promise<void> {
+    for (const fd of [snapshot.dataFd, snapshot.logFd]) if (fd !== undefined) await fsClose(fd).catch(() => undefined);
+    snapshot.dataFd = undefined;
+    snapshot.logFd = undefined;
   }
 
   private async commitLoop(): Promise<void> {
@@ -240,16 +236,6 @@ export class SnapshotStore {
 
   private async commitBatch(): Promise<void> {
     const batch = this.commitQueue.splice(0, MAX_RECORDS_PER_COMMIT);
-    const generation = this.renameGeneration;
-    if (generation > this.syncedRenameGeneration) {
-      try {
-        await fsyncDirectory(this.blocksDir);
-        this.syncedRenameGeneration = Math.max(this.syncedRenameGeneration, generation);
-      } catch (error) {
-        for (const queued of batch) queued.reject(error);
-        return;
-      }
-    }
     const bySnapshot = new Map<StoredSnapshot, QueuedRecord[]>();
     for (const queued of batch) {
       const list = bySnapshot.get(queued.snapshot);
@@ -259,15 +245,21 @@ export class SnapshotStore {
     await Promise.all(
       [...bySnapshot].map(async ([snapshot, items]) => {
         try {
+          // Data first: a durable record must never name a slot whose data is not.
+          await fsFdatasync(snapshot.dataFd!);
           await this.appendToLog(snapshot, items.map((item) => item.record));
         } catch (error) {
           for (const item of items) item.reject(error);
           return;
         }
         // Visible only now, in log order, so memory never shows what the disk may lose.
-        for (const item of items) {
-          snapshot.ownBlocks.set(item.record.blockIndex, item.record.digest);
-          item.resolve();
+        for (const { record, resolve } of items) {
+          const replaced = snapshot.slots.get(record.blockIndex);
+          snapshot.ownBlocks.set(record.blockIndex, record.digest);
+          snapshot.slots.set(record.blockIndex, record.slot);
+          // The record that supersedes it is durable: its old slot may be reused.
+          if (replaced !== undefined) snapshot.freeSlots.push(replaced);
+          resolve();
         }
       }),
     );
@@ -275,16 +267,16 @@ export class SnapshotStore {
 
   private async appendToLog(snapshot: StoredSnapshot, records: BlockRecord[]): Promise<void> {
     if (snapshot.meta.status !== 'pending') throw new Error(`snapshot ${snapshot.id} is ${snapshot.meta.status}`);
-    if (!snapshot.logHandle) snapshot.logHandle = await fsp.open(snapshot.logFile, 'r+');
-    const handle = snapshot.logHandle;
+    snapshot.logFd ??= await fsOpen(snapshot.logFile, 'r+');
+    const fd = snapshot.logFd;
     const bytes = encodeRecords(records);
     try {
-      await handle.write(bytes, 0, bytes.length, snapshot.logBytes);
-      await handle.datasync();
+      await fsWrite(fd, bytes, 0, bytes.length, snapshot.logBytes);
+      await fsFdatasync(fd);
     } catch (error) {
       // Cut back what may have reached the file, so that a replay after a later
       // success cannot surface records that were refused.
-      await handle.truncate(snapshot.logBytes).catch(() => undefined);
+      await fsFtruncate(fd, snapshot.logBytes).catch(() => undefined);
       throw error;
     }
     snapshot.logBytes += bytes.length;
@@ -293,36 +285,12 @@ export class SnapshotStore {
   private async recover(): Promise<void> {
     await fsp.mkdir(this.dataDir, { recursive: true, mode: 0o700 });
     await this.checkFormat();
-    for (const directory of [this.blocksDir, this.tmpDir, this.snapshotsDir]) {
-      await fsp.mkdir(directory, { recursive: true, mode: 0o700 });
-    }
-    // Unfinished block writes: never acknowledged.
-    for (const name of await fsp.readdir(this.tmpDir)) await fsp.rm(path.join(this.tmpDir, name), { force: true, recursive: true });
-
-    const present = new Set<string>();
-    for (const name of await fsp.readdir(this.blocksDir)) {
-      if (DIGEST_HEX_PATTERN.test(name)) present.add(name);
-    }
-
-    const referenced = new Set<string>();
+    await fsp.mkdir(this.snapshotsDir, { recursive: true, mode: 0o700 });
     for (const name of await fsp.readdir(this.snapshotsDir)) {
       if (!SNAPSHOT_ID_PATTERN.test(name)) continue;
-      const snapshot = await this.loadSnapshot(name, present);
-      if (!snapshot) continue;
-      this.snapshots.set(snapshot.id, snapshot);
-      for (const digest of snapshot.ownBlocks.values()) referenced.add(digest.toString('hex'));
+      const snapshot = await this.loadSnapshot(name);
+      if (snapshot) this.snapshots.set(snapshot.id, snapshot);
     }
-
-    let removed = 0;
-    for (const hex of present) {
-      if (referenced.has(hex)) {
-        this.blockFiles.set(hex, true);
-      } else {
-        await fsp.rm(path.join(this.blocksDir, hex), { force: true });
-        removed++;
-      }
-    }
-    if (removed > 0) this.log(`local-ebs: removed ${removed} unreferenced block file(s) left by an interrupted or overwritten write`);
   }
 
   private async checkFormat(): Promise<void> {
@@ -344,11 +312,11 @@ export class SnapshotStore {
       // fall through to the error below
     }
     if (parsed.format !== STORE_FORMAT || parsed.version !== STORE_VERSION) {
-      throw new Error(`${file} is not a local-ebs store of version ${STORE_VERSION}`);
+      throw new Error(`${file} is not a local-ebs store of version ${STORE_VERSION}; use another directory`);
     }
   }
 
-  private async loadSnapshot(snapshotId: string, presentBlocks: ReadonlySet<string>): Promise<StoredSnapshot | undefined> {
+  private async loadSnapshot(snapshotId: string): Promise<StoredSnapshot | undefined> {
     const directory = path.join(this.snapshotsDir, snapshotId);
     let metaText: string;
     try {
@@ -374,34 +342,38 @@ export class SnapshotStore {
       return undefined;
     }
     const snapshot = new StoredSnapshot(meta, directory);
-    let contents: Buffer;
-    try {
-      contents = await fsp.readFile(snapshot.logFile);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-      contents = Buffer.alloc(0);
-      await fsp.writeFile(snapshot.logFile, contents, { mode: 0o600 });
-    }
+    const contents = await fsp.readFile(snapshot.logFile);
     const replay = replayLog(contents);
     if (replay.validBytes < contents.length) {
       this.log(`local-ebs: snapshot ${snapshotId}: cut a torn log tail of ${contents.length - replay.validBytes} byte(s) (unacknowledged writes)`);
-      const handle = await fsp.open(snapshot.logFile, 'r+');
-      try {
-        await handle.truncate(replay.validBytes);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await this.truncate(snapshot.logFile, replay.validBytes);
     }
     snapshot.logBytes = replay.validBytes;
     for (const record of replay.records) {
-      if (!presentBlocks.has(record.digest.toString('hex'))) {
-        // Cannot happen when the ordering above holds; say so rather than serve a hole.
-        this.log(`local-ebs: snapshot ${snapshotId}: block ${record.blockIndex} refers to a missing block file; ignoring that record`);
-        continue;
-      }
       snapshot.ownBlocks.set(record.blockIndex, record.digest);
+      snapshot.slots.set(record.blockIndex, record.slot);
     }
+    const used = new Set(snapshot.slots.values());
+    for (const slot of used) snapshot.nextSlot = Math.max(snapshot.nextSlot, slot + 1);
+    for (let slot = snapshot.nextSlot - 1; slot >= 0; slot--) if (!used.has(slot)) snapshot.freeSlots.push(slot);
+    // Data past the last live slot was never acknowledged.
+    const dataBytes = snapshot.nextSlot * BLOCK_SIZE_BYTES;
+    const stat = await fsp.stat(snapshot.dataFile);
+    if (stat.size < dataBytes) {
+      // Cannot happen while data is made durable before its record; say so rather than serve a hole.
+      throw new Error(`snapshot ${snapshotId}: blocks.dat holds ${stat.size} bytes but its log names ${dataBytes}`);
+    }
+    if (stat.size > dataBytes) await this.truncate(snapshot.dataFile, dataBytes);
     return snapshot;
+  }
+
+  private async truncate(file: string, bytes: number): Promise<void> {
+    const fd = await fsOpen(file, 'r+');
+    try {
+      await fsFtruncate(fd, bytes);
+      await fsFdatasync(fd);
+    } finally {
+      await fsClose(fd);
+    }
   }
 }

@@ -33,9 +33,9 @@ describe('local-ebs store', () => {
   });
 
   it('the log replays records up to the first bad one', () => {
-    const records = [0, 1, 2].map((i) => encodeRecord({ blockIndex: i * 10, digest: sha256Digest(block(i)) }));
+    const records = [0, 1, 2].map((i) => encodeRecord({ blockIndex: i * 10, slot: i, digest: sha256Digest(block(i)) }));
     const whole = Buffer.concat(records);
-    assert.deepEqual(replayLog(whole).records.map((r) => r.blockIndex), [0, 10, 20]);
+    assert.deepEqual(replayLog(whole).records.map((r) => [r.blockIndex, r.slot]), [[0, 0], [10, 1], [20, 2]]);
     const short = whole.subarray(0, whole.length - 5);
     assert.deepEqual(replayLog(short), { records: replayLog(whole).records.slice(0, 2), validBytes: 2 * RECORD_BYTES });
     const flipped = Buffer.from(whole);
@@ -45,65 +45,65 @@ describe('local-ebs store', () => {
     assert.equal(replayLog(zeroTail).validBytes, whole.length);
   });
 
-  it('acknowledged blocks survive a reopen; identical content is stored once', async () => {
+  it('acknowledged blocks survive a reopen; an overwrite reuses space once it is durable', async () => {
     let store = await SnapshotStore.open(dataDir, log);
     const a = await store.create(meta('snap-0a'));
-    const b = await store.create(meta('snap-0b'));
     await store.putBlock(a, 3, sha256Digest(block(1)), block(1));
     await store.putBlock(a, 4, sha256Digest(block(2)), block(2));
     await store.putBlock(a, 3, sha256Digest(block(3)), block(3));
-    await store.putBlock(b, 9, sha256Digest(block(2)), block(2));
+    await store.putBlock(a, 3, sha256Digest(block(4)), block(4));
     await store.close();
 
     store = await SnapshotStore.open(dataDir, log);
     const reopened = store.get('snap-0a')!;
     assert.deepEqual([...reopened.ownBlocks.keys()].sort(), [3, 4]);
-    assert.ok(reopened.ownBlocks.get(3)!.equals(sha256Digest(block(3))), 'the later write of index 3 wins');
-    assert.ok((await store.readBlock(reopened.ownBlocks.get(4)!)).equals(block(2)));
-    // block(1) was overwritten and is referenced by nobody: removed at start.
-    assert.deepEqual(readdirSync(path.join(dataDir, 'blocks')).sort(), [sha256Digest(block(2)).toString('hex'), sha256Digest(block(3)).toString('hex')].sort());
+    assert.ok(reopened.ownBlocks.get(3)!.equals(sha256Digest(block(4))), 'the last write of index 3 wins');
+    assert.ok((await store.readBlock(reopened, 3)).equals(block(4)));
+    assert.ok((await store.readBlock(reopened, 4)).equals(block(2)));
+    // Four PUTs of two indexes: the slot freed by the first overwrite was taken by the
+    // second, and the slot that one freed lay past the last live slot, so the reopen cut it.
+    assert.equal(statSync(reopened.dataFile).size, 2 * BLOCK_SIZE_BYTES);
     await store.close();
   });
 
-  it('cuts a torn log tail, and appends after it survive another reopen', async () => {
+  it('cuts a torn log tail and unacknowledged data, and appends after it survive another reopen', async () => {
     let store = await SnapshotStore.open(dataDir, log);
     const s = await store.create(meta('snap-0c'));
     for (let i = 0; i < 5; i++) await store.putBlock(s, i, sha256Digest(block(i + 1)), block(i + 1));
     await store.close();
-    const logFile = path.join(dataDir, 'snapshots', 'snap-0c', 'blocks.log');
-    // A record half on disk, as a crash during an unacknowledged append leaves it.
-    const torn = encodeRecord({ blockIndex: 99, digest: sha256Digest(block(9)) }).subarray(0, 30);
-    await fsp.appendFile(logFile, torn);
+    // What a crash during an unacknowledged PUT leaves: its data in the next slot and half its record.
+    await fsp.appendFile(s.dataFile, block(9));
+    const torn = encodeRecord({ blockIndex: 99, slot: 5, digest: sha256Digest(block(9)) }).subarray(0, 30);
+    await fsp.appendFile(s.logFile, torn);
 
     store = await SnapshotStore.open(dataDir, log);
     const reopened = store.get('snap-0c')!;
     assert.deepEqual([...reopened.ownBlocks.keys()].sort((x, y) => x - y), [0, 1, 2, 3, 4]);
-    assert.equal(statSync(logFile).size, 5 * RECORD_BYTES, 'the torn tail is cut off');
+    assert.equal(statSync(s.logFile).size, 5 * RECORD_BYTES, 'the torn tail is cut off');
+    assert.equal(statSync(s.dataFile).size, 5 * BLOCK_SIZE_BYTES, 'the unacknowledged data is cut off');
     assert.ok(logs.some((line) => /torn log tail of 30 byte/.test(line)));
     await store.putBlock(reopened, 7, sha256Digest(block(7)), block(7));
     await store.close();
 
     store = await SnapshotStore.open(dataDir, log);
-    assert.deepEqual([...store.get('snap-0c')!.ownBlocks.keys()].sort((x, y) => x - y), [0, 1, 2, 3, 4, 7]);
+    const again = store.get('snap-0c')!;
+    assert.deepEqual([...again.ownBlocks.keys()].sort((x, y) => x - y), [0, 1, 2, 3, 4, 7]);
+    assert.ok((await store.readBlock(again, 7)).equals(block(7)));
     await store.close();
   });
 
-  it('removes what a crash left: temporary block files, unfinished snapshots, unreferenced blocks', async () => {
+  it('removes what a crash left: unfinished snapshots and temporary metadata files', async () => {
     let store = await SnapshotStore.open(dataDir, log);
-    const s = await store.create(meta('snap-0d'));
-    await store.putBlock(s, 0, sha256Digest(block(5)), block(5));
+    await store.create(meta('snap-0d'));
     await store.close();
-    await fsp.writeFile(path.join(dataDir, 'tmp', 'deadbeef.partial'), Buffer.alloc(100));
     await fsp.mkdir(path.join(dataDir, 'snapshots', 'snap-0e'));
     await fsp.writeFile(path.join(dataDir, 'snapshots', 'snap-0e', 'blocks.log'), Buffer.alloc(0));
-    const orphan = sha256Digest(block(6)).toString('hex');
-    await fsp.writeFile(path.join(dataDir, 'blocks', orphan), block(6));
+    await fsp.writeFile(path.join(dataDir, 'snapshots', 'snap-0d', 'meta.json.abc.tmp'), '{');
 
     store = await SnapshotStore.open(dataDir, log);
-    assert.deepEqual(readdirSync(path.join(dataDir, 'tmp')), []);
     assert.equal(store.get('snap-0e'), undefined);
     assert.deepEqual(readdirSync(path.join(dataDir, 'snapshots')), ['snap-0d']);
-    assert.deepEqual(readdirSync(path.join(dataDir, 'blocks')), [sha256Digest(block(5)).toString('hex')]);
+    assert.deepEqual(readdirSync(path.join(dataDir, 'snapshots', 'snap-0d')).sort(), ['blocks.dat', 'blocks.log', 'meta.json']);
     await store.close();
   });
 
