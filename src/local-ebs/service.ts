@@ -13,6 +13,8 @@ import { blocksInVolume, checkBlockIndexInVolume, type CompleteInput, type PageI
 export const LOCAL_OWNER_ID = '123456789012';
 const IDLE_SWEEP_INTERVAL_MS = 30_000;
 const CHANGED_BLOCKS_CACHE_MAX_ENTRIES = 8;
+/** Views are rebuilt on demand; the bound keeps many large snapshots from pinning memory. */
+const VIEW_CACHE_MAX_ENTRIES = 32;
 
 type JsonObject = Record<string, unknown>;
 
@@ -410,6 +412,7 @@ export class EbsService {
     }
     for (const [index, digest] of snapshot.ownBlocks) entries.set(index, { digest, origin: snapshot.id });
     const view: SnapshotView = { entries, sortedIndexes: [...entries.keys()].sort((a, b) => a - b) };
+    if (this.views.size >= VIEW_CACHE_MAX_ENTRIES) this.views.delete(this.views.keys().next().value!);
     this.views.set(snapshot.id, view);
     return view;
   }
