@@ -144,9 +144,10 @@ export class FaultInjector {
     return s.internalErrorProbability > 0 || s.throttleProbability > 0 || s.resetProbability > 0 || s.corruptProbability > 0 || s.latencyMaxMs > 0 || s.putsPerSecondPerSnapshot > 0;
   }
 
-  latencyMs(operation: OperationName): number {
+  /** The delay drawn for this request, or undefined when no latency fault applies to it. */
+  latencyMs(operation: OperationName): number | undefined {
     const { latencyMinMs, latencyMaxMs, operations } = this.spec;
-    if (latencyMaxMs === 0 || !operations.has(operation)) return 0;
+    if (latencyMaxMs === 0 || !operations.has(operation)) return undefined;
     return latencyMinMs + Math.floor(this.random() * (latencyMaxMs - latencyMinMs + 1));
   }
 

@@ -403,9 +403,9 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       const faults = injector;
       if (faults.active) {
         const delayMs = faults.latencyMs(operation);
-        if (delayMs > 0) {
+        if (delayMs !== undefined) {
           increment(stats.faultsInjected, 'latency');
-          await sleep(delayMs);
+          if (delayMs > 0) await sleep(delayMs);
         }
         const fault = faults.draw(operation);
         if (fault === 'reset') {

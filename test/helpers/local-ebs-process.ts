@@ -59,7 +59,8 @@ function waitForExit(child: ChildProcess, timeoutMs: number): Promise<number | n
 
 export function startLocalEbsProcess(options: StartOptions = {}): Promise<LocalEbsProcess> {
   const dataDir = options.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'local-ebs-test-'));
-  const credentials = options.credentials ?? TEST_CREDENTIALS;
+  // A copy: the JS SDK writes bookkeeping into the credentials objects it is given.
+  const credentials = { ...(options.credentials ?? TEST_CREDENTIALS) };
   const args = [
     CLI_PATH,
     'local-ebs',

@@ -69,7 +69,7 @@ function linearOf(blocks: Record<number, Buffer>): string {
 }
 
 export function makeJsClient(endpoint: string, credentials: TestCredentials): EBSClient {
-  return new EBSClient({ endpoint, region: 'us-east-1', credentials, maxAttempts: 1 });
+  return new EBSClient({ endpoint, region: 'us-east-1', credentials: { ...credentials }, maxAttempts: 1 });
 }
 
 async function jsError(call: () => Promise<unknown>): Promise<ObservedError> {

@@ -16,7 +16,7 @@ function content(index: number): Buffer {
 }
 
 function client(server: LocalEbsProcess): EBSClient {
-  return new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: server.credentials, maxAttempts: 1 });
+  return new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxAttempts: 1 });
 }
 
 describe('local-ebs crash safety', function () {

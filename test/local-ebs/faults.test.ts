@@ -90,7 +90,7 @@ describe('local-ebs faults seen by a client', function () {
 
   before(async () => {
     server = await startLocalEbsProcess({ faults: '500=1,ops=put' });
-    ebs = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: server.credentials, maxAttempts: 1 });
+    ebs = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxAttempts: 1 });
   });
 
   after(async () => {
