@@ -4,12 +4,22 @@
 //   - local-ebs alone under a load generator: the product's AwsSnapshotClient
 //     with N PUTs in flight, distinct blocks read from the data file, no FUSE and
 //     no cache in the way. If this is not far above the mount's rate, the server
-//     on the same two cores is what limits the end-to-end figures.
+//     on the same two cores is what limits the end-to-end figures;
+//   - CPU profiles (node --cpu-prof) of one null-client mount and one real mount
+//     of the dd, sorted into hashing, copies, GC, promises, I/O calls and idle;
+//   - the same with the SDK told the payload hash it would otherwise compute for
+//     SigV4 (x-amz-content-sha256 from the block's checksum, which is that very
+//     SHA-256): what one hash less per block would save the client.
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import type { Cleanup } from './lib/cleanup';
+import { dd } from './lib/data';
+import { RunningMount } from './lib/ebs-fuse';
+import { summarizeProfile, type ProfileSummary } from './lib/profile';
 import { LocalEbs, putsBetween } from './lib/local-ebs';
 import type { Rusage } from './lib/proc';
 import { megabytesPerSecond } from './lib/stats';
@@ -17,6 +27,8 @@ import { megabytesPerSecond } from './lib/stats';
 export interface DiagnosticsSettings {
   scratch: string;
   dataFile: string;
+  /** Bytes of the profiled dd runs. */
+  profileBytes: number;
   /** Bytes the load generator sends. */
   loadBytes: number;
   loadConcurrency: number;
@@ -24,6 +36,8 @@ export interface DiagnosticsSettings {
 }
 
 export interface LoadResult {
+  /** Whether the SDK was given x-amz-content-sha256 instead of hashing the body itself. */
+  knownPayloadHash: boolean;
   concurrency: number;
   puts: number;
   seconds: number;
@@ -34,9 +48,39 @@ export interface LoadResult {
   serverRusage: Rusage;
 }
 
+export interface ProfiledRun {
+  what: string;
+  megabytesPerSecond: number;
+  profile: ProfileSummary;
+}
+
 export interface DiagnosticsResult {
   sha256MegabytesPerSecond: number;
-  load: LoadResult;
+  load: LoadResult[];
+  profiles: ProfiledRun[];
+}
+
+async function profiledMount(cleanup: Cleanup, settings: DiagnosticsSettings, real: boolean): Promise<ProfiledRun> {
+  const name = real ? 'profile-mount' : 'profile-null';
+  const directory = path.join(settings.scratch, `${name}-cpuprofile`);
+  await mkdir(directory, { recursive: true });
+  const server = real ? await LocalEbs.start(cleanup, settings.scratch, name) : undefined;
+  const mount = await RunningMount.start(cleanup, {
+    name,
+    scratch: settings.scratch,
+    volumeSizeGiB: Math.max(1, Math.ceil(settings.profileBytes / 2 ** 30)),
+    server,
+    nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${directory}`],
+  });
+  const startNs = process.hrtime.bigint();
+  await dd(cleanup, { input: settings.dataFile, output: mount.filePath, blockSizeBytes: 1024 * 1024, count: Math.ceil(settings.profileBytes / (1024 * 1024)), conv: 'fsync', timeoutMs: 10 * 60_000 });
+  const finished = await mount.finish();
+  if (server) await server.stop();
+  return {
+    what: real ? 'ebs-fuse mount → local-ebs' : 'null-client mount',
+    megabytesPerSecond: megabytesPerSecond(settings.profileBytes, Number(finished.endedAtNs - startNs) / 1e9),
+    profile: await summarizeProfile(directory),
+  };
 }
 
 export function measureSha256(totalBytes: number): number {
@@ -47,9 +91,22 @@ export function measureSha256(totalBytes: number): number {
   return megabytesPerSecond(blocks * BLOCK_SIZE_BYTES, Number(process.hrtime.bigint() - startNs) / 1e9);
 }
 
-export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<LoadResult> {
-  const server = await LocalEbs.start(cleanup, settings.scratch, 'loadgen');
+export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSettings, knownPayloadHash: boolean): Promise<LoadResult> {
+  const server = await LocalEbs.start(cleanup, settings.scratch, knownPayloadHash ? 'loadgen-known-hash' : 'loadgen');
   const client = server.client(settings.loadConcurrency);
+  if (knownPayloadHash) {
+    // SigV4 takes x-amz-content-sha256 as the payload hash when present; the block's
+    // x-amz-Checksum is the base64 of exactly that SHA-256.
+    client.sdk.middlewareStack.add(
+      (next) => async (args) => {
+        const request = args.request as { headers?: Record<string, string> } | undefined;
+        const checksum = request?.headers?.['x-amz-checksum'];
+        if (request?.headers && checksum) request.headers['x-amz-content-sha256'] = Buffer.from(checksum, 'base64').toString('hex');
+        return next(args);
+      },
+      { step: 'build', name: 'benchKnownPayloadHash' },
+    );
+  }
   const input = await open(settings.dataFile, 'r');
   try {
     const blockCount = Math.floor(settings.loadBytes / BLOCK_SIZE_BYTES);
@@ -75,6 +132,7 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
     client.close();
     const serverRusage = await server.stop();
     return {
+      knownPayloadHash,
       concurrency: settings.loadConcurrency,
       puts,
       seconds,
@@ -92,7 +150,20 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
 export async function runDiagnostics(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<DiagnosticsResult> {
   const sha256MegabytesPerSecond = measureSha256(1024 * 1024 * 1024);
   settings.log(`diagnostics: SHA-256 ${sha256MegabytesPerSecond.toFixed(0)} MB/s on one core`);
-  const load = await runLoadGenerator(cleanup, settings);
-  settings.log(`diagnostics: local-ebs alone ${load.putsPerSecond.toFixed(0)} PUT/s (${load.megabytesPerSecond.toFixed(0)} MB/s) at ${load.concurrency} in flight`);
-  return { sha256MegabytesPerSecond, load };
+  const load: LoadResult[] = [];
+  for (const knownPayloadHash of [false, true]) {
+    const result = await runLoadGenerator(cleanup, settings, knownPayloadHash);
+    settings.log(
+      `diagnostics: local-ebs alone${knownPayloadHash ? ', payload hash given to the SDK' : ''}: ${result.putsPerSecond.toFixed(0)} PUT/s ` +
+        `(${result.megabytesPerSecond.toFixed(0)} MB/s) at ${result.concurrency} in flight, client CPU ${result.clientCpuSeconds.toFixed(2)} s`,
+    );
+    load.push(result);
+  }
+  const profiles: ProfiledRun[] = [];
+  for (const real of [false, true]) {
+    const run = await profiledMount(cleanup, settings, real);
+    settings.log(`diagnostics: profiled ${run.what}: ${run.megabytesPerSecond.toFixed(0)} MB/s`);
+    profiles.push(run);
+  }
+  return { sha256MegabytesPerSecond, load, profiles };
 }

@@ -4,7 +4,7 @@
 // failure and on Ctrl-C. Sizes come from environment variables (see usage()).
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runDiagnostics } from './diagnostics';
@@ -39,6 +39,7 @@ function usage(): string {
     `  BENCH_ONLY=${GROUPS.join(',')}`,
     '  BENCH_SCRATCH=$TMPDIR        where temp files go (needs ~3x BENCH_DATA_MIB free)',
     '  BENCH_JSON=FILE              also write every raw figure as JSON',
+    '  BENCH_TMPFS=1                also run baseline 2 with its state on /dev/shm (0: skip)',
     '  BENCH_TIME_LIMIT_MIN=45      stop and clean up after this long',
     '  BENCH_VERBOSE=1              pass the children\'s stderr through',
   ].join('\n');
@@ -62,6 +63,20 @@ function commandOutput(command: string, args: string[]): string {
   } catch {
     return 'unknown';
   }
+}
+
+/** A directory on /dev/shm for one null-client mount's state, when tmpfs has room for it (twice the data, to be safe). */
+async function tmpfsScratch(cleanup: Cleanup, dataBytes: number): Promise<string | undefined> {
+  const shm = '/dev/shm';
+  if (process.env.BENCH_TMPFS === '0' || !existsSync(shm)) return undefined;
+  const { bavail, bsize } = await statfs(shm);
+  if (bavail * bsize < 2 * dataBytes) {
+    log(`${shm} has too little room for a ${dataBytes / MIB} MiB read-back store: the tmpfs variant of baseline 2 is skipped`);
+    return undefined;
+  }
+  const directory = await mkdtemp(path.join(shm, 'ebs-fuse-bench-'));
+  cleanup.add(`remove ${directory}`, () => rm(directory, { recursive: true, force: true }));
+  return directory;
 }
 
 async function main(): Promise<number> {
@@ -151,6 +166,7 @@ async function main(): Promise<number> {
 
     if (groups.has('throughput')) {
       log(`baselines 1-4: ${settings.rounds} rounds of ${settings.dataBytes / MIB} MiB`);
+      const tmpfsStateParent = await tmpfsScratch(cleanup, settings.dataBytes);
       results.throughput = await runThroughput(cleanup, {
         scratch,
         dataFile,
@@ -159,6 +175,7 @@ async function main(): Promise<number> {
         rounds: settings.rounds,
         uploadAvailable: results.uploadAvailable,
         binaries,
+        tmpfsStateParent,
         log,
       });
     }
@@ -190,6 +207,7 @@ async function main(): Promise<number> {
       results.diagnostics = await runDiagnostics(cleanup, {
         scratch,
         dataFile,
+        profileBytes: settings.dataBytes,
         loadBytes: settings.loadBytes,
         loadConcurrency: settings.loadConcurrency,
         log,

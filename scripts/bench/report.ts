@@ -128,6 +128,16 @@ export function renderReport(results: Results): string {
         ...rate(nullMount.map((s) => s.megabytesPerSecond)),
         `dd alone ${fixed(median(nullMount.map((s) => settings.dataBytes / s.ddSeconds / 1e6)), 0)} MB/s; unmount → completed ${fixed(median(nullMount.map((s) => s.finishSeconds)), 2)} s`,
       ],
+      ...(rounds.some((round) => round.nullMountTmpfs)
+        ? [
+            [
+              '2t',
+              'the same, state directory on tmpfs (diagnostic: no disk)',
+              ...rate(rounds.flatMap((round) => (round.nullMountTmpfs ? [round.nullMountTmpfs.megabytesPerSecond] : []))),
+              `dd alone ${fixed(median(rounds.flatMap((round) => (round.nullMountTmpfs ? [settings.dataBytes / round.nullMountTmpfs.ddSeconds / 1e6] : []))), 0)} MB/s`,
+            ],
+          ]
+        : []),
       [
         '3',
         'mount → local-ebs: dd start → completed',
@@ -154,6 +164,10 @@ export function renderReport(results: Results): string {
     addRatio('1c / 1b: fuse-native no-op / C libfuse 2 big_writes', pairedRatio(rounds, (r) => r.ceilings['noop-raw'].megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond));
     addRatio('1c / 1a: fuse-native no-op / C libfuse 3', pairedRatio(rounds, (r) => r.ceilings['noop-raw'].megabytesPerSecond, (r) => r.ceilings.nullfs3.megabytesPerSecond));
     addRatio('1d / 1c: src/fuse adapter / fuse-native no-op', pairedRatio(rounds, (r) => r.ceilings['noop-adapter'].megabytesPerSecond, (r) => r.ceilings['noop-raw'].megabytesPerSecond));
+    if (rounds.some((round) => round.nullMountTmpfs)) {
+      addRatio('2t / 2: state on tmpfs / state on disk', pairedRatio(rounds, (r) => r.nullMountTmpfs?.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
+      addRatio('2t / 1b: null-client mount, state on tmpfs / C libfuse 2 big_writes', pairedRatio(rounds, (r) => r.nullMountTmpfs?.megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond));
+    }
     addRatio('3 / 2: mount end to end / null-client mount', pairedRatio(rounds, (r) => r.mount.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
     sections.push(`### Ratios, paired round by round (median of ${n} per-round ratios)\n\n${table(['ratio', 'median', 'min–max'], ratioRows)}`);
 
@@ -189,6 +203,8 @@ export function renderReport(results: Results): string {
       for (const peak of peaks) peakRss.push({ what: name, bytes: peak });
     };
     addResources('2 null-client mount', nullMount);
+    const tmpfsSamples = rounds.flatMap((round) => (round.nullMountTmpfs ? [round.nullMountTmpfs] : []));
+    if (tmpfsSamples.length > 0) addResources('2t null-client mount, state on tmpfs', tmpfsSamples);
     addResources('3 ebs-fuse mount', mount, mount.map((s) => s.serverRusage));
     if (uploads.length > 0) addResources('4 ebs-fuse upload', uploads, uploads.map((s) => s.serverRusage));
     sections.push(
@@ -306,21 +322,31 @@ export function renderReport(results: Results): string {
 
   const diagnostics = results.diagnostics;
   if (diagnostics) {
-    const load = diagnostics.load;
-    const loadGiB = (load.puts * 524288) / GIB;
-    sections.push(
-      `### Diagnostics\n\n` +
-        table(
-          ['measurement', 'figure'],
-          [
-            ['SHA-256 in Node, one core, 512 KiB blocks', `${fixed(diagnostics.sha256MegabytesPerSecond, 0)} MB/s`],
-            [
-              `local-ebs alone: ${load.puts} PUTs from the product's AwsSnapshotClient, ${load.concurrency} in flight, no FUSE`,
-              `${fixed(load.putsPerSecond, 0)} PUT/s = ${fixed(load.megabytesPerSecond, 0)} MB/s; client CPU ${fixed(load.clientCpuSeconds / loadGiB, 2)} s/GiB, local-ebs CPU ${fixed(cpuSeconds(load.serverRusage) / loadGiB, 2)} s/GiB, local-ebs peak RSS ${mib(load.serverRusage.maxRssBytes)} MiB`,
-            ],
-          ],
-        ),
-    );
+    const rows: string[][] = [['SHA-256 in Node, one core, 512 KiB blocks', `${fixed(diagnostics.sha256MegabytesPerSecond, 0)} MB/s`]];
+    for (const load of diagnostics.load) {
+      const loadGiB = (load.puts * 524288) / GIB;
+      rows.push([
+        `local-ebs alone: ${load.puts} PUTs from the product's AwsSnapshotClient, ${load.concurrency} in flight, no FUSE` +
+          (load.knownPayloadHash ? '; the SDK given x-amz-content-sha256 (no SigV4 body hash)' : ''),
+        `${fixed(load.putsPerSecond, 0)} PUT/s = ${fixed(load.megabytesPerSecond, 0)} MB/s; client CPU ${fixed(load.clientCpuSeconds / loadGiB, 2)} s/GiB, ` +
+          `local-ebs CPU ${fixed(cpuSeconds(load.serverRusage) / loadGiB, 2)} s/GiB, local-ebs peak RSS ${mib(load.serverRusage.maxRssBytes)} MiB`,
+      ]);
+    }
+    sections.push(`### Diagnostics\n\n${table(['measurement', 'figure'], rows)}`);
+    for (const run of diagnostics.profiles) {
+      const gib = settings.dataBytes / GIB;
+      const profileRows = run.profile.categories.map((entry) => [
+        entry.category,
+        fixed(entry.seconds, 2),
+        fixed((entry.seconds / run.profile.totalSeconds) * 100, 0),
+      ]);
+      sections.push(
+        `#### Main thread of the ${run.what}, one profiled run of ${fixed(gib, 2)} GiB (${fixed(run.megabytesPerSecond, 0)} MB/s under the profiler), ` +
+          `${fixed(run.profile.totalSeconds, 1)} s from start to exit\n\n` +
+          table(['where the main thread\'s time went', 'seconds', '%'], profileRows) +
+          `\n\nLargest self times: ${run.profile.topFunctions.slice(0, 8).map((f) => `${f.name} ${fixed(f.seconds, 2)} s`).join('; ')}.`,
+      );
+    }
   }
 
   sections.push(`### Targets\n\n${table(['target', 'measured', 'verdict'], targets.map((t) => [t.name, t.measured, verdict(t.met)]))}`);

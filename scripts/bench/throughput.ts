@@ -24,6 +24,8 @@ export interface ThroughputSettings {
   /** Whether `ebs-fuse upload` exists in this checkout (issue 5). */
   uploadAvailable: boolean;
   binaries: { nullfs3: string; nullfs2: string };
+  /** A tmpfs directory for the state of a second null-client mount, or none. */
+  tmpfsStateParent?: string;
   log: (line: string) => void;
 }
 
@@ -60,6 +62,8 @@ export interface UploadSample {
 export interface ThroughputRound {
   ceilings: Record<CeilingKind, CeilingSample>;
   nullMount: MountSample;
+  /** The null-client mount with its state directory on tmpfs: fdatasync costs nothing there. */
+  nullMountTmpfs?: MountSample;
   mount: MountSample;
   upload?: UploadSample;
 }
@@ -94,6 +98,11 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
     const nullMount = await measureMount(cleanup, settings, { name: `null-${round}`, volumeSizeGiB, count, ddTimeoutMs });
     nullMountLargestWriteBytes = Math.max(nullMountLargestWriteBytes, nullMount.largestWriteBytes);
     settings.log(`round ${round}: null-client mount ${nullMount.sample.megabytesPerSecond.toFixed(0)} MB/s`);
+    let nullMountTmpfs: MountSample | undefined;
+    if (settings.tmpfsStateParent) {
+      nullMountTmpfs = (await measureMount(cleanup, settings, { name: `null-tmpfs-${round}`, volumeSizeGiB, count, ddTimeoutMs, stateParent: settings.tmpfsStateParent })).sample;
+      settings.log(`round ${round}: null-client mount, state on tmpfs ${nullMountTmpfs.megabytesPerSecond.toFixed(0)} MB/s`);
+    }
 
     const server = await LocalEbs.start(cleanup, scratch, `mount-${round}`);
     const mount = (await measureMount(cleanup, settings, { name: `mount-${round}`, volumeSizeGiB, count, ddTimeoutMs, server })).sample;
@@ -104,7 +113,7 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
       upload = await measureUpload(cleanup, settings, `upload-${round}`);
       settings.log(`round ${round}: ebs-fuse upload ${upload.megabytesPerSecond.toFixed(0)} MB/s, ${upload.puts} PUTs`);
     }
-    rounds.push({ ceilings, nullMount: nullMount.sample, mount, upload });
+    rounds.push({ ceilings, nullMount: nullMount.sample, nullMountTmpfs, mount, upload });
   }
 
   const largestWriteBytes = {} as Record<CeilingKind, number>;
@@ -115,10 +124,16 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
 async function measureMount(
   cleanup: Cleanup,
   settings: ThroughputSettings,
-  options: { name: string; volumeSizeGiB: number; count: number; ddTimeoutMs: number; server?: LocalEbs },
+  options: { name: string; volumeSizeGiB: number; count: number; ddTimeoutMs: number; server?: LocalEbs; stateParent?: string },
 ): Promise<{ sample: MountSample; largestWriteBytes: number }> {
   const { server } = options;
-  const mount = await RunningMount.start(cleanup, { name: options.name, scratch: settings.scratch, volumeSizeGiB: options.volumeSizeGiB, server });
+  const mount = await RunningMount.start(cleanup, {
+    name: options.name,
+    scratch: settings.scratch,
+    volumeSizeGiB: options.volumeSizeGiB,
+    server,
+    stateParent: options.stateParent,
+  });
   const before = server ? await server.stats() : undefined;
   const ddStartNs = process.hrtime.bigint();
   const ddSeconds = await dd(cleanup, {

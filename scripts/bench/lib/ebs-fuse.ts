@@ -23,6 +23,10 @@ export interface MountSettings {
   server?: LocalEbs;
   /** Passed as --cache-size (product) or CACHE_SIZE (null mount); default: the product's default. */
   cacheSize?: string;
+  /** Where the state directory (read-back store, journal) goes; default: scratch. */
+  stateParent?: string;
+  /** Flags for node itself, e.g. --cpu-prof. */
+  nodeFlags?: string[];
 }
 
 export interface Finished {
@@ -48,13 +52,13 @@ export class RunningMount {
 
   static async start(cleanup: Cleanup, settings: MountSettings): Promise<RunningMount> {
     const mountpoint = path.join(settings.scratch, `mnt-${settings.name}`);
-    const stateDir = path.join(settings.scratch, `state-${settings.name}`);
+    const stateDir = path.join(settings.stateParent ?? settings.scratch, `state-${settings.name}`);
     await mkdir(mountpoint, { recursive: true });
     const unregisterMountpoint = registerFuseMountpoint(cleanup, mountpoint);
     const rusageFile = path.join(settings.scratch, `${settings.name}.rusage.json`);
     let tracked: Tracked;
     if (settings.server) {
-      const args = [CLI_PATH, 'mount', mountpoint, '--size', String(settings.volumeSizeGiB), '--endpoint', settings.server.endpoint, '--state-dir', stateDir];
+      const args = [...(settings.nodeFlags ?? []), CLI_PATH, 'mount', mountpoint, '--size', String(settings.volumeSizeGiB), '--endpoint', settings.server.endpoint, '--state-dir', stateDir];
       if (settings.cacheSize) args.push('--cache-size', settings.cacheSize);
       tracked = spawnTracked(cleanup, `ebs-fuse mount (${settings.name})`, process.execPath, args, {
         cwd: REPO_ROOT,
@@ -62,7 +66,7 @@ export class RunningMount {
         rusageFile,
       });
     } else {
-      const args = ['-r', 'tsx/cjs', path.join(BENCH_DIR, 'null-mount.ts'), mountpoint, String(settings.volumeSizeGiB), stateDir];
+      const args = [...(settings.nodeFlags ?? []), '-r', 'tsx/cjs', path.join(BENCH_DIR, 'null-mount.ts'), mountpoint, String(settings.volumeSizeGiB), stateDir];
       if (settings.cacheSize) args.push(settings.cacheSize);
       tracked = spawnTracked(cleanup, `null mount (${settings.name})`, process.execPath, args, { cwd: REPO_ROOT, rusageFile });
     }
