@@ -278,6 +278,36 @@ describe('local-ebs server', function () {
     assert.ok(unknown.headers['x-amzn-requestid']);
   });
 
+  it('answers malformed requests with modeled errors and keeps serving', async () => {
+    const id = await start({ VolumeSize: 1 });
+    const putHeaders = { 'x-amz-data-length': String(BLOCK_SIZE_BYTES), 'x-amz-checksum': sha256Base64(block('m')), 'x-amz-checksum-algorithm': 'SHA256', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
+    const cases: Array<{ request: Parameters<typeof rawRequest>[2]; status: number; type: string; reason?: string }> = [
+      { request: { method: 'GET', path: '/snapshots/snap-%E0%A4%A/blocks' }, status: 400, type: 'ValidationException' },
+      { request: { method: 'GET', path: `/snapshots/${id}/blocks`, query: { maxResults: '%ZZ' }, rawQuery: 'maxResults=%ZZ' }, status: 400, type: 'ValidationException' },
+      { request: { method: 'GET', path: '/snapshots/..%2F..%2Fetc/blocks/0', query: { blockToken: 'AAAA' } }, status: 400, type: 'ValidationException', reason: 'INVALID_SNAPSHOT_ID' },
+      { request: { method: 'PUT', path: `/snapshots/${id}/blocks/99999999999`, headers: putHeaders, body: block('m') }, status: 400, type: 'ValidationException', reason: 'INVALID_PARAMETER_VALUE' },
+      { request: { method: 'PUT', path: `/snapshots/${id}/blocks/-1`, headers: putHeaders, body: block('m') }, status: 400, type: 'ValidationException' },
+      { request: { method: 'POST', path: '/snapshots', body: Buffer.from('{"VolumeSize":') }, status: 400, type: 'ValidationException', reason: 'INVALID_PARAMETER_VALUE' },
+      { request: { method: 'POST', path: '/snapshots', body: Buffer.from('[1,2]') }, status: 400, type: 'ValidationException' },
+      { request: { method: 'POST', path: '/snapshots', body: Buffer.from('{"VolumeSize":1,"Tags":[null]}') }, status: 400, type: 'ValidationException', reason: 'INVALID_TAG' },
+      { request: { method: 'POST', path: `/snapshots/completion/${id}` }, status: 400, type: 'ValidationException', reason: 'INVALID_PARAMETER_VALUE' },
+      { request: { method: 'GET', path: `/snapshots/${id}/changedblocks`, query: { firstSnapshotId: 'snap-nothex' } }, status: 400, type: 'ValidationException', reason: 'INVALID_SNAPSHOT_ID' },
+      { request: { method: 'GET', path: '/snapshots/snap-0000/blocks/0', query: { blockToken: 'AAAA' } }, status: 404, type: 'ResourceNotFoundException', reason: 'SNAPSHOT_NOT_FOUND' },
+      { request: { method: 'GET', path: '/' }, status: 404, type: 'UnknownOperationException' },
+    ];
+    for (const { request, status, type, reason } of cases) {
+      const response = await rawRequest(server.endpoint, TEST_CREDENTIALS, request);
+      const label = `${request.method} ${request.path}`;
+      assert.equal(response.status, status, `${label}: ${response.body.toString()}`);
+      assert.equal(response.headers['x-amzn-errortype'], type, label);
+      const body = response.json();
+      assert.equal(typeof body.Message, 'string', label);
+      assert.doesNotMatch(String(body.Message), /\n\s+at /, label);
+      if (reason) assert.equal(body.Reason, reason, label);
+    }
+    await put(id, 0, block('m'));
+  });
+
   it('serves 64 concurrent PUTs to one snapshot, all durable and counted', async () => {
     const id = await start({ VolumeSize: 1 });
     const before = await getLocalEbsStats(server.endpoint, TEST_CREDENTIALS);
