@@ -3,6 +3,9 @@ import { Command, CommanderError } from 'commander';
 import { describeError } from './errors';
 import { registerLocalEbsCommand } from './commands/local-ebs';
 import { registerMountCommand } from './commands/mount';
+import { registerCompleteCommand } from './commands/complete';
+import { registerDownloadCommand } from './commands/download';
+import { registerUploadCommand } from './commands/upload';
 
 const program = new Command('ebs-fuse')
   .description('A pending Amazon EBS snapshot as one writable file, over FUSE')
@@ -11,6 +14,9 @@ const program = new Command('ebs-fuse')
   .exitOverride();
 
 registerMountCommand(program);
+registerUploadCommand(program);
+registerDownloadCommand(program);
+registerCompleteCommand(program);
 registerLocalEbsCommand(program);
 
 function isVerbose(): boolean {

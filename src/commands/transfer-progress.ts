@@ -1,0 +1,110 @@
+// What a person sees on standard error during `upload` and `download`: a bar on
+// a terminal, one status line every few seconds elsewhere (as for the mount,
+// progress.ts). The bar measures how far through the volume the transfer is:
+// both sides work in ascending block order, and the volume size is known at
+// once, where the number of blocks to send is only known at the end.
+import { SingleBar } from 'cli-progress';
+import type { TransferStats } from '../core/transfer';
+import { STATUS_LINE_INTERVAL_MS, type ProgressStream, type Reporter } from './progress';
+
+const BAR_REDRAW_INTERVAL_MS = 200;
+const RATE_SAMPLE_INTERVAL_MS = 1000;
+const BYTES_PER_MB = 1e6;
+const MIB = 1048576;
+
+export interface TransferProgressSource {
+  stats: TransferStats;
+  retries(): number;
+}
+
+/** `uploading` or `downloading`, and the verb for the blocks moved. */
+export interface TransferLabels {
+  phase: string;
+  moved: string;
+}
+
+class RateMeter {
+  private lastBytes = 0;
+  private lastAtMs = Date.now();
+  rateMBps = 0;
+
+  sample(bytes: number, nowMs: number): void {
+    const elapsedMs = nowMs - this.lastAtMs;
+    if (elapsedMs <= 0) return;
+    this.rateMBps = (bytes - this.lastBytes) / BYTES_PER_MB / (elapsedMs / 1000);
+    this.lastBytes = bytes;
+    this.lastAtMs = nowMs;
+  }
+}
+
+function percent(stats: TransferStats): string {
+  return stats.volumeBytes > 0 ? ((100 * stats.doneBytes) / stats.volumeBytes).toFixed(1) : '0.0';
+}
+
+export function formatTransferLine(labels: TransferLabels, stats: TransferStats, rateMBps: number, retries: number): string {
+  return (
+    `ebs-fuse: ${labels.phase}: ${percent(stats)}% of ${(stats.volumeBytes / 2 ** 30).toFixed(0)} GiB, ` +
+    `${stats.blocksTransferred} blocks ${labels.moved} (${(stats.bytesTransferred / BYTES_PER_MB).toFixed(1)} MB), ` +
+    `${stats.blocksSkipped} skipped, ${rateMBps.toFixed(1)} MB/s, ${retries} retries`
+  );
+}
+
+export function startTransferProgress(
+  labels: TransferLabels,
+  source: TransferProgressSource,
+  stream: ProgressStream & NodeJS.WritableStream,
+  intervalMs = STATUS_LINE_INTERVAL_MS,
+): Reporter {
+  const meter = new RateMeter();
+  if (!stream.isTTY) {
+    const timer = setInterval(() => {
+      meter.sample(source.stats.bytesTransferred, Date.now());
+      stream.write(`${formatTransferLine(labels, source.stats, meter.rateMBps, source.retries())}\n`);
+    }, intervalMs);
+    timer.unref();
+    return { stop: () => clearInterval(timer) };
+  }
+  const bar = new SingleBar({
+    stream,
+    format: `${labels.phase} |{bar}| {percentage}% of {volume} | {blocks} blocks ${labels.moved}, {skipped} skipped | {rate} MB/s | {retries} retries`,
+    hideCursor: true,
+    clearOnComplete: false,
+    barsize: 30,
+  });
+  let started = false;
+  let lastSampleMs = 0;
+  const redraw = (): void => {
+    const stats = source.stats;
+    // The volume size is known only once the snapshot is listed or started.
+    if (stats.volumeBytes === 0) return;
+    const now = Date.now();
+    if (now - lastSampleMs >= RATE_SAMPLE_INTERVAL_MS) {
+      meter.sample(stats.bytesTransferred, now);
+      lastSampleMs = now;
+    }
+    const payload = {
+      volume: `${(stats.volumeBytes / 2 ** 30).toFixed(0)} GiB`,
+      blocks: stats.blocksTransferred,
+      skipped: stats.blocksSkipped,
+      rate: meter.rateMBps.toFixed(1),
+      retries: source.retries(),
+    };
+    const total = Math.max(1, Math.round(stats.volumeBytes / MIB));
+    const value = Math.min(total, Math.floor(stats.doneBytes / MIB));
+    if (!started) {
+      bar.start(total, value, payload);
+      started = true;
+    } else {
+      bar.update(value, payload);
+    }
+  };
+  const timer = setInterval(redraw, BAR_REDRAW_INTERVAL_MS);
+  timer.unref();
+  return {
+    stop: () => {
+      clearInterval(timer);
+      redraw();
+      if (started) bar.stop();
+    },
+  };
+}
