@@ -198,14 +198,21 @@ export class EbsService {
   async checkPutTarget(snapshotId: string, blockIndex: number): Promise<StoredSnapshot> {
     const snapshot = this.require(snapshotId);
     await this.refreshIdle(snapshot);
-    const runtime = this.runtime(snapshot);
-    if (snapshot.meta.status !== 'pending' || runtime.completion) throw statusError(snapshot, 'pending');
-    checkBlockIndexInVolume(blockIndex, snapshot.meta.volumeSizeGiB);
+    this.assertWritable(snapshot, blockIndex);
     return snapshot;
   }
 
+  private assertWritable(snapshot: StoredSnapshot, blockIndex: number): void {
+    if (snapshot.meta.status !== 'pending' || this.runtime(snapshot).completion) throw statusError(snapshot, 'pending');
+    checkBlockIndexInVolume(blockIndex, snapshot.meta.volumeSizeGiB);
+  }
+
   async putSnapshotBlock(snapshotId: string, blockIndex: number, digest: Buffer, data: Buffer): Promise<void> {
-    const snapshot = await this.checkPutTarget(snapshotId, blockIndex);
+    const snapshot = this.require(snapshotId);
+    await this.refreshIdle(snapshot);
+    // The check and the count of PUTs in flight happen in one synchronous step, so a
+    // CompleteSnapshot either refuses this PUT or waits for it: never both miss each other.
+    this.assertWritable(snapshot, blockIndex);
     const runtime = this.runtime(snapshot);
     runtime.inflightPuts++;
     runtime.lastActivityMs = this.now();
