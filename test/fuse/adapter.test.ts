@@ -214,6 +214,36 @@ describe('fuse adapter (real FUSE mount, in-memory file)', function () {
     assert.equal(file.fsyncCalls, callsBefore);
   });
 
+  it('answers EIO to a failure the core did not classify, and logs it', async () => {
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    const { mount, logs } = await mountFile(file);
+    file.readFailure = new Error('read-back store unreadable');
+    const handle = await open(mount.filePath, 'r');
+    try {
+      // O_DIRECT is not needed: nothing of the file is in the page cache yet.
+      assert.equal(await errnoOf(() => handle.read(Buffer.alloc(4096), 0, 4096, 0)), 'EIO');
+    } finally {
+      await handle.close();
+    }
+    assert.ok(logs.some((line) => line.includes('read-back store unreadable')), logs.join('\n'));
+  });
+
+  it('lets an fsync take longer than fuse-native\'s default 15 s op timeout', async function () {
+    this.timeout(60_000);
+    const file = new MemoryVolumeFile(VOLUME_BYTES);
+    file.fsyncDelayMs = 16_000;
+    const { mount } = await mountFile(file);
+    const handle = await open(mount.filePath, 'r+');
+    try {
+      await handle.write(Buffer.from('slow'), 0, 4, 0);
+      // With fuse-native's default this answers ETIMEDOUT after 15 s while the upload goes on.
+      await handle.sync();
+    } finally {
+      file.fsyncDelayMs = 0;
+      await handle.close();
+    }
+  });
+
   it('refuses to create, remove or rename anything', async () => {
     const { mount, dir } = await mountFile(new MemoryVolumeFile(VOLUME_BYTES));
     assert.equal(await errnoOf(() => writeFile(join(dir, 'new-file'), 'x')), 'EPERM');

@@ -12,6 +12,10 @@ export class MemoryVolumeFile implements VolumeFile {
   failFsync = false;
   /** Added before write resolves, to check the adapter answers only afterwards. */
   writeDelayMs = 0;
+  /** Added before fsync settles, to outlast fuse-native's 15 s default timeout. */
+  fsyncDelayMs = 0;
+  /** When set, read rejects with it (a failure that is not a FileOperationError). */
+  readFailure: Error | undefined;
   fsyncCalls = 0;
   private readonly chunks = new Map<number, Buffer>();
 
@@ -21,6 +25,7 @@ export class MemoryVolumeFile implements VolumeFile {
   ) {}
 
   async read(offsetBytes: number, length: number): Promise<Buffer> {
+    if (this.readFailure) throw this.readFailure;
     const end = Math.min(offsetBytes + length, this.sizeBytes);
     const out = Buffer.alloc(Math.max(0, end - offsetBytes));
     for (let position = offsetBytes; position < end; ) {
@@ -56,6 +61,7 @@ export class MemoryVolumeFile implements VolumeFile {
 
   async fsync(): Promise<void> {
     this.fsyncCalls += 1;
+    if (this.fsyncDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.fsyncDelayMs));
     if (this.failFsync) throw new FileOperationError('EIO', 'injected upload failure');
   }
 
