@@ -318,6 +318,32 @@ describe('local-ebs server', function () {
     assert.equal((after.responses['201'] ?? 0) - (before.responses['201'] ?? 0), 64);
   });
 
+  it('a CompleteSnapshot racing PUTs seals exactly the blocks that got a 201, also after a restart', async () => {
+    const id = await start({ VolumeSize: 1 });
+    // Completion is sent once 10 PUTs are acknowledged, while the others are in flight.
+    let acknowledged = 0;
+    let completion: Promise<unknown> | undefined;
+    const puts = Array.from({ length: 40 }, (_, i) =>
+      put(id, i, block(`race${i}`)).then(() => {
+        if (++acknowledged === 10) completion = complete(id, 40).catch(() => undefined);
+        return i;
+      }),
+    );
+    const settled = await Promise.allSettled(puts);
+    await completion;
+    const acked = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    assert.ok(acked.length >= 10);
+    for (const r of settled) if (r.status === 'rejected') assert.equal((r.reason as { Reason?: string }).Reason, 'INVALID_SNAPSHOT_ID');
+    await complete(id, acked.length); // completed already, or now
+    const listed = async () => (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))).Blocks!.map((b) => b.BlockIndex);
+    assert.deepEqual(await listed(), acked.sort((x, y) => x - y));
+    await server.close();
+    server = await startLocalEbs({ dataDir, ...TEST_CREDENTIALS });
+    ebs.destroy();
+    ebs = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...TEST_CREDENTIALS }, maxAttempts: 1 });
+    assert.deepEqual(await listed(), acked);
+  });
+
   it('acknowledged blocks and states survive a restart on the same directory', async () => {
     const done = await snapshotWith({ 3: 'r3' });
     const pending = await start({ VolumeSize: 1 });
