@@ -171,6 +171,30 @@ export function renderReport(results: Results): string {
     addRatio('3 / 2: mount end to end / null-client mount', pairedRatio(rounds, (r) => r.mount.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
     sections.push(`### Ratios, paired round by round (median of ${n} per-round ratios)\n\n${table(['ratio', 'median', 'min–max'], ratioRows)}`);
 
+    // Where the time of one write call goes: each layer's median dd time per call, minus the layer below.
+    const perCallMicroseconds = (seconds: number[], callBytes: number): number => (median(seconds) / (settings.dataBytes / callBytes)) * 1e6;
+    const smallCall = 131072;
+    const c1a = perCallMicroseconds(rounds.map((r) => r.ceilings.nullfs3.seconds), 1048576);
+    const c1b = perCallMicroseconds(rounds.map((r) => r.ceilings.nullfs2.seconds), smallCall);
+    const c1c = perCallMicroseconds(rounds.map((r) => r.ceilings['noop-raw'].seconds), smallCall);
+    const c1d = perCallMicroseconds(rounds.map((r) => r.ceilings['noop-adapter'].seconds), smallCall);
+    const c2 = perCallMicroseconds(nullMount.map((s) => s.ddSeconds), smallCall);
+    const tmpfsRuns = rounds.flatMap((r) => (r.nullMountTmpfs ? [r.nullMountTmpfs.ddSeconds] : []));
+    const c2t = tmpfsRuns.length > 0 ? perCallMicroseconds(tmpfsRuns, smallCall) : Number.NaN;
+    const c3 = perCallMicroseconds(mount.map((s) => s.ddSeconds), smallCall);
+    const callRows: string[][] = [
+      ['1a C libfuse 3 (per 1 MiB call)', fixed(c1a, 0), ''],
+      ['1b C libfuse 2, big_writes', fixed(c1b, 0), 'kernel + libfuse'],
+      ['1c fuse-native no-op', fixed(c1c, 0), `${fixed(c1c - c1b, 0)} more than 1b: fuse-native's thread hand-off to JS and back`],
+      ['1d src/fuse adapter, no-op file', fixed(c1d, 0), `${fixed(c1d - c1c, 0)} more than 1c: the adapter (per-op timers, handle table, counters)`],
+    ];
+    if (tmpfsRuns.length > 0) callRows.push(['2t null-client mount, state on tmpfs', fixed(c2t, 0), `${fixed(c2t - c1d, 0)} more than 1d: the core (locks, copy, cache, hashing, uploads) on the event loop`]);
+    callRows.push(['2 null-client mount, state on disk', fixed(c2, 0), tmpfsRuns.length > 0 ? `${fixed(c2 - c2t, 0)} more than 2t: the read-back store and journal on disk (write + fdatasync before each PUT)` : '']);
+    callRows.push(['3 mount → local-ebs', fixed(c3, 0), `${fixed(c3 - c2, 0)} more than 2: HTTP, the SDK, and local-ebs on the same two cores`]);
+    sections.push(
+      `### Microseconds per 128 KiB write call (median dd time / write calls; dd alone, without the final flush)\n\n${table(['layer', 'µs per call', 'what the difference is'], callRows)}`,
+    );
+
     const putRows: string[][] = [];
     const exact = (samples: Array<{ puts: number; distinctBlocks: number }>): boolean => samples.every((s) => s.puts === results.nonZeroBlocks && s.distinctBlocks === results.nonZeroBlocks);
     putRows.push(['2', nullMount.map((s) => s.puts).join(', '), nullMount.map((s) => s.distinctBlocks).join(', '), String(results.nonZeroBlocks), exact(nullMount) ? 'yes' : 'NO']);

@@ -15,6 +15,8 @@ export class Cleanup {
   private running: Promise<void> | undefined;
   /** Set once a signal asked the run to stop; long loops check it between steps. */
   interrupted = false;
+  /** Set once the undo steps started: from then on only they may start processes. */
+  closing = false;
 
   /** Registers an undo step; the returned function runs it now (once) and forgets it. */
   add(name: string, run: () => Promise<void> | void): () => Promise<void> {
@@ -32,6 +34,7 @@ export class Cleanup {
 
   /** Runs every registered action, newest first; errors are reported, never thrown. */
   runAll(): Promise<void> {
+    this.closing = true;
     this.running ??= (async () => {
       while (this.actions.length > 0) {
         const action = this.actions.pop()!;

@@ -25,7 +25,7 @@ export async function waitForUnmounted(mountpoint: string, timeoutMs: number): P
 /** A FUSE mount that may be left behind by a killed process: lazily detached. */
 export function registerFuseMountpoint(cleanup: Cleanup, mountpoint: string): () => Promise<void> {
   return cleanup.add(`unmount ${mountpoint}`, async () => {
-    if (await isMountPoint(mountpoint)) await run(cleanup, 'fusermount', ['-uz', mountpoint], { allowFailure: true, timeoutMs: 20_000 });
+    if (await isMountPoint(mountpoint)) await run(cleanup, 'fusermount', ['-uz', mountpoint], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   });
 }
 
@@ -33,20 +33,20 @@ export function registerFuseMountpoint(cleanup: Cleanup, mountpoint: string): ()
 export function registerKernelMountpoint(cleanup: Cleanup, mountpoint: string): () => Promise<void> {
   return cleanup.add(`umount ${mountpoint}`, async () => {
     if (!(await isMountPoint(mountpoint))) return;
-    const plain = await run(cleanup, 'umount', [mountpoint], { allowFailure: true, timeoutMs: 60_000 });
-    if (plain.exit.code !== 0) await run(cleanup, 'umount', ['-l', mountpoint], { allowFailure: true, timeoutMs: 20_000 });
+    const plain = await run(cleanup, 'umount', [mountpoint], { allowFailure: true, timeoutMs: 60_000, forCleanup: true });
+    if (plain.exit.code !== 0) await run(cleanup, 'umount', ['-l', mountpoint], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   });
 }
 
 /** Loop devices backed by `file`, detached (a `mount -o loop` sets autoclear, but not after a failure). */
 export function registerLoopBacking(cleanup: Cleanup, file: string): () => Promise<void> {
   return cleanup.add(`detach loop devices of ${file}`, async () => {
-    for (const device of await loopDevicesOf(cleanup, file)) await run(cleanup, 'losetup', ['-d', device], { allowFailure: true, timeoutMs: 20_000 });
+    for (const device of await loopDevicesOf(cleanup, file)) await run(cleanup, 'losetup', ['-d', device], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   });
 }
 
 export async function loopDevicesOf(cleanup: Cleanup, file: string): Promise<string[]> {
-  const result = await run(cleanup, 'losetup', ['-j', file], { allowFailure: true, timeoutMs: 20_000 });
+  const result = await run(cleanup, 'losetup', ['-j', file], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   return result.stdout
     .split('\n')
     .map((line) => line.split(':')[0].trim())

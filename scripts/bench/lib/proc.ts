@@ -28,6 +28,8 @@ export interface SpawnOptions {
   cwd?: string;
   /** A file path: run under rusage-exec.py, which writes the child's figures there. */
   rusageFile?: string;
+  /** An undo step's own command (umount, losetup -d): allowed while the run is being cleaned up. */
+  forCleanup?: boolean;
 }
 
 export class Tracked {
@@ -177,7 +179,8 @@ export class Tracked {
 }
 
 export function spawnTracked(cleanup: Cleanup, name: string, command: string, args: string[], options: SpawnOptions = {}): Tracked {
-  if (cleanup.interrupted) throw new Error('interrupted');
+  // Once cleaning up, a benchmark step still running must not start anything new that could outlive it.
+  if ((cleanup.interrupted || cleanup.closing) && !options.forCleanup) throw new Error('interrupted');
   const [file, argv] = options.rusageFile ? ['python3', [RUSAGE_WRAPPER, options.rusageFile, '--', command, ...args]] : [command, args];
   const child = spawn(file, argv, {
     env: options.env ?? process.env,
