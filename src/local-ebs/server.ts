@@ -548,11 +548,19 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   const address = server.address() as AddressInfo;
   const urlHost = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;
   const endpoint = `http://${urlHost}:${address.port}`;
-  await writeFileAtomic(
-    serverFile,
-    JSON.stringify({ pid: process.pid, endpoint, accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey } satisfies RunningLocalEbsRecord),
-    0o600,
-  );
+  try {
+    await writeFileAtomic(
+      serverFile,
+      JSON.stringify({ pid: process.pid, endpoint, accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey } satisfies RunningLocalEbsRecord),
+      0o600,
+    );
+  } catch (error) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    service.close();
+    await store.close();
+    await fsp.rm(serverFile, { force: true }).catch(() => undefined);
+    throw new UserError(`cannot write ${serverFile}: ${(error as Error).message}`);
+  }
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
