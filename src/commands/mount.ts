@@ -78,7 +78,7 @@ export function registerMountCommand(program: Command): void {
   addSnapshotOptions(command);
   command
     .option('--file-name <name>', 'name of the file in the mountpoint', DEFAULT_FILE_NAME)
-    .option('--cache-size <size>', 'memory for blocks not yet uploaded, e.g. 256MiB, 2GiB', DEFAULT_CACHE_SIZE)
+    .option('--cache-size <size>', 'memory for the block cache (written and recently used blocks), e.g. 256MiB, 2GiB', DEFAULT_CACHE_SIZE)
     .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_UPLOAD_CONCURRENCY))
     .option('--state-dir <dir>', 'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)')
     .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it');

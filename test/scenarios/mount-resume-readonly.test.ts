@@ -49,6 +49,29 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     expectEnded(await readOnly.stop('SIGINT'), first.snapshotId);
   });
 
+  it('a child of a completed snapshot reads its parent\'s data and completes to parent plus changes', async () => {
+    const source = context.file('parent-source.bin');
+    await writeFile(source, randomBytes(6 * MIB));
+    const expected = context.file('parent-expected.img');
+    await createZeroImage(expected, GIB);
+
+    const parent = await context.mount(1);
+    for (const target of [parent.filePath, expected]) {
+      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=1M', 'count=4', 'seek=2', 'conv=notrunc', 'status=none']);
+    }
+    expectEnded(await parent.stop('SIGINT'), parent.snapshotId);
+
+    const child = await context.mount(1, ['--parent-snapshot-id', parent.snapshotId]);
+    assert.notEqual(child.snapshotId, parent.snapshotId);
+    await mustRun('cmp', [expected, child.filePath]);
+    for (const target of [child.filePath, expected]) {
+      // A partial write into a parent block: the rest of that block must stay the parent's.
+      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=4K', 'count=10', 'skip=1300', 'oflag=seek_bytes', `seek=${3 * MIB + 5000}`, 'conv=notrunc', 'status=none']);
+    }
+    expectEnded(await child.stop('SIGINT'), child.snapshotId);
+    await context.expectSnapshotEquals(child.snapshotId, expected);
+  });
+
   it('resumes after the mount process was killed: data covered by fsync survives', async () => {
     const source = context.file('crash-source.bin');
     await writeFile(source, randomBytes(4 * MIB));
