@@ -26,7 +26,7 @@ function usage(): string {
   return [
     'npm run bench [-- --help]; settings by environment variable (default):',
     '  BENCH_DATA_MIB=2048          dd / upload size of baselines 1-4',
-    '  BENCH_ROUNDS=3               rounds of baselines 1-4 (each round runs every variant once)',
+    '  BENCH_ROUNDS=5               rounds of baselines 1-4 (each round runs every variant once)',
     '  BENCH_EXT4_FILES=20000       files copied in baseline 5',
     '  BENCH_EXT4_FILE_MAX_KIB=16   their sizes are uniform in 0..this',
     '  BENCH_EXT4_VOLUME_GIB=4      volume (and image) size of baseline 5',
@@ -86,7 +86,7 @@ async function main(): Promise<number> {
   }
   const settings: Settings = {
     dataBytes: integerSetting('BENCH_DATA_MIB', 2048, 16, 65536) * MIB,
-    rounds: integerSetting('BENCH_ROUNDS', 3, 1, 50),
+    rounds: integerSetting('BENCH_ROUNDS', 5, 1, 50),
     cacheSizeBytes: 256 * MIB,
     ext4Files: integerSetting('BENCH_EXT4_FILES', 20_000, 100, 1_000_000),
     ext4FileSizeMaxBytes: integerSetting('BENCH_EXT4_FILE_MAX_KIB', 16, 1, 1024) * 1024,

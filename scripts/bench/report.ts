@@ -74,6 +74,10 @@ function mib(bytes: number): string {
   return fixed(bytes / MIB, 0);
 }
 
+function signed(value: number): string {
+  return `${value >= 0 ? '+' : '−'}${fixed(Math.abs(value), 0)}`;
+}
+
 function verdict(met: boolean | undefined): string {
   if (met === undefined) return 'not measured';
   return met ? 'met' : 'NOT met';
@@ -171,6 +175,30 @@ export function renderReport(results: Results): string {
     addRatio('3 / 2: mount end to end / null-client mount', pairedRatio(rounds, (r) => r.mount.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
     sections.push(`### Ratios, paired round by round (median of ${n} per-round ratios)\n\n${table(['ratio', 'median', 'min–max'], ratioRows)}`);
 
+    // How much of the machine each variant kept busy: near 100% means this machine's CPUs are the limit.
+    const cpuRows: string[][] = [];
+    const addCpu = (name: string, samples: Array<{ machine: { busySeconds: number; iowaitSeconds: number }; seconds: number }>): void => {
+      if (samples.length === 0) return;
+      cpuRows.push([
+        name,
+        fixed(median(samples.map((s) => (s.machine.busySeconds / s.seconds / machine.cpus) * 100)), 0),
+        fixed(median(samples.map((s) => s.machine.busySeconds / dataGiB)), 2),
+        fixed(median(samples.map((s) => (s.machine.iowaitSeconds / s.seconds / machine.cpus) * 100)), 0),
+      ]);
+    };
+    addCpu('1a C libfuse 3', rounds.map((r) => r.ceilings.nullfs3));
+    addCpu('1b C libfuse 2, big_writes', rounds.map((r) => r.ceilings.nullfs2));
+    addCpu('1c fuse-native no-op', rounds.map((r) => r.ceilings['noop-raw']));
+    addCpu('1d src/fuse adapter, no-op file', rounds.map((r) => r.ceilings['noop-adapter']));
+    addCpu('2 null-client mount', nullMount.map((s) => ({ machine: s.machine, seconds: s.totalSeconds })));
+    addCpu('2t null-client mount, state on tmpfs', rounds.flatMap((r) => (r.nullMountTmpfs ? [{ machine: r.nullMountTmpfs.machine, seconds: r.nullMountTmpfs.totalSeconds }] : [])));
+    addCpu('3 mount → local-ebs', mount.map((s) => ({ machine: s.machine, seconds: s.totalSeconds })));
+    addCpu('4 upload → local-ebs', uploads.map((s) => ({ machine: s.machine, seconds: s.seconds })));
+    sections.push(
+      `### The whole machine's CPU during each variant (/proc/stat; every process, including anything else running)\n\n` +
+        table(['variant', `busy % of ${machine.cpus} CPUs`, 'busy CPU s per GiB', 'iowait %'], cpuRows),
+    );
+
     // Where the time of one write call goes: each layer's median dd time per call, minus the layer below.
     const perCallMicroseconds = (seconds: number[], callBytes: number): number => (median(seconds) / (settings.dataBytes / callBytes)) * 1e6;
     const smallCall = 131072;
@@ -185,12 +213,12 @@ export function renderReport(results: Results): string {
     const callRows: string[][] = [
       ['1a C libfuse 3 (per 1 MiB call)', fixed(c1a, 0), ''],
       ['1b C libfuse 2, big_writes', fixed(c1b, 0), 'kernel + libfuse'],
-      ['1c fuse-native no-op', fixed(c1c, 0), `${fixed(c1c - c1b, 0)} more than 1b: fuse-native's thread hand-off to JS and back`],
-      ['1d src/fuse adapter, no-op file', fixed(c1d, 0), `${fixed(c1d - c1c, 0)} more than 1c: the adapter (per-op timers, handle table, counters)`],
+      ['1c fuse-native no-op', fixed(c1c, 0), `${signed(c1c - c1b)} vs 1b: fuse-native's hand-off from the FUSE thread to JS and back`],
+      ['1d src/fuse adapter, no-op file', fixed(c1d, 0), `${signed(c1d - c1c)} vs 1c: the adapter (per-op timers, handle table, counters)`],
     ];
-    if (tmpfsRuns.length > 0) callRows.push(['2t null-client mount, state on tmpfs', fixed(c2t, 0), `${fixed(c2t - c1d, 0)} more than 1d: the core (locks, copy, cache, hashing, uploads) on the event loop`]);
-    callRows.push(['2 null-client mount, state on disk', fixed(c2, 0), tmpfsRuns.length > 0 ? `${fixed(c2 - c2t, 0)} more than 2t: the read-back store and journal on disk (write + fdatasync before each PUT)` : '']);
-    callRows.push(['3 mount → local-ebs', fixed(c3, 0), `${fixed(c3 - c2, 0)} more than 2: HTTP, the SDK, and local-ebs on the same two cores`]);
+    if (tmpfsRuns.length > 0) callRows.push(['2t null-client mount, state on tmpfs', fixed(c2t, 0), `${signed(c2t - c1d)} vs 1d: the core (locks, copy, cache, hashing, uploads) on the event loop`]);
+    callRows.push(['2 null-client mount, state on disk', fixed(c2, 0), tmpfsRuns.length > 0 ? `${signed(c2 - c2t)} vs 2t: the read-back store and journal on disk (write + fdatasync before each PUT)` : '']);
+    callRows.push(['3 mount → local-ebs', fixed(c3, 0), `${signed(c3 - c2)} vs 2: HTTP, the SDK, and local-ebs on the same two cores`]);
     sections.push(
       `### Microseconds per 128 KiB write call (median dd time / write calls; dd alone, without the final flush)\n\n${table(['layer', 'µs per call', 'what the difference is'], callRows)}`,
     );

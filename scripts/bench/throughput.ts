@@ -5,6 +5,7 @@
 // shows the median of each figure and of each per-round ratio.
 import type { Cleanup } from './lib/cleanup';
 import { mountCeiling, type CeilingKind, type CeilingMount } from './lib/ceilings';
+import { cpuBetween, readMachineCpu, type MachineCpu } from './lib/cpu';
 import { dd } from './lib/data';
 import { RunningMount, runUpload } from './lib/ebs-fuse';
 import { LocalEbs, putsBetween } from './lib/local-ebs';
@@ -32,6 +33,8 @@ export interface ThroughputSettings {
 export interface CeilingSample {
   seconds: number;
   megabytesPerSecond: number;
+  /** The whole machine's CPU during the dd. */
+  machine: MachineCpu;
 }
 
 export interface MountSample {
@@ -48,6 +51,8 @@ export interface MountSample {
   distinctBlocks: number;
   rusage: Rusage;
   serverRusage?: Rusage;
+  /** The whole machine's CPU from the start of dd to the completed snapshot. */
+  machine: MachineCpu;
 }
 
 export interface UploadSample {
@@ -57,6 +62,8 @@ export interface UploadSample {
   distinctBlocks: number;
   rusage: Rusage;
   serverRusage: Rusage;
+  /** The whole machine's CPU from the spawn of upload to its exit. */
+  machine: MachineCpu;
 }
 
 export interface ThroughputRound {
@@ -90,8 +97,10 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
     if (cleanup.interrupted) throw new Error('interrupted');
     const ceilings = {} as Record<CeilingKind, CeilingSample>;
     for (const kind of CEILING_KINDS) {
+      const cpuBefore = await readMachineCpu();
       const seconds = await dd(cleanup, { input: dataFile, output: mounts.get(kind)!.filePath, blockSizeBytes: DD_BLOCK_BYTES, count, conv: 'fsync,notrunc', timeoutMs: ddTimeoutMs });
-      ceilings[kind] = { seconds, megabytesPerSecond: megabytesPerSecond(dataBytes, seconds) };
+      const machine = cpuBetween(cpuBefore, await readMachineCpu());
+      ceilings[kind] = { seconds, megabytesPerSecond: megabytesPerSecond(dataBytes, seconds), machine };
       settings.log(`round ${round}: ${kind} ${ceilings[kind].megabytesPerSecond.toFixed(0)} MB/s`);
     }
 
@@ -135,6 +144,7 @@ async function measureMount(
     stateParent: options.stateParent,
   });
   const before = server ? await server.stats() : undefined;
+  const cpuBefore = await readMachineCpu();
   const ddStartNs = process.hrtime.bigint();
   const ddSeconds = await dd(cleanup, {
     input: settings.dataFile,
@@ -145,6 +155,7 @@ async function measureMount(
     timeoutMs: options.ddTimeoutMs,
   });
   const finished = await mount.finish();
+  const machine = cpuBetween(cpuBefore, await readMachineCpu());
   const totalSeconds = Number(finished.endedAtNs - ddStartNs) / 1e9;
   let puts: number;
   let distinctBlocks: number;
@@ -168,6 +179,7 @@ async function measureMount(
       distinctBlocks,
       rusage: finished.rusage,
       serverRusage,
+      machine,
     },
     largestWriteBytes: finished.report?.fuse.largestWriteBytes ?? 0,
   };
@@ -176,7 +188,9 @@ async function measureMount(
 async function measureUpload(cleanup: Cleanup, settings: ThroughputSettings, name: string): Promise<UploadSample> {
   const server = await LocalEbs.start(cleanup, settings.scratch, name);
   const before = await server.stats();
+  const cpuBefore = await readMachineCpu();
   const result = await runUpload(cleanup, server, settings.scratch, name, settings.dataFile);
+  const machine = cpuBetween(cpuBefore, await readMachineCpu());
   const puts = putsBetween(before, await server.stats());
   const distinctBlocks = await server.countSnapshotBlocks(result.snapshotId);
   const serverRusage = await server.stop();
@@ -187,5 +201,6 @@ async function measureUpload(cleanup: Cleanup, settings: ThroughputSettings, nam
     distinctBlocks,
     rusage: result.rusage,
     serverRusage,
+    machine,
   };
 }
