@@ -4,6 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
+import { setLocalEbsFaults } from '../../src/local-ebs/admin-client';
 import { ScenarioContext, createZeroImage, expectEnded, mustRun, sh, GIB, MIB } from './support';
 
 describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-only', function () {
@@ -70,6 +71,35 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     }
     expectEnded(await child.stop('SIGINT'), child.snapshotId);
     await context.expectSnapshotEquals(child.snapshotId, expected);
+  });
+
+  it('when the final flush fails it does not complete, says how to resume, exits non-zero; --resume then completes', async () => {
+    const source = context.file('unflushed-source.bin');
+    await writeFile(source, randomBytes(2 * MIB));
+    const expected = context.file('unflushed-expected.img');
+    await createZeroImage(expected, GIB);
+    const { endpoint } = context;
+
+    const failing = await context.mount(1);
+    await setLocalEbsFaults(endpoint.endpoint, endpoint, '500=1,ops=put');
+    let result;
+    try {
+      // Its close uploads like fsync, fails, and leaves the data dirty for the final flush.
+      const write = await sh('dd', [`if=${source}`, `of=${failing.filePath}`, 'bs=1M', 'count=2', 'seek=30', 'conv=notrunc', 'status=none']);
+      assert.match(write.stderr, /Input\/output error/);
+      result = await failing.stop('SIGINT');
+    } finally {
+      await setLocalEbsFaults(endpoint.endpoint, endpoint, '');
+    }
+    await mustRun('dd', [`if=${source}`, `of=${expected}`, 'bs=1M', 'count=2', 'seek=30', 'conv=notrunc', 'status=none']);
+    assert.equal(result.code, 1, result.stderr);
+    assert.deepEqual(result.stdout.trim().split('\n'), [`${failing.snapshotId} ${failing.filePath}`, `${failing.snapshotId} error`]);
+    assert.match(result.stderr, new RegExp(`--resume ${failing.snapshotId}`));
+
+    const resumed = await context.mount(undefined, ['--resume', failing.snapshotId]);
+    await mustRun('cmp', [expected, resumed.filePath]);
+    expectEnded(await resumed.stop('SIGINT'), failing.snapshotId);
+    await context.expectSnapshotEquals(failing.snapshotId, expected);
   });
 
   it('resumes after the mount process was killed: data covered by fsync survives', async () => {
