@@ -3,7 +3,7 @@
 // the operations mean is in service.ts; how blocks reach the disk is in store.ts.
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { createHash, randomBytes, randomUUID, webcrypto, type Hash } from 'node:crypto';
+import { createHash, randomBytes, randomUUID, webcrypto } from 'node:crypto';
 import { promises as fsp, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
@@ -199,7 +199,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** The body, read up to a cap; PUT bodies are hashed as they arrive, so each byte is hashed once. */
+/** The body, read up to a cap; `digest` is set for PUT bodies, hashed once. */
 interface Body {
   data: Buffer;
   digest?: Buffer;
@@ -230,7 +230,7 @@ class BlockBufferPool {
 /** 128 × 512 KiB: enough for every PUT of 64 busy clients twice over. */
 const MAX_POOLED_BLOCK_BUFFERS = 128;
 
-function readBody(request: http.IncomingMessage, capBytes: number, hash: Hash | undefined, into?: Buffer): Promise<Body> {
+function readBody(request: http.IncomingMessage, capBytes: number, into?: Buffer): Promise<Body> {
   return new Promise((resolve, reject) => {
     const declared = request.headers['content-length'];
     const expected = declared === undefined ? undefined : Number(declared);
@@ -257,13 +257,12 @@ function readBody(request: http.IncomingMessage, capBytes: number, hash: Hash | 
       }
       chunk.copy(buffer, length);
       length += chunk.length;
-      hash?.update(chunk);
     };
     request.on('data', onData);
     request.once('end', () => {
       if (settled) return;
       settled = true;
-      resolve({ data: length === buffer.length ? buffer : buffer.subarray(0, length), digest: hash?.digest() });
+      resolve({ data: length === buffer.length ? buffer : buffer.subarray(0, length), });
     });
     request.once('error', (error) => fail(error));
     request.once('aborted', () => fail(new Error('request aborted')));
@@ -366,7 +365,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   ): Promise<void> => {
     let body: Body;
     try {
-      body = await readBody(request, capBytes, undefined, pooled);
+      body = await readBody(request, capBytes, pooled);
       if (operation === 'PutSnapshotBlock') {
         // WebCrypto hashes on the libuv thread pool: half a megabyte of SHA-256 per PUT
         // stays off the event loop and can use another core. Each body is hashed once.
