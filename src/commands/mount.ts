@@ -1,5 +1,6 @@
-// `ebs-fuse mount`: start a snapshot, present it as one file over FUSE until
-// SIGINT, SIGTERM or an external umount, then flush, complete and report.
+// `ebs-fuse mount`: start a snapshot (or resume one, or open a completed one
+// read-only), present it as one file over FUSE until SIGINT, SIGTERM or an
+// external umount, then flush, complete and report.
 import { execFileSync } from 'node:child_process';
 import { existsSync, promises as fs, realpathSync } from 'node:fs';
 import { totalmem } from 'node:os';
