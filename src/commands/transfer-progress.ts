@@ -42,6 +42,8 @@ function percent(stats: TransferStats): string {
 }
 
 export function formatTransferLine(labels: TransferLabels, stats: TransferStats, rateMBps: number, retries: number): string {
+  // The volume size is known once the snapshot is started or listed.
+  if (stats.volumeBytes === 0) return `ebs-fuse: ${labels.phase}: waiting for the service, ${retries} retries`;
   return (
     `ebs-fuse: ${labels.phase}: ${percent(stats)}% of ${(stats.volumeBytes / 2 ** 30).toFixed(0)} GiB, ` +
     `${stats.blocksTransferred} blocks ${labels.moved} (${(stats.bytesTransferred / BYTES_PER_MB).toFixed(1)} MB), ` +
