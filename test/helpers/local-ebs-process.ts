@@ -2,7 +2,7 @@
 // stdout line for the endpoint, keeps stderr for failure messages, and always kills
 // the process in cleanup (stop(), kill9(), or stopAllLocalEbsProcesses()).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -43,6 +43,7 @@ export interface StartOptions {
 }
 
 const running = new Set<ChildProcess>();
+const createdDataDirs = new Set<string>();
 
 function waitForExit(child: ChildProcess, timeoutMs: number): Promise<number | null> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
@@ -58,7 +59,11 @@ function waitForExit(child: ChildProcess, timeoutMs: number): Promise<number | n
 }
 
 export function startLocalEbsProcess(options: StartOptions = {}): Promise<LocalEbsProcess> {
-  const dataDir = options.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'local-ebs-test-'));
+  let dataDir = options.dataDir;
+  if (dataDir === undefined) {
+    dataDir = mkdtempSync(path.join(os.tmpdir(), 'local-ebs-test-'));
+    createdDataDirs.add(dataDir);
+  }
   // A copy: the JS SDK writes bookkeeping into the credentials objects it is given.
   const credentials = { ...(options.credentials ?? TEST_CREDENTIALS) };
   const args = [
@@ -139,6 +144,12 @@ export async function stopAllLocalEbsProcesses(): Promise<void> {
       return waitForExit(child, STOP_TIMEOUT_MS);
     }),
   );
+}
+
+/** Removes the data directories startLocalEbsProcess made itself; call after stopping. */
+export function removeTemporaryDataDirs(): void {
+  for (const dir of createdDataDirs) rmSync(dir, { recursive: true, force: true });
+  createdDataDirs.clear();
 }
 
 process.once('exit', () => {

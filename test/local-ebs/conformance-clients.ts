@@ -2,7 +2,7 @@
 // scenario against a running local-ebs; each reports what it observed in one shape
 // (Observed) so that conformance.test.ts checks all three with one set of asserts.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -229,7 +229,7 @@ export function boto3Available(): boolean {
 export async function driveBoto3(endpoint: string, credentials: TestCredentials, bigId: string): Promise<Observed> {
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'local-ebs-boto3-'));
   const script = path.join(__dirname, 'boto3_conformance.py');
-  const result = await run(PYTHON, [script, endpoint, bigId], awsClientEnv(credentials, scratch));
+  const result = await run(PYTHON, [script, endpoint, bigId], awsClientEnv(credentials, scratch)).finally(() => rmSync(scratch, { recursive: true, force: true }));
   if (result.code !== 0) throw new Error(`boto3 scenario failed (exit ${result.code}):\n${result.stderr.slice(-4000)}`);
   return JSON.parse(result.stdout) as Observed;
 }
@@ -264,10 +264,18 @@ function lastHttpStatus(debugLog: string): number | undefined {
 }
 
 export async function driveAwsCli(endpoint: string, credentials: TestCredentials, bigId: string): Promise<Observed> {
+  const scratch = mkdtempSync(path.join(os.tmpdir(), 'local-ebs-cli-'));
+  try {
+    return await driveAwsCliIn(scratch, endpoint, credentials, bigId);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+async function driveAwsCliIn(scratch: string, endpoint: string, credentials: TestCredentials, bigId: string): Promise<Observed> {
   const awsPath = awsCliPath();
   if (!awsPath) throw new Error('no AWS CLI: install Debian awscli (scripts/setup.sh --test does)');
   const client = 'cli';
-  const scratch = mkdtempSync(path.join(os.tmpdir(), 'local-ebs-cli-'));
   const env = awsClientEnv(credentials, scratch);
   const base = ['--endpoint-url', endpoint, '--region', 'us-east-1', '--output', 'json', '--no-cli-pager'];
 

@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { CompleteSnapshotCommand, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
-import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
 import { awsCliPath, boto3Available, driveAwsCli, driveBoto3, driveJs, makeJsClient, pattern, type Observed, type ObservedError } from './conformance-clients';
 
 const BIG_BLOCK_COUNT = 120;
@@ -103,6 +103,7 @@ describe('local-ebs conformance with three clients', function () {
   after(async () => {
     await server?.stop();
     await stopAllLocalEbsProcesses();
+    removeTemporaryDataDirs();
   });
 
   function observed(client: string): Observed {

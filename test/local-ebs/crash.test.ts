@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
-import { startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import { startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
 
 const BLOCK_COUNT = 300;
 const WRITERS = 16;
@@ -26,6 +26,7 @@ describe('local-ebs crash safety', function () {
   after(async () => {
     await server?.stop();
     await stopAllLocalEbsProcesses();
+    removeTemporaryDataDirs();
   });
 
   /** PUTs `indexes` with WRITERS workers; SIGKILLs the server once `killAfter` more have been acknowledged. */

@@ -3,7 +3,7 @@
 // spec, a port in use or an unusable data directory stop the CLI with one line.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +13,7 @@ import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
 import { parseFaultSpec } from '../../src/local-ebs/faults';
 import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
-import { CLI_PATH, REPO_ROOT, TEST_CREDENTIALS, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import { CLI_PATH, REPO_ROOT, TEST_CREDENTIALS, startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
 
 interface Failure {
   name: string;
@@ -97,6 +97,7 @@ describe('local-ebs faults seen by a client', function () {
     ebs?.destroy();
     await server?.stop();
     await stopAllLocalEbsProcesses();
+    removeTemporaryDataDirs();
   });
 
   it('500: InternalServerException on the operations chosen, then recovery when cleared', async () => {
@@ -178,9 +179,21 @@ describe('local-ebs faults seen by a client', function () {
 
 describe('local-ebs command errors', function () {
   this.timeout(30_000);
+  const scratch: string[] = [];
+  const tempDir = (): string => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'local-ebs-cli-'));
+    scratch.push(dir);
+    return dir;
+  };
+
+  after(async () => {
+    await stopAllLocalEbsProcesses();
+    removeTemporaryDataDirs();
+    for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+  });
 
   it('a bad --faults spec: one line, non-zero exit', async () => {
-    assertOneLineError(await runCli(['--port', '0', '--data', mkdtempSync(path.join(os.tmpdir(), 'le-')), '--faults', 'boom=1']), /invalid --faults item/);
+    assertOneLineError(await runCli(['--port', '0', '--data', tempDir(), '--faults', 'boom=1']), /invalid --faults item/);
   });
 
   it('a port in use: one line, non-zero exit', async () => {
@@ -188,7 +201,7 @@ describe('local-ebs command errors', function () {
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
     const port = (blocker.address() as net.AddressInfo).port;
     try {
-      const result = await runCli(['--port', String(port), '--data', mkdtempSync(path.join(os.tmpdir(), 'le-')), '--access-key-id', 'a', '--secret-access-key', 'b']);
+      const result = await runCli(['--port', String(port), '--data', tempDir(), '--access-key-id', 'a', '--secret-access-key', 'b']);
       assertOneLineError(result, new RegExp(`port ${port} on 127.0.0.1 is in use`));
     } finally {
       blocker.close();
@@ -196,7 +209,7 @@ describe('local-ebs command errors', function () {
   });
 
   it('an unusable data directory: one line, non-zero exit', async () => {
-    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'le-')), 'a-file');
+    const file = path.join(tempDir(), 'a-file');
     writeFileSync(file, 'not a directory');
     const result = await runCli(['--port', '0', '--data', path.join(file, 'data'), '--access-key-id', 'a', '--secret-access-key', 'b']);
     assertOneLineError(result, /local-ebs data directory/);
@@ -215,7 +228,7 @@ describe('local-ebs command errors', function () {
   it('generates and prints a key pair when none is given, and exits 0 on SIGTERM', async () => {
     const server = await startLocalEbsProcess({ credentials: TEST_CREDENTIALS, extraArgs: [] });
     assert.equal(await server.stop(), 0);
-    const dataDir = mkdtempSync(path.join(os.tmpdir(), 'le-'));
+    const dataDir = tempDir();
     const child = spawn(process.execPath, [CLI_PATH, 'local-ebs', '--port', '0', '--data', dataDir], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     try {
       let stderr = '';

@@ -3,7 +3,7 @@
 // and the data-directory lock.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
@@ -76,6 +76,7 @@ describe('local-ebs server', function () {
   afterEach(async () => {
     ebs.destroy();
     await server.close();
+    rmSync(dataDir, { recursive: true, force: true });
   });
 
   it('holds its data directory: server.json, a refused second server, release on close', async () => {
