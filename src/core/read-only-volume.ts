@@ -1,6 +1,7 @@
 // A completed snapshot served read-only: every read goes to the snapshot
 // reader's clean cache (with sequential read-ahead); every change is EROFS.
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB } from '../ebs/client';
+import { blockSegments } from './block-segments';
 import { FileOperationError } from './file-errors';
 import type { SnapshotReader } from './snapshot-reader';
 import type { VolumeFile } from './volume-file';
@@ -17,12 +18,8 @@ export class ReadOnlyVolume implements VolumeFile {
     const end = Math.min(this.sizeBytes, offsetBytes + length);
     if (offsetBytes >= end) return Buffer.alloc(0);
     const out = Buffer.alloc(end - offsetBytes);
-    for (let position = offsetBytes; position < end; ) {
-      const index = Math.floor(position / BLOCK_SIZE_BYTES);
-      const inBlock = position - index * BLOCK_SIZE_BYTES;
-      const count = Math.min(BLOCK_SIZE_BYTES - inBlock, end - position);
-      if (this.reader.has(index)) (await this.reader.readRange(index, inBlock, count)).copy(out, position - offsetBytes);
-      position += count;
+    for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
+      if (this.reader.has(index)) (await this.reader.readRange(index, inBlock, count)).copy(out, fromStart);
     }
     return out;
   }

@@ -3,6 +3,7 @@
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient } from '../ebs/client';
 import { linearChecksumBase64 } from '../ebs/checksum';
 import { BlockCache, BlockLocks, type CachedBlock } from './block-cache';
+import { blockSegments } from './block-segments';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
 import { Journal, type JournalReplay } from './journal';
@@ -101,12 +102,8 @@ export class Volume implements VolumeFile {
     const end = Math.min(this.sizeBytes, offsetBytes + length);
     if (offsetBytes >= end) return Buffer.alloc(0);
     const out = Buffer.alloc(end - offsetBytes);
-    for (let position = offsetBytes; position < end; ) {
-      const index = Math.floor(position / BLOCK_SIZE_BYTES);
-      const inBlock = position - index * BLOCK_SIZE_BYTES;
-      const count = Math.min(BLOCK_SIZE_BYTES - inBlock, end - position);
-      await this.readInto(index, inBlock, count, out, position - offsetBytes);
-      position += count;
+    for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
+      await this.readInto(index, inBlock, count, out, fromStart);
     }
     return out;
   }
@@ -116,12 +113,8 @@ export class Volume implements VolumeFile {
       throw new FileOperationError('ENOSPC', `write at ${offsetBytes} is at or past the end of the volume (${this.sizeBytes} bytes)`);
     }
     const end = Math.min(this.sizeBytes, offsetBytes + data.length);
-    for (let position = offsetBytes; position < end; ) {
-      const index = Math.floor(position / BLOCK_SIZE_BYTES);
-      const inBlock = position - index * BLOCK_SIZE_BYTES;
-      const count = Math.min(BLOCK_SIZE_BYTES - inBlock, end - position);
-      await this.writeBlockRange(index, inBlock, data.subarray(position - offsetBytes, position - offsetBytes + count));
-      position += count;
+    for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
+      await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count));
     }
     this.writeBackIfOverHighWater();
     return end - offsetBytes;
