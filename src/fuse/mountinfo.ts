@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 
 const MOUNTINFO_PATH = '/proc/self/mountinfo';
@@ -21,10 +20,6 @@ export function parseMountPoints(mountinfoText: string): string[] {
 /** Whether `absolutePath` (already resolved with realpath) is a mount point now. */
 export async function isMountPoint(absolutePath: string): Promise<boolean> {
   return parseMountPoints(await readFile(MOUNTINFO_PATH, 'utf8')).includes(absolutePath);
-}
-
-export function isMountPointSync(absolutePath: string): boolean {
-  return parseMountPoints(readFileSync(MOUNTINFO_PATH, 'utf8')).includes(absolutePath);
 }
 
 export interface UnmountWatcher {
