@@ -151,6 +151,20 @@ export class AwsSnapshotClient implements SnapshotClient {
       },
       { step: 'finalizeRequest', name: 'ebsFuseRecordOrigin' },
     );
+    // The signer hashes a Buffer body for x-amz-content-sha256 unless the header
+    // is already set. The block's SHA-256 is its x-amz-Checksum, computed once by
+    // the caller, so reuse it: one 512 KiB hash less per PUT.
+    this.sdk.middlewareStack.add(
+      (next, context) => async (args) => {
+        const request = args.request as { headers?: Record<string, string> } | undefined;
+        const checksum = (args.input as { Checksum?: unknown }).Checksum;
+        if (context.commandName === 'PutSnapshotBlockCommand' && request?.headers && typeof checksum === 'string') {
+          request.headers['x-amz-content-sha256'] = Buffer.from(checksum, 'base64').toString('hex');
+        }
+        return next(args);
+      },
+      { step: 'build', name: 'ebsFuseReusePayloadHash' },
+    );
   }
 
   /**
