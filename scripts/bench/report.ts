@@ -78,6 +78,10 @@ function signed(value: number): string {
   return `${value >= 0 ? '+' : '−'}${fixed(Math.abs(value), 0)}`;
 }
 
+function signedSeconds(value: number): string {
+  return `${value >= 0 ? '+' : '−'}${fixed(Math.abs(value), 2)} s`;
+}
+
 function verdict(met: boolean | undefined): string {
   if (met === undefined) return 'not measured';
   return met ? 'met' : 'NOT met';
@@ -354,11 +358,11 @@ export function renderReport(results: Results): string {
     sections.push(
       `### Sparse: dd of ${mib(settings.sparseBytes)} MiB into a ${small} GiB and a ${large} GiB volume, ${of(small).length} runs each, alternating\n\n` +
         table(['volume', 'mount s', 'min–max', 'dd s', 'unmount → completed s', 'min–max', 'PUTs', 'peak RSS MiB'], rows) +
-        `\n\nDifference ${large} GiB − ${small} GiB: mount ${fixed(startDelta, 2)} s, completion ${fixed(finishDelta, 2)} s. Non-zero blocks written: ${results.sparseNonZeroBlocks}.`,
+        `\n\nDifference ${large} GiB − ${small} GiB: mount ${signedSeconds(startDelta)}, completion ${signedSeconds(finishDelta)}. Non-zero blocks written: ${results.sparseNonZeroBlocks}.`,
     );
     targets.push({
       name: `Sparse: mount and completion for ${large} GiB within 2 s of ${small} GiB`,
-      measured: `mount +${fixed(startDelta, 2)} s, completion +${fixed(finishDelta, 2)} s`,
+      measured: `mount ${signedSeconds(startDelta)}, completion ${signedSeconds(finishDelta)}`,
       met: startDelta <= 2 && finishDelta <= 2,
     });
   }
