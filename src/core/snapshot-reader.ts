@@ -5,11 +5,8 @@
 // small clean LRU so that sequential small reads fetch each block once.
 import { LRUCache } from 'lru-cache';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
+import { SnapshotBlockList } from './transfer';
 
-/** Blocks per ListSnapshotBlocks page: the model's maximum, fewest round trips. */
-const LIST_PAGE_SIZE = 10_000;
-/** Pages listed at most in one listing (10^8 blocks, past any 64 TiB volume). */
-const LIST_PAGES_MAX = 20_000;
 /** List again this long before the tokens' ExpiryTime. */
 const TOKEN_REFRESH_MARGIN_MS = 10 * 60_000;
 
@@ -41,9 +38,9 @@ export class SnapshotReader {
 
   /** Lists the snapshot's blocks; fails if it is not readable (pending, unknown, no access). */
   static async open(client: SnapshotClient, snapshotId: string, options: SnapshotReaderOptions): Promise<SnapshotReader> {
-    const first = await client.listSnapshotBlocks(snapshotId, { maxResults: LIST_PAGE_SIZE });
-    const reader = new SnapshotReader(client, snapshotId, first.volumeSizeGiB, options);
-    await reader.list(first);
+    const list = await SnapshotBlockList.open(client, snapshotId);
+    const reader = new SnapshotReader(client, snapshotId, list.volumeSizeGiB, options);
+    await reader.list(list);
     return reader;
   }
 
@@ -101,9 +98,8 @@ export class SnapshotReader {
 
   private relist(): Promise<void> {
     if (!this.listing) {
-      this.listing = this.client
-        .listSnapshotBlocks(this.snapshotId, { maxResults: LIST_PAGE_SIZE })
-        .then((first) => this.list(first))
+      this.listing = SnapshotBlockList.open(this.client, this.snapshotId)
+        .then((list) => this.list(list))
         .finally(() => {
           this.listing = undefined;
         });
@@ -111,18 +107,10 @@ export class SnapshotReader {
     return this.listing;
   }
 
-  private async list(first: Awaited<ReturnType<SnapshotClient['listSnapshotBlocks']>>): Promise<void> {
+  private async list(list: SnapshotBlockList): Promise<void> {
     const tokens = new Map<number, string>();
-    let page = first;
-    let expiryMs = page.expiryTime.getTime();
-    for (let pages = 1; ; pages += 1) {
-      for (const block of page.blocks) tokens.set(block.blockIndex, block.blockToken);
-      expiryMs = Math.min(expiryMs, page.expiryTime.getTime());
-      if (!page.nextToken) break;
-      if (pages >= LIST_PAGES_MAX) throw new Error(`${this.snapshotId} lists more than ${LIST_PAGES_MAX} pages of blocks`);
-      page = await this.client.listSnapshotBlocks(this.snapshotId, { maxResults: LIST_PAGE_SIZE, nextToken: page.nextToken });
-    }
+    for await (const block of list.entries()) tokens.set(block.blockIndex, block.blockToken);
     this.tokens = tokens;
-    this.expiryMs = expiryMs;
+    this.expiryMs = list.earliestExpiryMs;
   }
 }

@@ -28,13 +28,18 @@ export function isZeroBlock(data: Buffer): boolean {
  * by its NextToken at once.
  */
 export class SnapshotBlockList {
+  /** The earliest ExpiryTime of the block tokens listed so far. */
+  earliestExpiryMs: number;
+
   private constructor(
     private readonly client: SnapshotClient,
     readonly snapshotId: string,
     readonly volumeSizeGiB: number,
     private readonly firstPage: BlockPage,
     private readonly pageSize: number,
-  ) {}
+  ) {
+    this.earliestExpiryMs = firstPage.expiryTime.getTime();
+  }
 
   /** Lists the first page; fails when the snapshot is unknown, pending or not readable. */
   static async open(client: SnapshotClient, snapshotId: string, pageSize = LIST_PAGE_SIZE_MAX): Promise<SnapshotBlockList> {
@@ -67,6 +72,7 @@ export class SnapshotBlockList {
         page.blocks.length > 0
           ? await this.client.listSnapshotBlocks(this.snapshotId, { maxResults: this.pageSize, startingBlockIndex: lastIndex + 1 })
           : await this.client.listSnapshotBlocks(this.snapshotId, { maxResults: this.pageSize, nextToken: page.nextToken });
+      this.earliestExpiryMs = Math.min(this.earliestExpiryMs, page.expiryTime.getTime());
     }
   }
 }
