@@ -140,13 +140,17 @@ export class Flusher {
       return;
     }
     const digest = sha256Digest(body);
-    // The local copy first: once the PUT is acknowledged the block may be evicted
-    // and reads must still find it. The intent is durable (after the copy) before
-    // the PUT, so a resume knows which blocks the service may hold.
-    await readback.writeBlock(index, body);
-    storedBlocks.add(index);
+    // The intent is durable before the read-back copy changes: a crash in between
+    // must leave a journal that says the block is in flight, so that a resume sends
+    // again whatever the copy then holds. (With the copy first, a crash before the
+    // intent was durable left new bytes under an old ack: the resumed mount showed
+    // them, but they never reached the snapshot.) The copy is written before the
+    // PUT, since an acknowledged block may be evicted and reads must still find it;
+    // the ack's group commit makes the copy durable before the ack.
     this.attemptedBlocks.add(index);
     await this.options.journal.recordIntent(index, digest);
+    await readback.writeBlock(index, body);
+    storedBlocks.add(index);
     await this.options.client.putSnapshotBlock({
       snapshotId: this.options.snapshotId,
       blockIndex: index,

@@ -3,11 +3,13 @@
 // completed with the right ChangedBlocksCount and LINEAR checksum.
 //
 // Record (41 bytes): type u8 | block index u32 LE | SHA-256 (32) | CRC-32 u32 LE of the first 37 bytes.
-// - INTENT: written and made durable BEFORE the PUT, after the block's bytes are
-//   durable in the read-back store. A block whose last record is an INTENT may or
-//   may not be on the service, so a resume sends it again from the read-back store.
+// - INTENT: made durable BEFORE the block's bytes are written to the read-back
+//   store and sent. A block whose last record is an INTENT may or may not be on
+//   the service, and its read-back copy may be old, new or torn, so a resume sends
+//   it again with whatever the read-back store holds (what the file then shows).
 // - ACK: appended after the service acknowledged the PUT; made durable by the
-//   next group commit, at the latest before fsync returns.
+//   next group commit (which first makes the read-back store durable), at the
+//   latest before fsync returns.
 // A torn record at the tail (a crash mid-append) fails its CRC and is cut off.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';

@@ -1,0 +1,515 @@
+// Shared drivers of the reliability scenarios (issue 4): they run real mounts
+// (`node dist/cli.js mount`) against a real local-ebs process, and are used both
+// by test/scenarios/reliability-*.test.ts (short runs) and by `npm run soak`
+// (scripts/soak, long runs). Every driver returns the figures the soak adds up:
+// requests sent and faults injected (counted by local-ebs), bytes verified, and
+// bytes lost (any byte that read back wrong; must be 0).
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { isMountPoint } from '../../src/fuse/mountinfo';
+import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
+import type { LocalEbsStats } from '../../src/local-ebs/server';
+import { startLocalEbsProcess } from '../helpers/local-ebs-process';
+import { MountProcess, runCli, cliEnvironment, type CliResult } from '../helpers/mount-process';
+import { SeededRandom } from '../support/random';
+import { createZeroImage, mustRun, sh, type CommandResult, type ScenarioContext, GIB, MIB } from './support';
+
+export { GIB, MIB };
+
+/** The totals `npm run soak` prints. */
+export interface Figures {
+  requestsSent: number;
+  faultsInjected: number;
+  bytesVerified: number;
+  bytesLost: number;
+}
+
+export function emptyFigures(): Figures {
+  return { requestsSent: 0, faultsInjected: 0, bytesVerified: 0, bytesLost: 0 };
+}
+
+export function addFigures(into: Figures, more: Figures): void {
+  into.requestsSent += more.requestsSent;
+  into.faultsInjected += more.faultsInjected;
+  into.bytesVerified += more.bytesVerified;
+  into.bytesLost += more.bytesLost;
+}
+
+function sum(record: Record<string, number>): number {
+  return Object.values(record).reduce((total, value) => total + value, 0);
+}
+
+/**
+ * Counts what a local-ebs process served. Its counters live in the process, so
+ * they are read before every stop or kill and added up here.
+ */
+export class ServerCounter {
+  requests = 0;
+  faults = 0;
+  readonly faultsByKind: Record<string, number> = {};
+
+  add(stats: LocalEbsStats): void {
+    this.requests += sum(stats.requests);
+    this.faults += sum(stats.faultsInjected);
+    for (const [kind, count] of Object.entries(stats.faultsInjected)) this.faultsByKind[kind] = (this.faultsByKind[kind] ?? 0) + count;
+  }
+
+  /** Reads the running server's counters (call once per server process, just before it goes). */
+  async collect(context: ScenarioContext): Promise<void> {
+    this.add(await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials));
+  }
+}
+
+/**
+ * Stops local-ebs with SIGKILL (its counters are read first), waits, and starts
+ * it again on the same port, with the same data directory unless another is
+ * given (an empty one makes every snapshot disappear).
+ */
+export async function restartLocalEbs(
+  context: ScenarioContext,
+  counter: ServerCounter,
+  options: { pauseMs: number; dataDir?: string; faults?: string; whilePaused?: () => Promise<void> },
+): Promise<void> {
+  const { port, dataDir } = context.localEbs;
+  await counter.collect(context).catch(() => undefined);
+  await context.localEbs.kill9();
+  const pausedUntil = Date.now() + options.pauseMs;
+  await options.whilePaused?.();
+  const left = pausedUntil - Date.now();
+  if (left > 0) await delay(left);
+  context.localEbs = await startLocalEbsProcess({
+    dataDir: options.dataDir ?? dataDir,
+    faults: options.faults,
+    // Later flags win in commander: the same port, so the mount's endpoint stays valid.
+    extraArgs: ['--port', String(port)],
+  });
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The pid of the mount process, from the lock file of its snapshot's state (docs/SEMANTICS.md). */
+export async function mountPid(stateDir: string, snapshotId: string): Promise<number> {
+  const pid = Number.parseInt(await readFile(path.join(stateDir, snapshotId, 'lock'), 'utf8'), 10);
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`no pid in the lock of ${snapshotId}`);
+  return pid;
+}
+
+/** Samples a process's VmRSS from /proc every intervalMs until stopped or the process is gone. */
+export class RssSampler {
+  maxBytes = 0;
+  samples = 0;
+  private timer?: NodeJS.Timeout;
+  private readonly file: string;
+
+  constructor(pid: number, private readonly intervalMs = 100) {
+    this.file = `/proc/${pid}/status`;
+  }
+
+  start(): this {
+    const sample = async (): Promise<void> => {
+      const text = await readFile(this.file, 'utf8').catch(() => undefined);
+      if (text === undefined) return;
+      const match = /^VmRSS:\s+(\d+) kB$/m.exec(text);
+      if (match) {
+        this.samples += 1;
+        this.maxBytes = Math.max(this.maxBytes, Number(match[1]) * 1024);
+      }
+      if (this.timer) this.timer = setTimeout(() => void sample(), this.intervalMs);
+    };
+    this.timer = setTimeout(() => void sample(), 0);
+    return this;
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Writes: one dd per chunk, replayed on a local image to know what to expect.
+
+export interface WriteChunk {
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Where in the source file the bytes come from; ignored for zeros. */
+  sourceOffsetBytes: number;
+  zeros: boolean;
+  /** dd's bs: the size of each write(2). */
+  ddBlockBytes: number;
+}
+
+/** dd arguments for a chunk: byte offsets, no truncation, fsync before exit. */
+export function ddArgs(source: string, target: string, chunk: WriteChunk, fsync = true): string[] {
+  return [
+    `if=${chunk.zeros ? '/dev/zero' : source}`,
+    `of=${target}`,
+    `bs=${chunk.ddBlockBytes}`,
+    `count=${chunk.lengthBytes}`,
+    `skip=${chunk.zeros ? 0 : chunk.sourceOffsetBytes}`,
+    `seek=${chunk.offsetBytes}`,
+    'iflag=skip_bytes,count_bytes,fullblock',
+    'oflag=seek_bytes',
+    fsync ? 'conv=notrunc,fsync' : 'conv=notrunc',
+    'status=none',
+  ];
+}
+
+/** The bytes a chunk writes. */
+export function chunkBytes(source: Buffer, chunk: WriteChunk): Buffer {
+  if (chunk.zeros) return Buffer.alloc(chunk.lengthBytes);
+  return source.subarray(chunk.sourceOffsetBytes, chunk.sourceOffsetBytes + chunk.lengthBytes);
+}
+
+export async function writeAt(file: string, offsetBytes: number, data: Buffer): Promise<void> {
+  const handle = await open(file, 'r+');
+  try {
+    let written = 0;
+    while (written < data.length) {
+      written += (await handle.write(data, written, data.length - written, offsetBytes + written)).bytesWritten;
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+export async function readAt(file: string, offsetBytes: number, length: number): Promise<Buffer> {
+  const handle = await open(file, 'r');
+  try {
+    const out = Buffer.alloc(length);
+    let read = 0;
+    while (read < length) {
+      const { bytesRead } = await handle.read(out, read, length - read, offsetBytes + read);
+      if (bytesRead === 0) break;
+      read += bytesRead;
+    }
+    return out.subarray(0, read);
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface RunningCommand {
+  pid: number;
+  done: Promise<CommandResult>;
+}
+
+/** Starts a command with a time limit and keeps its pid (to watch it through /proc). */
+export function startCommand(command: string, args: string[], timeoutMs = 120_000): RunningCommand {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, killSignal: 'SIGKILL' });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const done = new Promise<CommandResult>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  return { pid: child.pid!, done };
+}
+
+/** dd's output file offset (dd reopens of= as its fd 1), or undefined once it exited. */
+export async function outputPosition(pid: number): Promise<number | undefined> {
+  const text = await readFile(`/proc/${pid}/fdinfo/1`, 'utf8').catch(() => undefined);
+  const match = text === undefined ? null : /^pos:\s+(\d+)$/m.exec(text);
+  return match ? Number(match[1]) : undefined;
+}
+
+/** Polls until `done` says so, the command ended, or the limit passed; true if it is still running. */
+async function waitWhileRunning(command: RunningCommand, done: (position: number) => boolean, timeoutMs: number): Promise<boolean> {
+  let ended = false;
+  void command.done.then(() => (ended = true), () => (ended = true));
+  const deadline = Date.now() + timeoutMs;
+  while (!ended && Date.now() < deadline) {
+    const position = await outputPosition(command.pid);
+    if (position !== undefined && done(position)) return !ended;
+    await delay(2);
+  }
+  return !ended;
+}
+
+/** Compares `length` bytes at `offset` of two files with cmp; the first differing offset or -1. */
+export async function compareRange(expected: string, actual: string, offsetBytes: number, lengthBytes: number): Promise<number> {
+  if (lengthBytes <= 0) return -1;
+  const result = await sh('cmp', ['-i', String(offsetBytes), '-n', String(lengthBytes), expected, actual], { timeoutMs: 120_000 });
+  if (result.code === 0) return -1;
+  const match = /byte (\d+)/.exec(result.stdout);
+  if (result.code === 1 && match) return offsetBytes + Number(match[1]) - 1;
+  throw new Error(`cmp ${expected} ${actual} failed: ${result.stdout}${result.stderr}`);
+}
+
+/** Counts the bytes that differ between two buffers of equal length. */
+export function differingBytes(a: Buffer, b: Buffer): number {
+  let count = 0;
+  for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) count += 1;
+  return count;
+}
+
+// ---------------------------------------------------------------------------
+// Crash: kill -9 of the mount at chosen points, --resume, go on, complete.
+
+export type KillPoint =
+  /** While dd writes, once `fraction` of its bytes went through write(2). */
+  | { during: 'write'; fraction: number }
+  /** After dd's last write, while its fsync (or close) runs. */
+  | { during: 'fsync' }
+  /** After dd exited 0: everything it wrote was acknowledged by its fsync. */
+  | { during: 'after' };
+
+export interface CrashStep {
+  chunk: WriteChunk;
+  kill?: KillPoint;
+  /**
+   * After a kill in the middle of this chunk, write it again once resumed (as
+   * the dd in the issue is finished); otherwise leave whatever survived.
+   */
+  redo: boolean;
+}
+
+export interface CrashPlan {
+  name: string;
+  volumeGiB: number;
+  cacheSize: string;
+  sourceBytes: number;
+  steps: CrashStep[];
+  /** Kill during the final flush, this long after SIGINT. */
+  killInFinalFlushAfterMs?: number;
+}
+
+export interface CrashOutcome extends Figures {
+  snapshotId: string;
+  kills: number;
+  /** Kills that landed where they were meant to (dd still running for write/fsync). */
+  killsOnTarget: number;
+}
+
+/** A random plan: chunks over a small span so that they overlap, kills at random points. */
+export function randomCrashPlan(seed: number, options: { chunks: number; kills: number; spanBytes: number; maxChunkBytes: number; finalFlushKill: boolean }): CrashPlan {
+  const random = new SeededRandom(seed);
+  const sourceBytes = options.maxChunkBytes * 2;
+  const ddSizes = [4096, 65536, 131072, MIB, 4 * MIB];
+  const steps: CrashStep[] = [];
+  for (let i = 0; i < options.chunks; i += 1) {
+    const lengthBytes = random.int(1, options.maxChunkBytes);
+    steps.push({
+      chunk: {
+        offsetBytes: random.int(0, options.spanBytes - lengthBytes),
+        lengthBytes,
+        sourceOffsetBytes: random.int(0, sourceBytes - lengthBytes),
+        zeros: random.next() < 0.15,
+        ddBlockBytes: ddSizes[random.int(0, ddSizes.length)],
+      },
+      redo: random.next() < 0.5,
+    });
+  }
+  const killable = steps.map((_, i) => i);
+  for (let k = 0; k < options.kills && killable.length > 0; k += 1) {
+    const [at] = killable.splice(random.int(0, killable.length), 1);
+    const roll = random.next();
+    steps[at].kill = roll < 0.6 ? { during: 'write', fraction: random.next() } : roll < 0.8 ? { during: 'fsync' } : { during: 'after' };
+  }
+  return {
+    name: `seed ${seed}`,
+    volumeGiB: 1,
+    cacheSize: ['16MiB', '32MiB', '64MiB'][random.int(0, 3)],
+    sourceBytes,
+    steps,
+    killInFinalFlushAfterMs: options.finalFlushKill && random.next() < 0.5 ? random.int(0, 400) : undefined,
+  };
+}
+
+/** Logs one line of a scenario (the soak prints them; tests keep quiet unless EBS_FUSE_TEST_VERBOSE). */
+export type ScenarioLog = (line: string) => void;
+
+export const quietLog: ScenarioLog = (line) => {
+  if (process.env.EBS_FUSE_TEST_VERBOSE) process.stderr.write(`      ${line}\n`);
+};
+
+/**
+ * Runs a crash plan on one snapshot: each kill is followed by the clean-up the
+ * mount's own error message asks for and a `--resume` on the same mountpoint;
+ * after each resume everything acknowledged reads back, and at the end the
+ * completed snapshot (read with GetSnapshotBlock) equals the intended image.
+ */
+export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, log: ScenarioLog = quietLog): Promise<CrashOutcome> {
+  const work = path.join(context.scratch, `crash-${plan.name.replace(/\W+/g, '-')}-${Date.now()}`);
+  await mkdir(work);
+  const mountpoint = path.join(work, 'mnt');
+  await mkdir(mountpoint);
+  const stateDir = path.join(work, 'state');
+  const sourceFile = path.join(work, 'source.bin');
+  const source = randomBytes(plan.sourceBytes);
+  await writeFile(sourceFile, source);
+  const expected = path.join(work, 'expected.img');
+  await createZeroImage(expected, plan.volumeGiB * GIB);
+  const spanBytes = Math.max(...plan.steps.map(({ chunk }) => chunk.offsetBytes + chunk.lengthBytes));
+  const outcome: CrashOutcome = { ...emptyFigures(), snapshotId: '', kills: 0, killsOnTarget: 0 };
+  const counter = new ServerCounter();
+  const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
+  const mountArgs = ['--cache-size', plan.cacheSize];
+
+  let mount = await MountProcess.start({ mountpoint, sizeGiB: plan.volumeGiB, endpoint: context.endpoint, stateDir, args: mountArgs });
+  const snapshotId = mount.snapshotId;
+  outcome.snapshotId = snapshotId;
+  log(`${plan.name}: ${snapshotId}, ${plan.steps.length} chunks over ${(spanBytes / MIB).toFixed(1)} MiB, cache ${plan.cacheSize}`);
+
+  /** Checks the mount against the expected image over the span, except one range. */
+  const verify = async (except?: WriteChunk): Promise<void> => {
+    const ranges: Array<[number, number]> = except
+      ? [[0, except.offsetBytes], [except.offsetBytes + except.lengthBytes, spanBytes]]
+      : [[0, spanBytes]];
+    for (const [from, to] of ranges) {
+      const differsAt = await compareRange(expected, mount.filePath, from, to - from);
+      if (differsAt >= 0) {
+        const length = Math.min(to - differsAt, BLOCK_SIZE_BYTES);
+        outcome.bytesLost += differingBytes(await readAt(expected, differsAt, length), await readAt(mount.filePath, differsAt, length));
+        throw new Error(`${plan.name}: after resume, ${snapshotId} differs from the acknowledged data at byte ${differsAt}`);
+      }
+      outcome.bytesVerified += Math.max(0, to - from);
+    }
+  };
+
+  const resume = async (): Promise<void> => {
+    // The mountpoint is a dead FUSE mount now; the mount command says what to do.
+    if (await isMountPoint(mountpoint).catch(() => false)) {
+      const refused = await runCli(['mount', mountpoint, '--resume', snapshotId, '--endpoint', context.endpoint.endpoint, '--state-dir', stateDir], {
+        env: cliEnvironment(context.endpoint),
+      });
+      const match = /run: (fusermount -uz \S+)$/m.exec(refused.stderr);
+      if (refused.code !== 1 || !match) throw new Error(`${plan.name}: mount on the dead mountpoint did not say how to clean it: ${refused.stderr}`);
+      const [command, ...args] = match[1].split(' ');
+      await mustRun(command, args);
+    }
+    mount = await MountProcess.start({ mountpoint, endpoint: context.endpoint, stateDir, args: ['--resume', snapshotId, ...mountArgs] });
+    if (mount.snapshotId !== snapshotId) throw new Error(`--resume mounted ${mount.snapshotId}, not ${snapshotId}`);
+  };
+
+  const kill = async (): Promise<void> => {
+    mount.signal('SIGKILL');
+    await mount.waitForExit(30_000);
+    outcome.kills += 1;
+  };
+
+  try {
+    for (const [index, step] of plan.steps.entries()) {
+      const { chunk, kill: killPoint } = step;
+      const dd = startCommand('dd', ddArgs(sourceFile, mount.filePath, chunk));
+      if (!killPoint) {
+        const result = await dd.done;
+        if (result.code !== 0) throw new Error(`${plan.name}: chunk ${index}: dd failed: ${result.stderr.trim()}`);
+        await writeAt(expected, chunk.offsetBytes, chunkBytes(source, chunk));
+        continue;
+      }
+      const end = chunk.offsetBytes + chunk.lengthBytes;
+      let onTarget = false;
+      if (killPoint.during === 'write') {
+        const threshold = chunk.offsetBytes + Math.floor(killPoint.fraction * chunk.lengthBytes);
+        onTarget = await waitWhileRunning(dd, (position) => position >= threshold, 60_000);
+      } else if (killPoint.during === 'fsync') {
+        onTarget = await waitWhileRunning(dd, (position) => position >= end, 60_000);
+      } else {
+        onTarget = (await dd.done).code === 0;
+      }
+      await kill();
+      if (onTarget) outcome.killsOnTarget += 1;
+      const result = await dd.done;
+      const chunkAcknowledged = result.code === 0;
+      log(`${plan.name}: chunk ${index}: killed ${killPoint.during}${killPoint.during === 'write' ? ` at ${(killPoint.fraction * 100).toFixed(0)}%` : ''}; dd ${chunkAcknowledged ? 'had finished' : 'failed'}`);
+      if (chunkAcknowledged) await writeAt(expected, chunk.offsetBytes, chunkBytes(source, chunk));
+      await resume();
+      await verify(chunkAcknowledged ? undefined : chunk);
+      if (chunkAcknowledged) continue;
+      // Every byte of the interrupted range reads as before or as written: nothing else.
+      const before = await readAt(expected, chunk.offsetBytes, chunk.lengthBytes);
+      const written = chunkBytes(source, chunk);
+      const shown = await readAt(mount.filePath, chunk.offsetBytes, chunk.lengthBytes);
+      let foreign = 0;
+      for (let i = 0; i < shown.length; i += 1) if (shown[i] !== before[i] && shown[i] !== written[i]) foreign += 1;
+      if (foreign > 0 || shown.length !== chunk.lengthBytes) {
+        outcome.bytesLost += foreign;
+        throw new Error(`${plan.name}: chunk ${index}: ${foreign} bytes of the interrupted range read as neither the old nor the new data`);
+      }
+      outcome.bytesVerified += shown.length;
+      if (step.redo) {
+        const again = await mustRun('dd', ddArgs(sourceFile, mount.filePath, chunk));
+        if (again.code !== 0) throw new Error('unreachable');
+        await writeAt(expected, chunk.offsetBytes, written);
+      } else {
+        // What the resumed mount shows is what the snapshot must hold.
+        await writeAt(expected, chunk.offsetBytes, shown);
+      }
+    }
+
+    let result: CliResult;
+    if (plan.killInFinalFlushAfterMs !== undefined) {
+      mount.signal('SIGINT');
+      await delay(plan.killInFinalFlushAfterMs);
+      const endedAlready = !mount.running;
+      if (!endedAlready) await kill();
+      log(`${plan.name}: killed ${plan.killInFinalFlushAfterMs} ms after SIGINT${endedAlready ? ' (too late: it had finished)' : ''}`);
+      if (endedAlready) {
+        result = await mount.waitForExit();
+      } else {
+        const completed = await resumeUnlessCompleted();
+        result = completed ?? (await finish());
+      }
+    } else {
+      result = await finish();
+    }
+    const lines = result.stdout.trim().split('\n');
+    if (result.code !== 0 || lines[lines.length - 1] !== `${snapshotId} completed`) {
+      throw new Error(`${plan.name}: the mount ended with ${result.code}: ${result.stdout} ${result.stderr}`);
+    }
+    const snapshotBytes = await compareSnapshot(context, snapshotId, expected, plan.volumeGiB);
+    outcome.bytesLost += snapshotBytes.lost;
+    outcome.bytesVerified += snapshotBytes.verified;
+    if (snapshotBytes.lost > 0) throw new Error(`${plan.name}: ${snapshotId} differs from the intended image in ${snapshotBytes.lost} bytes`);
+    return outcome;
+  } finally {
+    await mount.cleanup();
+    await counter.collect(context).catch(() => undefined);
+    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
+    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    await rm(work, { recursive: true, force: true });
+  }
+
+  async function finish(): Promise<CliResult> {
+    // Before the final flush: the whole span reads as intended.
+    await verify();
+    return mount.stop('SIGINT');
+  }
+
+  /** After a kill in the final flush: resume and finish, or learn that the completion had gone through. */
+  async function resumeUnlessCompleted(): Promise<CliResult | undefined> {
+    try {
+      await resume();
+    } catch (error) {
+      if (/already completed/.test((error as Error).message)) return { code: 0, signal: null, stdout: `${snapshotId} completed`, stderr: '' };
+      throw error;
+    }
+    return undefined;
+  }
+}
+
+/**
+ * Downloads a completed snapshot with GetSnapshotBlock and compares it with the
+ * expected image: the bytes compared, and the bytes that differ (lost).
+ */
+export async function compareSnapshot(context: ScenarioContext, snapshotId: string, expectedImage: string, volumeGiB: number): Promise<{ verified: number; lost: number }> {
+  const downloaded = context.file(`${snapshotId}-${Date.now()}.img`);
+  try {
+    await context.download(snapshotId, downloaded);
+    const differsAt = await compareRange(expectedImage, downloaded, 0, volumeGiB * GIB);
+    if (differsAt < 0) return { verified: volumeGiB * GIB, lost: 0 };
+    const result = await sh('sh', ['-c', 'cmp -l "$0" "$1" | wc -l', expectedImage, downloaded], { timeoutMs: 300_000 });
+    const lost = Number.parseInt(result.stdout.trim(), 10);
+    return { verified: volumeGiB * GIB, lost: Number.isFinite(lost) && lost > 0 ? lost : 1 };
+  } finally {
+    await rm(downloaded, { force: true });
+  }
+}
