@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { RetryingSnapshotClient } from '../../src/ebs/retry';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import type { LocalEbsStats } from '../../src/local-ebs/server';
@@ -18,6 +19,8 @@ import { SeededRandom } from '../support/random';
 import { createZeroImage, mustRun, sh, type CommandResult, type ScenarioContext, GIB, MIB } from './support';
 
 export { GIB, MIB };
+
+const DOWNLOAD_CONCURRENCY = 16;
 
 /** The totals `npm run soak` prints. */
 export interface Figures {
@@ -503,7 +506,7 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
 export async function compareSnapshot(context: ScenarioContext, snapshotId: string, expectedImage: string, volumeGiB: number): Promise<{ verified: number; lost: number }> {
   const downloaded = context.file(`${snapshotId}-${Date.now()}.img`);
   try {
-    await context.download(snapshotId, downloaded);
+    await downloadSnapshot(context, snapshotId, downloaded);
     const differsAt = await compareRange(expectedImage, downloaded, 0, volumeGiB * GIB);
     if (differsAt < 0) return { verified: volumeGiB * GIB, lost: 0 };
     const result = await sh('sh', ['-c', 'cmp -l "$0" "$1" | wc -l', expectedImage, downloaded], { timeoutMs: 300_000 });
@@ -511,5 +514,209 @@ export async function compareSnapshot(context: ScenarioContext, snapshotId: stri
     return { verified: volumeGiB * GIB, lost: Number.isFinite(lost) && lost > 0 ? lost : 1 };
   } finally {
     await rm(downloaded, { force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Faults: dd and ext4 workloads against a faulty server; no fsync may fail.
+
+/** The fault mix of issue 4. */
+export const ISSUE_FAULTS = '500=0.1,throttle=0.05,reset=0.01,latency=0-50ms';
+
+/** Lines in a mount's stderr that mean an fsync, close or upload finally failed. */
+export function finalFailureLines(stderr: string): string[] {
+  return stderr.split('\n').filter((line) => /upload of block \d+ failed|could not upload|failed unexpectedly|cannot make the journal durable/.test(line));
+}
+
+export interface WorkloadOutcome extends Figures {
+  snapshotId: string;
+  /** The mount's own count of retries (its last status line). */
+  mountStderr: string;
+}
+
+/** Random chunks over `spanBytes`, written with dd conv=fsync; the snapshot must equal the image. */
+export async function runDdWorkload(
+  context: ScenarioContext,
+  options: { seed: number; chunks: number; spanBytes: number; maxChunkBytes: number; cacheSize: string; log?: ScenarioLog },
+): Promise<WorkloadOutcome> {
+  const log = options.log ?? quietLog;
+  const random = new SeededRandom(options.seed);
+  const work = path.join(context.scratch, `dd-${options.seed}-${Date.now()}`);
+  await mkdir(work);
+  const sourceFile = path.join(work, 'source.bin');
+  const source = randomBytes(options.maxChunkBytes * 2);
+  await writeFile(sourceFile, source);
+  const expected = path.join(work, 'expected.img');
+  await createZeroImage(expected, GIB);
+  const counter = new ServerCounter();
+  const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
+  const mount = await context.mount(1, ['--cache-size', options.cacheSize]);
+  const outcome: WorkloadOutcome = { ...emptyFigures(), snapshotId: mount.snapshotId, mountStderr: '' };
+  try {
+    const ddSizes = [4096, 65536, 131072, MIB, 4 * MIB];
+    for (let i = 0; i < options.chunks; i += 1) {
+      const lengthBytes = random.int(1, options.maxChunkBytes);
+      const chunk: WriteChunk = {
+        offsetBytes: random.int(0, options.spanBytes - lengthBytes),
+        lengthBytes,
+        sourceOffsetBytes: random.int(0, source.length - lengthBytes),
+        zeros: random.next() < 0.1,
+        ddBlockBytes: ddSizes[random.int(0, ddSizes.length)],
+      };
+      const result = await sh('dd', ddArgs(sourceFile, mount.filePath, chunk));
+      if (result.code !== 0) throw new Error(`dd ${i} failed (an fsync or write failed): ${result.stderr.trim()}; mount stderr:\n${mount.stderr}`);
+      await writeAt(expected, chunk.offsetBytes, chunkBytes(source, chunk));
+    }
+    const differsAt = await compareRange(expected, mount.filePath, 0, options.spanBytes);
+    if (differsAt >= 0) throw new Error(`the mount differs from the written data at byte ${differsAt}`);
+    outcome.bytesVerified += options.spanBytes;
+    const result = await mount.stop('SIGINT');
+    outcome.mountStderr = result.stderr;
+    if (result.code !== 0) throw new Error(`the mount ended with ${result.code}: ${result.stderr}`);
+    const compared = await compareSnapshot(context, mount.snapshotId, expected, 1);
+    addFigures(outcome, { requestsSent: 0, faultsInjected: 0, bytesVerified: compared.verified, bytesLost: compared.lost });
+    log(`dd workload ${options.seed}: ${mount.snapshotId}, ${options.chunks} chunks, ${compared.lost} bytes lost`);
+    return outcome;
+  } finally {
+    await mount.cleanup();
+    await counter.collect(context).catch(() => undefined);
+    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
+    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Files of random sizes (some empty, some several MiB) under `root`; returns their total bytes. */
+export async function makeFileTree(root: string, seed: number, files: number, largeFiles: number): Promise<number> {
+  const random = new SeededRandom(seed);
+  let total = 0;
+  for (let i = 0; i < files; i += 1) {
+    const folder = path.join(root, `dir-${i % 10}`, `sub-${i % 3}`);
+    await mkdir(folder, { recursive: true });
+    const data = randomBytes(random.int(0, 40_000));
+    total += data.length;
+    await writeFile(path.join(folder, `file-${i}.bin`), data);
+  }
+  for (let i = 0; i < largeFiles; i += 1) {
+    const data = randomBytes(random.int(MIB, 6 * MIB));
+    total += data.length;
+    await writeFile(path.join(root, `large-${i}.bin`), data);
+  }
+  return total;
+}
+
+/**
+ * mkfs.ext4 -E nodiscard on the mounted file, a loop mount, a tree copied in,
+ * umount. The mount's content is then read out through FUSE: the completed
+ * snapshot must equal it byte for byte, pass e2fsck, and hold the same tree.
+ */
+export async function runExt4Workload(
+  context: ScenarioContext,
+  options: { seed: number; files: number; largeFiles: number; cacheSize: string; log?: ScenarioLog },
+): Promise<WorkloadOutcome> {
+  const log = options.log ?? quietLog;
+  const work = path.join(context.scratch, `ext4-${options.seed}-${Date.now()}`);
+  await mkdir(work);
+  const tree = path.join(work, 'tree');
+  await makeFileTree(tree, options.seed, options.files, options.largeFiles);
+  const inner = path.join(work, 'inner');
+  await mkdir(inner);
+  const check = path.join(work, 'check');
+  await mkdir(check);
+  const shown = path.join(work, 'shown.img');
+  const downloaded = path.join(work, 'downloaded.img');
+  const counter = new ServerCounter();
+  const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
+  const mount = await context.mount(1, ['--cache-size', options.cacheSize]);
+  const outcome: WorkloadOutcome = { ...emptyFigures(), snapshotId: mount.snapshotId, mountStderr: '' };
+  try {
+    await mustRun('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', mount.filePath], { timeoutMs: 120_000 });
+    await mustRun('mount', ['-o', 'loop', mount.filePath, inner]);
+    try {
+      await mustRun('cp', ['-a', tree, path.join(inner, 'tree')], { timeoutMs: 240_000 });
+    } finally {
+      await sh('umount', [inner]);
+    }
+    await waitForLoopDetachedQuietly(mount.filePath);
+    // An explicit fsync of the whole file must succeed too.
+    await mustRun('dd', ['if=/dev/null', `of=${mount.filePath}`, 'conv=notrunc,fsync', 'status=none']);
+    await mustRun('cp', ['--sparse=always', mount.filePath, shown], { timeoutMs: 120_000 });
+    const result = await mount.stop('SIGINT');
+    outcome.mountStderr = result.stderr;
+    if (result.code !== 0) throw new Error(`the mount ended with ${result.code}: ${result.stderr}`);
+    const compared = await compareSnapshot(context, mount.snapshotId, shown, 1);
+    addFigures(outcome, { requestsSent: 0, faultsInjected: 0, bytesVerified: compared.verified, bytesLost: compared.lost });
+    if (compared.lost > 0) throw new Error(`${mount.snapshotId} differs from what the mount showed in ${compared.lost} bytes`);
+    await downloadSnapshot(context, mount.snapshotId, downloaded);
+    const fsck = await sh('e2fsck', ['-fn', downloaded], { timeoutMs: 120_000 });
+    if (fsck.code !== 0) throw new Error(`e2fsck -fn of ${mount.snapshotId}: ${fsck.stdout}${fsck.stderr}`);
+    await mustRun('mount', ['-o', 'loop,ro', downloaded, check]);
+    try {
+      const diff = await sh('diff', ['-r', tree, path.join(check, 'tree')], { timeoutMs: 120_000 });
+      if (diff.code !== 0) throw new Error(`the tree in ${mount.snapshotId} differs: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);
+    } finally {
+      await sh('umount', [check]);
+    }
+    log(`ext4 workload ${options.seed}: ${mount.snapshotId}, ${options.files} files, ${compared.lost} bytes lost`);
+    return outcome;
+  } finally {
+    for (const point of [inner, check]) if (await isMountPoint(point).catch(() => false)) await sh('umount', ['-l', point]);
+    for (const file of [mount.filePath, downloaded]) await detachLoops(file);
+    await mount.cleanup();
+    await counter.collect(context).catch(() => undefined);
+    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
+    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function detachLoops(file: string): Promise<void> {
+  const attached = await sh('losetup', ['-j', file]);
+  for (const line of attached.stdout.split('\n')) {
+    const device = line.split(':')[0];
+    if (device) await sh('losetup', ['-d', device]);
+  }
+}
+
+async function waitForLoopDetachedQuietly(file: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while ((await sh('losetup', ['-j', file])).stdout.trim() !== '') {
+    if (Date.now() > deadline) throw new Error(`a loop device still uses ${file}`);
+    await delay(200);
+  }
+}
+
+/**
+ * Writes a completed snapshot into `outFile` (sparse, the volume's size) with
+ * ListSnapshotBlocks + GetSnapshotBlock through the retry policy, so that the
+ * server's injected faults do not fail the read-back; every block is checked
+ * against its checksum by the client.
+ */
+export async function downloadSnapshot(context: ScenarioContext, snapshotId: string, outFile: string): Promise<number> {
+  const client = new RetryingSnapshotClient(context.client());
+  const handle = await open(outFile, 'w');
+  try {
+    let nextToken: string | undefined;
+    let blocks = 0;
+    let volumeSizeGiB = 0;
+    do {
+      const page = await client.listSnapshotBlocks(snapshotId, { nextToken, maxResults: 10000 });
+      volumeSizeGiB = page.volumeSizeGiB;
+      for (let at = 0; at < page.blocks.length; at += DOWNLOAD_CONCURRENCY) {
+        await Promise.all(
+          page.blocks.slice(at, at + DOWNLOAD_CONCURRENCY).map(async ({ blockIndex, blockToken }) => {
+            const data = await client.getSnapshotBlock(snapshotId, blockIndex, blockToken);
+            await handle.write(data, 0, data.length, blockIndex * BLOCK_SIZE_BYTES);
+          }),
+        );
+      }
+      blocks += page.blocks.length;
+      nextToken = page.nextToken;
+    } while (nextToken);
+    await handle.truncate(volumeSizeGiB * GIB);
+    return blocks;
+  } finally {
+    await handle.close();
+    client.close();
   }
 }
