@@ -14,6 +14,7 @@ export interface ProgressStream {
 }
 
 export const STATUS_LINE_INTERVAL_MS = 5000;
+export const IDLE_STATUS_LINE_INTERVAL_MS = 60_000;
 const BAR_REDRAW_INTERVAL_MS = 200;
 const BYTES_PER_MB = 1e6;
 
@@ -53,7 +54,11 @@ export interface Reporter {
   stop(): void;
 }
 
-/** Status lines every intervalMs (not on a terminal, where it would only clutter the prompt). */
+/**
+ * Status lines every intervalMs (not on a terminal, where it would only clutter
+ * the prompt). While nothing changes, a line repeats only every
+ * IDLE_STATUS_LINE_INTERVAL_MS, so an idle mount does not fill its log.
+ */
 export function startStatusLines(
   source: StatsSource,
   stream: ProgressStream,
@@ -62,9 +67,16 @@ export function startStatusLines(
 ): Reporter {
   if (stream.isTTY) return { stop: () => undefined };
   const meter = new RateMeter(source.stats(), Date.now());
+  let lastLine = '';
+  let lastWrittenAtMs = 0;
   const timer = setInterval(() => {
     const stats = source.stats();
-    stream.write(`${formatStatusLine(phase, stats, meter.sampleMBps(stats, Date.now()))}\n`);
+    const nowMs = Date.now();
+    const line = formatStatusLine(phase, stats, meter.sampleMBps(stats, nowMs));
+    if (line === lastLine && nowMs - lastWrittenAtMs < IDLE_STATUS_LINE_INTERVAL_MS) return;
+    lastLine = line;
+    lastWrittenAtMs = nowMs;
+    stream.write(`${line}\n`);
   }, intervalMs);
   timer.unref();
   return { stop: () => clearInterval(timer) };

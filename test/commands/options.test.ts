@@ -118,6 +118,15 @@ describe('progress output', () => {
     assert.deepEqual(silent, []);
   });
 
+  it('does not repeat an unchanged status line while idle', async () => {
+    const idle = stats({ bytesUploaded: 0 });
+    const lines: string[] = [];
+    const reporter = startStatusLines({ stats: () => idle }, { write: (text) => lines.push(text) > 0, isTTY: false }, 'mounted', 10);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    reporter.stop();
+    assert.equal(lines.length, 1, lines.join(''));
+  });
+
   it('draws a bar of the blocks left on a terminal during the final flush', async () => {
     let current = stats({ dirtyBlocks: 8, uploadingBlocks: 2, blocksUploaded: 0 });
     let output = '';
