@@ -86,3 +86,12 @@ export async function getLocalEbsStats(endpoint: string, credentials: AdminCrede
 export async function setLocalEbsFaults(endpoint: string, credentials: AdminCredentials, spec: string): Promise<void> {
   await adminRequest(endpoint, credentials, 'POST', '/_local-ebs/faults', spec);
 }
+
+/**
+ * Moves a pending snapshot to `error` now, as its idle Timeout would, so that a test
+ * can meet "snapshot in error" without waiting. Idempotent; refused (rejects) for a
+ * completed or unknown snapshot.
+ */
+export async function expireLocalEbsSnapshot(endpoint: string, credentials: AdminCredentials, snapshotId: string): Promise<void> {
+  await adminRequest(endpoint, credentials, 'POST', `/_local-ebs/snapshots/${encodeURIComponent(snapshotId)}/expire`, '');
+}

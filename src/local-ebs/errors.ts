@@ -62,3 +62,27 @@ export function authError(
 ): EbsApiError {
   return new EbsApiError(code, 403, message);
 }
+
+/**
+ * AccessDeniedException as IAM phrases a missing permission; Reason UNAUTHORIZED_ACCOUNT
+ * (the model makes Reason required). `resource` is the snapshot, or `*` when the
+ * request names none (StartSnapshot).
+ */
+export function accessDenied(operation: string, region: string, ownerId: string, resource: string): EbsApiError {
+  return new EbsApiError(
+    'AccessDeniedException',
+    403,
+    `User: arn:aws:iam::${ownerId}:user/local-ebs is not authorized to perform: ebs:${operation} on resource: arn:aws:ec2:${region}::snapshot/${resource} because no identity-based policy allows the ebs:${operation} action`,
+    'UNAUTHORIZED_ACCOUNT',
+  );
+}
+
+/** What services behind STS credentials send once the session token has expired. */
+export function expiredToken(): EbsApiError {
+  return new EbsApiError('ExpiredTokenException', 403, 'The security token included in the request is expired');
+}
+
+/** A request that did not arrive in full in time; the SDKs retry this name as transient. */
+export function requestTimeout(message: string): EbsApiError {
+  return new EbsApiError('RequestTimeoutException', 408, message);
+}

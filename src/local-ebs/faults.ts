@@ -1,7 +1,7 @@
 // --faults SPEC: faults injected so that clients can be tested against what AWS
 // sends under stress. Grammar (docs/SEMANTICS.md, local-ebs):
 //   SPEC  := "" | ITEM ("," ITEM)*
-//   ITEM  := ("500"|"throttle"|"reset"|"corrupt") "=" P      P a probability 0..1
+//   ITEM  := ("500"|"throttle"|"reset"|"corrupt"|"deny"|"expired") "=" P   P a probability 0..1
 //          | "latency=" MS "ms" | "latency=" MS "-" MS "ms"   added delay (uniform range)
 //          | "rate=" N                                          PutSnapshotBlock/s per snapshot
 //          | "ops=" OP ("+" OP)*                                which operations P-faults and latency hit
@@ -25,6 +25,10 @@ export interface FaultSpec {
   throttleProbability: number;
   resetProbability: number;
   corruptProbability: number;
+  /** AccessDeniedException: a permanent failure a client must not retry. */
+  denyProbability: number;
+  /** ExpiredTokenException: credentials that expired under a running client. */
+  expiredProbability: number;
   latencyMinMs: number;
   latencyMaxMs: number;
   /** PutSnapshotBlock requests per second per snapshot; 0 = no limit. */
@@ -49,6 +53,8 @@ export function emptyFaultSpec(): FaultSpec {
     throttleProbability: 0,
     resetProbability: 0,
     corruptProbability: 0,
+    denyProbability: 0,
+    expiredProbability: 0,
     latencyMinMs: 0,
     latencyMaxMs: 0,
     putsPerSecondPerSnapshot: 0,
@@ -96,6 +102,12 @@ export function parseFaultSpec(spec: string): FaultSpec {
       case 'corrupt':
         result.corruptProbability = parseProbability(key, value);
         break;
+      case 'deny':
+        result.denyProbability = parseProbability(key, value);
+        break;
+      case 'expired':
+        result.expiredProbability = parseProbability(key, value);
+        break;
       case 'latency': {
         const match = /^([0-9]+)(?:-([0-9]+))?ms$/.exec(value);
         if (!match) throw new FaultSpecError(`invalid --faults item ${item}: expected latency=20ms or latency=0-50ms`);
@@ -122,13 +134,13 @@ export function parseFaultSpec(spec: string): FaultSpec {
         break;
       }
       default:
-        throw new FaultSpecError(`invalid --faults item "${item}": known keys are 500, throttle, reset, corrupt, latency, rate, ops`);
+        throw new FaultSpecError(`invalid --faults item "${item}": known keys are 500, throttle, reset, corrupt, deny, expired, latency, rate, ops`);
     }
   }
   return result;
 }
 
-export type InjectedFault = 'reset' | '500' | 'throttle';
+export type InjectedFault = 'deny' | 'expired' | 'reset' | '500' | 'throttle';
 
 export class FaultInjector {
   private throttleToggle = false;
@@ -141,7 +153,16 @@ export class FaultInjector {
 
   get active(): boolean {
     const s = this.spec;
-    return s.internalErrorProbability > 0 || s.throttleProbability > 0 || s.resetProbability > 0 || s.corruptProbability > 0 || s.latencyMaxMs > 0 || s.putsPerSecondPerSnapshot > 0;
+    return (
+      s.internalErrorProbability > 0 ||
+      s.throttleProbability > 0 ||
+      s.resetProbability > 0 ||
+      s.corruptProbability > 0 ||
+      s.denyProbability > 0 ||
+      s.expiredProbability > 0 ||
+      s.latencyMaxMs > 0 ||
+      s.putsPerSecondPerSnapshot > 0
+    );
   }
 
   /** The delay drawn for this request, or undefined when no latency fault applies to it. */
@@ -155,6 +176,10 @@ export class FaultInjector {
   draw(operation: OperationName): InjectedFault | undefined {
     const s = this.spec;
     if (!s.operations.has(operation)) return undefined;
+    // The permanent failures first: AWS refuses a request it is not allowed to serve
+    // before it could fail in any other way.
+    if (s.denyProbability > 0 && this.random() < s.denyProbability) return 'deny';
+    if (s.expiredProbability > 0 && this.random() < s.expiredProbability) return 'expired';
     if (s.resetProbability > 0 && this.random() < s.resetProbability) return 'reset';
     if (s.internalErrorProbability > 0 && this.random() < s.internalErrorProbability) return '500';
     if (s.throttleProbability > 0 && this.random() < s.throttleProbability) return 'throttle';

@@ -1,16 +1,19 @@
 // local-ebs: the EBS direct API server. This file is the HTTP layer: routing, body
-// limits, SigV4, faults, stats, the admin routes and the data-directory lock. What
-// the operations mean is in service.ts; how blocks reach the disk is in store.ts.
+// limits, connection limits and timeouts, answers to malformed HTTP, SigV4, faults,
+// stats, the admin routes and the data-directory lock. What the operations mean is
+// in service.ts; how blocks reach the disk is in store.ts.
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { createHash, randomBytes, randomUUID, webcrypto } from 'node:crypto';
 import { promises as fsp, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { UserError } from '../errors';
-import { EbsApiError, internalError, requestThrottled, throttlingError, validationError, authError } from './errors';
+import { EbsApiError, accessDenied, expiredToken, internalError, requestThrottled, requestTimeout, throttlingError, validationError, authError } from './errors';
+import { resolveConnectionLimits, deadlineCheckIntervalMs, type ConnectionLimits } from './limits';
 import { FaultInjector, FaultSpecError, parseFaultSpec, type OperationName } from './faults';
-import { EbsService } from './service';
+import { EbsService, LOCAL_OWNER_ID } from './service';
 import { SigV4Verifier, UNSIGNED_PAYLOAD, percentDecode, type SignedRequest } from './sigv4';
 import { SnapshotStore } from './store';
 import { TokenSigner } from './tokens';
@@ -23,6 +26,7 @@ import {
   validatePutHeaders,
   validateSnapshotId,
   validateStartSnapshot,
+  SNAPSHOT_ID_PATTERN,
 } from './validation';
 
 export interface LocalEbsOptions {
@@ -38,6 +42,8 @@ export interface LocalEbsOptions {
   log?: (line: string) => void;
   /** The clock of snapshot lifecycles (idle Timeout) and token expiry, in epoch ms; tests move it. */
   now?: () => number;
+  /** Timeouts and the connection cap; what is not given comes from LOCAL_EBS_* variables, then defaults (limits.ts). */
+  limits?: Partial<ConnectionLimits>;
 }
 
 export interface LocalEbsStats {
@@ -46,6 +52,20 @@ export interface LocalEbsStats {
   /** By HTTP status code. */
   responses: Record<string, number>;
   faultsInjected: Record<string, number>;
+  connections: ConnectionStats;
+}
+
+export interface ConnectionStats {
+  /** Connections open now (the one asking included). */
+  open: number;
+  /** EBS requests (not admin ones) being served now. */
+  inflightRequests: number;
+  /** Connections closed on accept because `maxConnections` were open. */
+  refused: number;
+  /** Requests whose headers or body did not arrive within the timeouts (answered 408 or dropped). */
+  timedOut: number;
+  /** Requests that were not valid HTTP/1.1 (answered 400), and connections dropped for pipelining too deep. */
+  malformed: number;
 }
 
 export interface RunningLocalEbs {
@@ -53,8 +73,12 @@ export interface RunningLocalEbs {
   endpoint: string;
   host: string;
   port: number;
+  /** The timeouts and connection cap in force. */
+  limits: ConnectionLimits;
   stats(): LocalEbsStats;
   setFaults(spec: string): void;
+  /** Moves a pending snapshot to `error` now, as its idle Timeout would. */
+  expireSnapshot(snapshotId: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -72,9 +96,27 @@ const TOKEN_KEY_FILE = 'token-key';
 const MAX_JSON_BODY_BYTES = 64 * 1024;
 const MAX_ADMIN_BODY_BYTES = 4 * 1024;
 const CLOSE_GRACE_MS = 5_000;
-const MAX_CONNECTIONS = 1024;
+/** The SDKs send about 2 KiB of headers; 16 KiB (Node's default, made explicit) is ample. */
+const MAX_HEADER_BYTES = 16 * 1024;
+/**
+ * Requests a connection may have unanswered at once. Node hands every pipelined request
+ * to the handler as soon as it is parsed, so without this one connection could start
+ * any number of them; no SDK pipelines at all.
+ */
+const MAX_UNANSWERED_PER_CONNECTION = 16;
+/** PUT bodies held at once (256 x 512 KiB = 128 MiB); more PUTs wait, unread, for a buffer. */
+const MAX_PUT_BODIES_IN_MEMORY = 256;
+/**
+ * After refusing a request whose body is still coming, the connection is half-closed
+ * and what the client sends is read and dropped for this long (at most
+ * LINGER_MAX_BYTES) before it is closed. Closing at once, with the client's bytes
+ * unread, makes the kernel answer with a reset, which can destroy the refusal before
+ * the client has read it.
+ */
+const LINGER_MS = 1_000;
+const LINGER_MAX_BYTES = 4 * 1024 * 1024;
 
-type AdminRoute = 'AdminStats' | 'AdminFaults';
+type AdminRoute = 'AdminStats' | 'AdminFaults' | 'AdminExpire';
 
 interface Route {
   operation: OperationName | AdminRoute;
@@ -91,10 +133,29 @@ function jsonReply(status: number, value: unknown, headers: Record<string, strin
   return { status, headers: { 'Content-Type': 'application/json', ...headers }, body: Buffer.from(JSON.stringify(value)) };
 }
 
-function errorReply(error: EbsApiError): Reply {
+function errorBody(error: EbsApiError): Record<string, string> {
   const body: Record<string, string> = { Message: error.message };
   if (error.reason !== undefined) body.Reason = error.reason;
-  return jsonReply(error.httpStatus, body, { 'x-amzn-ErrorType': error.code });
+  return body;
+}
+
+function errorReply(error: EbsApiError): Reply {
+  return jsonReply(error.httpStatus, errorBody(error), { 'x-amzn-ErrorType': error.code });
+}
+
+/**
+ * A whole HTTP response as bytes, written straight to the connection: for a request
+ * Node could not parse, and for a refusal that closes the connection (see `refuse`).
+ */
+function rawResponse(reply: Reply, requestId: string, withBody = true): Buffer {
+  const head = [`HTTP/1.1 ${reply.status} ${http.STATUS_CODES[reply.status] ?? 'Error'}`];
+  for (const [name, value] of Object.entries(reply.headers)) head.push(`${name}: ${value}`);
+  head.push(`x-amzn-RequestId: ${requestId}`, `Content-Length: ${reply.body.length}`, 'Connection: close', '', '');
+  return Buffer.concat([Buffer.from(head.join('\r\n'), 'latin1'), withBody ? reply.body : Buffer.alloc(0)]);
+}
+
+function isAdminRoute(operation: OperationName | AdminRoute): operation is AdminRoute {
+  return operation === 'AdminStats' || operation === 'AdminFaults' || operation === 'AdminExpire';
 }
 
 function route(method: string, rawPath: string): Route | undefined {
@@ -116,6 +177,9 @@ function route(method: string, rawPath: string): Route | undefined {
   }
   if (rawPath === '/_local-ebs/stats' && method === 'GET') return { operation: 'AdminStats', labels: [] };
   if (rawPath === '/_local-ebs/faults' && method === 'POST') return { operation: 'AdminFaults', labels: [] };
+  if ((match = /^\/_local-ebs\/snapshots\/([^/]+)\/expire$/.exec(rawPath)) && method === 'POST') {
+    return { operation: 'AdminExpire', labels: [match[1]] };
+  }
   return undefined;
 }
 
@@ -208,22 +272,41 @@ interface Body {
 class BodyTooLarge extends Error {}
 
 /**
- * Reusable block-sized buffers for PUT bodies. A fresh 512 KiB buffer per PUT is
- * external memory V8 must account and collect; at hundreds of PUTs per second that
- * garbage collection is a large share of the event loop's time.
+ * Block-sized buffers for PUT bodies: at most `maxOutstanding` in use, so that PUTs
+ * on many connections cannot hold unbounded memory; a PUT beyond that waits for one,
+ * its body left unread (TCP pushes back on the client). Freed buffers are reused: a
+ * fresh 512 KiB buffer per PUT is external memory V8 must account and collect, and
+ * at hundreds of PUTs per second that garbage collection is a large share of the
+ * event loop's time.
  */
-class BlockBufferPool {
+class BlockBuffers {
   private readonly free: Buffer[] = [];
+  private readonly waiting: Array<(buffer: Buffer) => void> = [];
+  private outstanding = 0;
 
-  constructor(private readonly maxPooled: number) {}
+  constructor(
+    private readonly maxOutstanding: number,
+    private readonly maxPooled: number,
+  ) {}
 
-  acquire(): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafe(BLOCK_SIZE_BYTES);
+  acquire(): Promise<Buffer> {
+    if (this.outstanding < this.maxOutstanding) {
+      this.outstanding++;
+      return Promise.resolve(this.free.pop() ?? Buffer.allocUnsafe(BLOCK_SIZE_BYTES));
+    }
+    // Bounded by the connections times MAX_UNANSWERED_PER_CONNECTION.
+    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
   /** Only once nothing reads or writes the buffer any more. */
   release(buffer: Buffer): void {
-    if (buffer.length === BLOCK_SIZE_BYTES && this.free.length < this.maxPooled) this.free.push(buffer);
+    const next = this.waiting.shift();
+    if (next) {
+      next(buffer);
+      return;
+    }
+    this.outstanding--;
+    if (this.free.length < this.maxPooled) this.free.push(buffer);
   }
 }
 
@@ -266,6 +349,10 @@ function readBody(request: http.IncomingMessage, capBytes: number, into?: Buffer
     });
     request.once('error', (error) => fail(error));
     request.once('aborted', () => fail(new Error('request aborted')));
+    // A connection that went away before the body ended (also while this request
+    // waited for a buffer) must not leave the handler waiting for ever.
+    request.once('close', () => fail(new Error('request closed before its body ended')));
+    if (request.destroyed) fail(new Error('request closed before its body was read'));
   });
 }
 
@@ -283,6 +370,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     if (error instanceof FaultSpecError) throw new UserError(error.message);
     throw error;
   }
+  const limits = resolveConnectionLimits(options.limits);
   const dataDir = path.resolve(options.dataDir);
   const serverFile = path.join(dataDir, SERVER_FILE);
 
@@ -304,19 +392,60 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   }
   const service = new EbsService(store, new TokenSigner(tokenKey), now, log);
   const verifier = new SigV4Verifier({ accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey });
-  const stats: LocalEbsStats = { requests: {}, responses: {}, faultsInjected: {} };
-  const blockBuffers = new BlockBufferPool(MAX_POOLED_BLOCK_BUFFERS);
+  const stats: LocalEbsStats = {
+    requests: {},
+    responses: {},
+    faultsInjected: {},
+    connections: { open: 0, inflightRequests: 0, refused: 0, timedOut: 0, malformed: 0 },
+  };
+  const blockBuffers = new BlockBuffers(MAX_PUT_BODIES_IN_MEMORY, MAX_POOLED_BLOCK_BUFFERS);
   const sockets = new Set<Socket>();
+  /** The answers each connection owes, in order; bounded by MAX_UNANSWERED_PER_CONNECTION. */
+  const unanswered = new WeakMap<Duplex, Set<http.ServerResponse>>();
+  /** Connections already answered after a parse error or timeout: the next error only closes them. */
+  const failedConnections = new WeakSet<Duplex>();
 
-  const handle = async (request: http.IncomingMessage, response: http.ServerResponse): Promise<void> => {
-    const requestId = randomUUID();
+  const handle = async (request: http.IncomingMessage, response: http.ServerResponse, expectsContinue: boolean): Promise<void> => {
+    const socket = request.socket;
+    // Pipelined requests parsed from a chunk that arrived before the connection was dropped.
+    if (socket.destroyed) return;
+    let owed = unanswered.get(socket);
+    if (!owed) unanswered.set(socket, (owed = new Set()));
+    if (owed.size >= MAX_UNANSWERED_PER_CONNECTION) {
+      stats.connections.malformed++;
+      socket.destroy();
+      return;
+    }
+    owed.add(response);
+    response.once('close', () => owed.delete(response));
+    // A request that arrived behind a refusal, while that connection lingers: it is not served.
+    if (failedConnections.has(socket)) return;
+
     const url = request.url ?? '';
     const question = url.indexOf('?');
     const rawPath = question < 0 ? url : url.slice(0, question);
-    const rawQuery = question < 0 ? '' : url.slice(question + 1);
     const method = request.method ?? '';
     const matched = route(method, rawPath);
-    const isAdmin = matched?.operation === 'AdminStats' || matched?.operation === 'AdminFaults';
+    const isAdmin = matched !== undefined && isAdminRoute(matched.operation);
+    if (!isAdmin) stats.connections.inflightRequests++;
+    try {
+      await handleRequest(request, response, expectsContinue, matched, isAdmin, method, rawPath, question < 0 ? '' : url.slice(question + 1));
+    } finally {
+      if (!isAdmin) stats.connections.inflightRequests--;
+    }
+  };
+
+  const handleRequest = async (
+    request: http.IncomingMessage,
+    response: http.ServerResponse,
+    expectsContinue: boolean,
+    matched: Route | undefined,
+    isAdmin: boolean,
+    method: string,
+    rawPath: string,
+    rawQuery: string,
+  ): Promise<void> => {
+    const requestId = randomUUID();
     if (!isAdmin) increment(stats.requests, matched?.operation ?? 'Unknown');
 
     const send = (reply: Reply, closeConnection = false): void => {
@@ -328,23 +457,52 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       response.end(reply.body);
     };
 
+    /** Answers and closes the connection without reading the rest of the body (see LINGER_MS). */
+    const refuse = (reply: Reply): void => {
+      const socket = request.socket;
+      const bodyComing = request.headers['transfer-encoding'] !== undefined || Number(request.headers['content-length'] ?? 0) > 0;
+      if (!bodyComing || request.complete) {
+        send(reply, true);
+        return;
+      }
+      if (!isAdmin) increment(stats.responses, String(reply.status));
+      if (response.headersSent || !socket.writable || (unanswered.get(socket)?.size ?? 0) > 1) {
+        // An earlier answer on this connection is still due: there is no room for this one.
+        socket.destroy();
+        return;
+      }
+      failedConnections.add(socket);
+      socket.end(rawResponse(reply, requestId, method !== 'HEAD'));
+      const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+      socket.once('close', () => clearTimeout(timer));
+      let droppedBytes = 0;
+      request.on('data', (chunk: Buffer) => {
+        droppedBytes += chunk.length;
+        if (droppedBytes > LINGER_MAX_BYTES) socket.destroy();
+      });
+      request.resume();
+    };
+
     if (!matched) {
-      // Drain what is small, so the client reads our answer rather than a broken pipe.
-      send(errorReply(new EbsApiError('UnknownOperationException', 404, `No operation matches ${method} ${rawPath.slice(0, 200)}.`)), true);
+      // What AWS's service framework answers when no operation claims a request
+      // (smithy-lang/smithy#1368), for an unknown path and a known path with another
+      // method alike. The body is not read: the connection closes after the answer.
+      refuse(errorReply(new EbsApiError('UnknownOperationException', 404, `No operation matches ${method} ${rawPath.slice(0, 200)}.`)));
       return;
     }
     const operation = matched.operation;
     const capBytes = operation === 'PutSnapshotBlock' ? BLOCK_SIZE_BYTES : isAdmin ? MAX_ADMIN_BODY_BYTES : MAX_JSON_BODY_BYTES;
     const declaredLength = request.headers['content-length'];
     if (declaredLength !== undefined && !(Number(declaredLength) <= capBytes)) {
-      // Refused before a byte of the body is read.
-      send(errorReply(tooLarge(operation, capBytes)), true);
+      // Refused before a byte of the body is read (and without a 100 Continue).
+      refuse(errorReply(tooLarge(operation, capBytes)));
       return;
     }
+    if (expectsContinue) response.writeContinue();
 
-    const pooled = operation === 'PutSnapshotBlock' ? blockBuffers.acquire() : undefined;
+    const pooled = operation === 'PutSnapshotBlock' ? await blockBuffers.acquire() : undefined;
     try {
-      await serve(request, matched, operation, capBytes, pooled, send, requestId, rawPath, rawQuery, method);
+      await serve(request, matched, operation, capBytes, pooled, send, refuse, requestId, rawPath, rawQuery, method);
     } finally {
       // Every use of the body (hash, store write) has finished by now.
       if (pooled) blockBuffers.release(pooled);
@@ -358,6 +516,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     capBytes: number,
     pooled: Buffer | undefined,
     send: (reply: Reply, closeConnection?: boolean) => void,
+    refuse: (reply: Reply) => void,
     requestId: string,
     rawPath: string,
     rawQuery: string,
@@ -372,7 +531,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         body.digest = Buffer.from(await webcrypto.subtle.digest('SHA-256', body.data));
       }
     } catch (error) {
-      if (error instanceof BodyTooLarge) send(errorReply(tooLarge(operation, capBytes)), true);
+      if (error instanceof BodyTooLarge) refuse(errorReply(tooLarge(operation, capBytes)));
       else request.socket.destroy();
       return;
     }
@@ -382,13 +541,13 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       const claimedHash = headers.get('x-amz-content-sha256');
       const bodyHashHex = (): string => (body.digest ?? createHash('sha256').update(body.data).digest()).toString('hex');
       const signed: SignedRequest = { method, rawPath, rawQuery, headers };
-      verifier.verify(signed, claimedHash ?? bodyHashHex(), Date.now());
+      const verified = verifier.verify(signed, claimedHash ?? bodyHashHex(), Date.now());
       if (claimedHash !== undefined && claimedHash !== UNSIGNED_PAYLOAD && claimedHash.toLowerCase() !== bodyHashHex()) {
         throw authError('InvalidSignatureException', 'The provided x-amz-content-sha256 header does not match what was computed.');
       }
 
       if (operation === 'AdminStats') {
-        send(jsonReply(200, snapshotStats(stats)));
+        send(jsonReply(200, snapshotStats(stats, sockets.size)));
         return;
       }
       if (operation === 'AdminFaults') {
@@ -403,6 +562,11 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         send(jsonReply(200, { faults: spec }));
         return;
       }
+      if (operation === 'AdminExpire') {
+        const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
+        send(jsonReply(200, { SnapshotId: snapshotId, Status: await service.expireSnapshot(snapshotId) }));
+        return;
+      }
 
       const faults = injector;
       if (faults.active) {
@@ -412,6 +576,16 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
           if (delayMs > 0) await sleep(delayMs);
         }
         const fault = faults.draw(operation);
+        if (fault === 'deny') {
+          increment(stats.faultsInjected, 'deny');
+          const label = matched.labels.length > 0 ? percentDecode(matched.labels[0]) : undefined;
+          const resource = label !== undefined && SNAPSHOT_ID_PATTERN.test(label) ? label : '*';
+          throw accessDenied(operation, verified.region.slice(0, 64), LOCAL_OWNER_ID, resource);
+        }
+        if (fault === 'expired') {
+          increment(stats.faultsInjected, 'expired');
+          throw expiredToken();
+        }
         if (fault === 'reset') {
           increment(stats.faultsInjected, 'reset');
           request.socket.destroy();
@@ -515,21 +689,74 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     }
   };
 
-  const server = http.createServer({ keepAliveTimeout: 10_000, requestTimeout: 120_000, headersTimeout: 30_000 }, (request, response) => {
-    handle(request, response).catch((error: unknown) => {
+  const onRequest = (expectsContinue: boolean) => (request: http.IncomingMessage, response: http.ServerResponse): void => {
+    handle(request, response, expectsContinue).catch((error: unknown) => {
       log(`local-ebs: unexpected failure: ${String(error)}`);
-      if (!response.headersSent) {
-        response.writeHead(500, { 'Content-Type': 'application/json', 'x-amzn-ErrorType': 'InternalServerException' });
+      if (!response.headersSent && !response.destroyed) {
+        response.writeHead(500, { 'Content-Type': 'application/json', 'x-amzn-ErrorType': 'InternalServerException', Connection: 'close' });
         response.end(JSON.stringify({ Message: 'An internal error occurred. Try again later.' }));
       } else {
         response.destroy();
       }
     });
-  });
-  server.maxConnections = MAX_CONNECTIONS;
+  };
+  const server = http.createServer(
+    {
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.requestTimeoutMs,
+      keepAliveTimeout: limits.keepAliveTimeoutMs,
+      connectionsCheckingInterval: deadlineCheckIntervalMs(limits),
+      maxHeaderSize: MAX_HEADER_BYTES,
+      // Node would answer a missing Host with an empty 400 of its own; here it reaches
+      // SigV4, which needs a signed Host, and gets a modeled 403.
+      requireHostHeader: false,
+    },
+    onRequest(false),
+  );
+  // The SDKs send `Expect: 100-continue` on none of these calls, but a client that does
+  // gets its refusal (a body over the cap, an unknown route) before sending the body.
+  server.on('checkContinue', onRequest(true));
+  // Other expectations are ignored (RFC 9110 allows it) rather than refused with Node's bare 417.
+  server.on('checkExpectation', onRequest(false));
+  server.setTimeout(limits.idleTimeoutMs);
+  server.maxConnections = limits.maxConnections;
+  server.on('drop', () => stats.connections.refused++);
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
+  });
+  // Requests Node could not parse, and requests that overran headersTimeout or
+  // requestTimeout: a modeled JSON error instead of Node's bare one, then the
+  // connection is closed. Nothing is written into an answer already under way.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+    const code = error.code ?? '';
+    const timedOut = code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    const malformed = code.startsWith('HPE_');
+    if (timedOut) stats.connections.timedOut++;
+    else if (malformed) stats.connections.malformed++;
+    const answering = [...(unanswered.get(socket) ?? [])].some((response) => response.headersSent);
+    if ((!timedOut && !malformed) || failedConnections.has(socket) || !socket.writable || answering) {
+      socket.destroy();
+      return;
+    }
+    failedConnections.add(socket);
+    let answer: EbsApiError;
+    if (timedOut) {
+      answer = requestTimeout(
+        `The request did not arrive in time: its headers are allowed ${limits.headersTimeoutMs} ms and the whole request ${limits.requestTimeoutMs} ms.`,
+      );
+    } else if (code === 'HPE_HEADER_OVERFLOW') {
+      answer = validationError('INVALID_PARAMETER_VALUE', `The request line and headers are larger than ${MAX_HEADER_BYTES} bytes.`);
+    } else {
+      // llhttp's words for what it could not parse, e.g. "Invalid header value char".
+      const parserReason: unknown = (error as { reason?: unknown }).reason;
+      const reason = typeof parserReason === 'string' ? `: ${parserReason.slice(0, 100)}` : '';
+      answer = validationError('INVALID_PARAMETER_VALUE', `The request is not valid HTTP/1.1 (${code}${reason}).`);
+    }
+    increment(stats.responses, String(answer.httpStatus));
+    // As Node does it: the answer goes out in one write, then the connection is closed.
+    socket.write(rawResponse(errorReply(answer), randomUUID()));
+    socket.destroy();
   });
 
   try {
@@ -588,7 +815,8 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     endpoint,
     host: address.address,
     port: address.port,
-    stats: () => snapshotStats(stats),
+    limits,
+    stats: () => snapshotStats(stats, sockets.size),
     setFaults: (spec: string) => {
       try {
         injector = new FaultInjector(parseFaultSpec(spec));
@@ -597,12 +825,20 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         throw error;
       }
     },
+    expireSnapshot: async (snapshotId: string) => {
+      await service.expireSnapshot(snapshotId);
+    },
     close,
   };
 }
 
-function snapshotStats(stats: LocalEbsStats): LocalEbsStats {
-  return { requests: { ...stats.requests }, responses: { ...stats.responses }, faultsInjected: { ...stats.faultsInjected } };
+function snapshotStats(stats: LocalEbsStats, openConnections: number): LocalEbsStats {
+  return {
+    requests: { ...stats.requests },
+    responses: { ...stats.responses },
+    faultsInjected: { ...stats.faultsInjected },
+    connections: { ...stats.connections, open: openConnections },
+  };
 }
 
 function tooLarge(operation: OperationName | AdminRoute, capBytes: number): EbsApiError {

@@ -64,8 +64,7 @@ function lowerBound(sorted: readonly number[], value: number): number {
   return low;
 }
 
-function statusError(snapshot: StoredSnapshot, wanted: 'pending' | 'completed'): EbsApiError {
-  const status = snapshot.meta.status;
+function statusError(snapshot: StoredSnapshot, wanted: 'pending' | 'completed', status: string = snapshot.meta.status): EbsApiError {
   if (wanted === 'pending') {
     return validationError('INVALID_SNAPSHOT_ID', `The snapshot '${snapshot.id}' is ${status}: blocks can be written only to a pending snapshot.`);
   }
@@ -203,7 +202,10 @@ export class EbsService {
   }
 
   private assertWritable(snapshot: StoredSnapshot, blockIndex: number): void {
-    if (snapshot.meta.status !== 'pending' || this.runtime(snapshot).completion) throw statusError(snapshot, 'pending');
+    const runtime = this.runtime(snapshot);
+    // A change to `error` under way is as good as done: the PUT would land on a dead snapshot.
+    if (runtime.statusChange) throw statusError(snapshot, 'pending', 'error');
+    if (snapshot.meta.status !== 'pending' || runtime.completion) throw statusError(snapshot, 'pending');
     checkBlockIndexInVolume(blockIndex, snapshot.meta.volumeSizeGiB);
   }
 
@@ -231,7 +233,7 @@ export class EbsService {
     const snapshot = this.require(snapshotId);
     await this.refreshIdle(snapshot);
     const runtime = this.runtime(snapshot);
-    while (runtime.completion) await runtime.completion.catch(() => undefined);
+    while (runtime.completion || runtime.statusChange) await (runtime.completion ?? runtime.statusChange)!.catch(() => undefined);
     if (snapshot.meta.status === 'completed') {
       // A retried CompleteSnapshot (its first answer lost) gets the same answer.
       const sameCount = input.changedBlocksCount === snapshot.meta.changedBlocksCount;
@@ -455,13 +457,46 @@ export class EbsService {
     if (snapshot.meta.status !== 'pending' || runtime.inflightPuts > 0 || runtime.completion) return;
     const idleMs = this.now() - runtime.lastActivityMs;
     if (idleMs <= snapshot.meta.timeoutMinutes * 60_000) return;
-    runtime.statusChange = this.store
-      .updateMeta(snapshot, {
+    await this.changeToTimedOut(snapshot, runtime, `timed out after ${snapshot.meta.timeoutMinutes} idle minutes`);
+  }
+
+  /**
+   * The idle-Timeout transition, run now whatever the clock says (the admin route
+   * `POST /_local-ebs/snapshots/{id}/expire`), so that tests meet a snapshot in `error`
+   * without waiting. PUTs already accepted finish first; later ones are refused.
+   * A snapshot already in `error` stays there; a completed one is refused.
+   */
+  async expireSnapshot(snapshotId: string): Promise<SnapshotStatus> {
+    const snapshot = this.require(snapshotId);
+    const runtime = this.runtime(snapshot);
+    // Bounded: each pass waits for one transition that then clears itself.
+    for (;;) {
+      if (runtime.statusChange) await runtime.statusChange.catch(() => undefined);
+      else if (runtime.completion) await runtime.completion.catch(() => undefined);
+      else break;
+    }
+    if (snapshot.meta.status === 'error') return 'error';
+    if (snapshot.meta.status !== 'pending') {
+      throw validationError('INVALID_SNAPSHOT_ID', `The snapshot '${snapshot.id}' is ${snapshot.meta.status}: only a pending snapshot can time out.`);
+    }
+    await this.changeToTimedOut(snapshot, runtime, 'expired on request (POST /_local-ebs/snapshots/{id}/expire)');
+    return 'error';
+  }
+
+  /**
+   * pending -> error, as the idle Timeout does it. While this runs, `statusChange` is
+   * set: every request on the snapshot waits for it, then sees `error`.
+   */
+  private async changeToTimedOut(snapshot: StoredSnapshot, runtime: Runtime, why: string): Promise<void> {
+    runtime.statusChange = (async () => {
+      if (runtime.inflightPuts > 0) await new Promise<void>((resolve) => runtime.drained.push(resolve));
+      await this.store.updateMeta(snapshot, {
         ...snapshot.meta,
         status: 'error',
         statusMessage: `No put or complete request for ${snapshot.meta.timeoutMinutes} minutes (the snapshot's Timeout).`,
-      })
-      .then(() => this.log(`local-ebs: snapshot ${snapshot.id} timed out after ${snapshot.meta.timeoutMinutes} idle minutes; it is now in error`));
+      });
+      this.log(`local-ebs: snapshot ${snapshot.id} ${why}; it is now in error`);
+    })();
     try {
       await runtime.statusChange;
     } finally {

@@ -22,6 +22,12 @@ export interface SignedRequest {
   headers: ReadonlyMap<string, string>;
 }
 
+/** What a verified signature tells about the request. */
+export interface VerifiedRequest {
+  /** The region of the credential scope. */
+  region: string;
+}
+
 export const SIGNING_SERVICE = 'ebs';
 export const UNSIGNED_PAYLOAD = 'UNSIGNED-PAYLOAD';
 /** AWS refuses a signature dated more than 15 minutes from its clock. */
@@ -146,7 +152,7 @@ export class SigV4Verifier {
    * header when the client sent one (checked against the body by the caller), else
    * the hex SHA-256 of the body.
    */
-  verify(request: SignedRequest, payloadHash: string, nowMs: number): void {
+  verify(request: SignedRequest, payloadHash: string, nowMs: number): VerifiedRequest {
     const authorization = request.headers.get('authorization');
     if (authorization === undefined) {
       throw authError('MissingAuthenticationTokenException', 'Missing Authentication Token');
@@ -218,6 +224,7 @@ export class SigV4Verifier {
         'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.',
       );
     }
+    return { region: auth.region };
   }
 
   private signingKey(date: string, region: string): Buffer {

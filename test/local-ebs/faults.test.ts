@@ -1,6 +1,8 @@
 // --faults: each fault kind reaches a client (the JS SDK with maxAttempts 1) as the
-// error AWS would send; faults switch at run time through the admin route; a bad
-// spec, a port in use or an unusable data directory stop the CLI with one line.
+// error AWS would send, the permanent ones (deny, expired) without an SDK retry;
+// faults switch at run time through the admin route, which also puts a snapshot in
+// error on demand; a bad spec, a port in use or an unusable data directory stop the
+// CLI with one line.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,7 +14,7 @@ import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapsh
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
 import { parseFaultSpec } from '../../src/local-ebs/faults';
-import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
+import { expireLocalEbsSnapshot, getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
 import { CLI_PATH, REPO_ROOT, TEST_CREDENTIALS, startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
 
 interface Failure {
@@ -59,11 +61,13 @@ function assertOneLineError(result: { code: number | null; stdout: string; stder
 
 describe('local-ebs fault spec', () => {
   it('parses every item of the grammar', () => {
-    const spec = parseFaultSpec('500=0.1,throttle=0.05,reset=0.01,corrupt=1,latency=0-50ms,rate=1000,ops=put+get');
+    const spec = parseFaultSpec('500=0.1,throttle=0.05,reset=0.01,corrupt=1,deny=0.2,expired=0.3,latency=0-50ms,rate=1000,ops=put+get');
     assert.equal(spec.internalErrorProbability, 0.1);
     assert.equal(spec.throttleProbability, 0.05);
     assert.equal(spec.resetProbability, 0.01);
     assert.equal(spec.corruptProbability, 1);
+    assert.equal(spec.denyProbability, 0.2);
+    assert.equal(spec.expiredProbability, 0.3);
     assert.deepEqual([spec.latencyMinMs, spec.latencyMaxMs], [0, 50]);
     assert.equal(spec.putsPerSecondPerSnapshot, 1000);
     assert.deepEqual([...spec.operations].sort(), ['GetSnapshotBlock', 'PutSnapshotBlock']);
@@ -72,7 +76,7 @@ describe('local-ebs fault spec', () => {
   });
 
   it('refuses what is not in the grammar', () => {
-    for (const bad of ['500', '500=2', '500=-0.1', 'throttle=abc', 'latency=20', 'latency=50-10ms', 'rate=0', 'rate=1.5', 'ops=put+delete', 'boom=1', '500=0.1,500=0.2', '500=0.1,,']) {
+    for (const bad of ['500', '500=2', 'deny=yes', 'expired=1.5', 'deny=1,deny=0', '500=-0.1', 'throttle=abc', 'latency=20', 'latency=50-10ms', 'rate=0', 'rate=1.5', 'ops=put+delete', 'boom=1', '500=0.1,500=0.2', '500=0.1,,']) {
       assert.throws(() => parseFaultSpec(bad), /--faults/, bad);
     }
   });
@@ -169,6 +173,96 @@ describe('local-ebs faults seen by a client', function () {
     assert.equal(got.Checksum, sha256Base64(data));
     assert.notEqual(sha256Base64(body), got.Checksum);
     assert.equal(body.length, BLOCK_SIZE_BYTES);
+  });
+
+  it('deny: AccessDeniedException 403, Reason UNAUTHORIZED_ACCOUNT, on the operations chosen; the SDK does not retry it', async () => {
+    const id = await start();
+    await faults('deny=1,ops=put+complete');
+    const failed = await failure(put(id, 0));
+    assert.deepEqual([failed.name, failed.status, failed.reason], ['AccessDeniedException', 403, 'UNAUTHORIZED_ACCOUNT']);
+    assert.match(failed.message, new RegExp(`^User: arn:aws:iam::123456789012:user/\\S+ is not authorized to perform: ebs:PutSnapshotBlock on resource: arn:aws:ec2:us-east-1::snapshot/${id} `));
+    const completeFailed = await failure(ebs.send(new CompleteSnapshotCommand({ SnapshotId: id, ChangedBlocksCount: 0 })));
+    assert.deepEqual([completeFailed.name, completeFailed.reason], ['AccessDeniedException', 'UNAUTHORIZED_ACCOUNT']);
+    const other = await start(); // StartSnapshot is not in ops
+    // With the SDK's own retries (3 attempts), a permanent failure is sent once.
+    const retrying = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxAttempts: 3 });
+    try {
+      const before = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.PutSnapshotBlock ?? 0;
+      const again = await failure(
+        retrying.send(new PutSnapshotBlockCommand({ SnapshotId: other, BlockIndex: 0, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' })),
+      );
+      const after = await getLocalEbsStats(server.endpoint, server.credentials);
+      assert.equal(again.name, 'AccessDeniedException');
+      assert.equal((after.requests.PutSnapshotBlock ?? 0) - before, 1);
+      assert.ok((after.faultsInjected.deny ?? 0) >= 3);
+    } finally {
+      retrying.destroy();
+    }
+    await faults('');
+    await put(id, 0);
+  });
+
+  it('expired: ExpiredTokenException 403 with the words AWS uses; the SDK does not retry it', async () => {
+    const id = await start();
+    await faults('expired=1');
+    for (const attempt of [start(), put(id, 0), ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))]) {
+      const failed = await failure(attempt);
+      assert.deepEqual([failed.name, failed.status, failed.message], ['ExpiredTokenException', 403, 'The security token included in the request is expired']);
+    }
+    const retrying = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxAttempts: 3 });
+    try {
+      const before = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.StartSnapshot ?? 0;
+      assert.equal((await failure(retrying.send(new StartSnapshotCommand({ VolumeSize: 1 })))).name, 'ExpiredTokenException');
+      const after = await getLocalEbsStats(server.endpoint, server.credentials);
+      assert.equal((after.requests.StartSnapshot ?? 0) - before, 1);
+      assert.ok((after.faultsInjected.expired ?? 0) >= 4);
+    } finally {
+      retrying.destroy();
+    }
+    await faults('expired=1,ops=get');
+    await put(id, 0); // only GetSnapshotBlock is hit now
+    await faults('');
+  });
+
+  it('expire: POST /_local-ebs/snapshots/{id}/expire puts a pending snapshot in error now, as its idle Timeout would', async () => {
+    const id = await start();
+    await put(id, 0);
+    await expireLocalEbsSnapshot(server.endpoint, server.credentials, id);
+    const putFailed = await failure(put(id, 1));
+    assert.deepEqual([putFailed.name, putFailed.status, putFailed.reason], ['ValidationException', 400, 'INVALID_SNAPSHOT_ID']);
+    assert.match(putFailed.message, /is error/);
+    const completeFailed = await failure(ebs.send(new CompleteSnapshotCommand({ SnapshotId: id, ChangedBlocksCount: 1 })));
+    assert.deepEqual([completeFailed.name, completeFailed.reason], ['ValidationException', 'INVALID_SNAPSHOT_ID']);
+    const listFailed = await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id })));
+    assert.deepEqual([listFailed.name, listFailed.reason], ['ValidationException', 'INVALID_SNAPSHOT_ID']);
+    assert.match(server.stderr(), new RegExp(`snapshot ${id} expired on request`));
+    // Again: still error. A completed, an unknown or a malformed snapshot is refused.
+    await expireLocalEbsSnapshot(server.endpoint, server.credentials, id);
+    const done = await start();
+    await put(done, 0);
+    await ebs.send(new CompleteSnapshotCommand({ SnapshotId: done, ChangedBlocksCount: 1 }));
+    await assert.rejects(expireLocalEbsSnapshot(server.endpoint, server.credentials, done), /400 ValidationException.*completed: only a pending snapshot can time out/);
+    await assert.rejects(expireLocalEbsSnapshot(server.endpoint, server.credentials, 'snap-0123456789abcdef0'), /404 ResourceNotFoundException/);
+    await assert.rejects(expireLocalEbsSnapshot(server.endpoint, server.credentials, '../etc'), /400 ValidationException.*INVALID_SNAPSHOT_ID/);
+    assert.equal((await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: done }))).Blocks?.length, 1);
+  });
+
+  it('expire while PUTs are in flight: each PUT is acknowledged or refused, and later ones are refused', async () => {
+    const id = await start();
+    const puts = Array.from({ length: 24 }, (_, i) => put(id, i));
+    // Expire as soon as one PUT is acknowledged, while the others are on their way.
+    await Promise.race(puts);
+    const expired = expireLocalEbsSnapshot(server.endpoint, server.credentials, id);
+    const results = await Promise.allSettled(puts);
+    await expired;
+    assert.ok(results.some((result) => result.status === 'fulfilled'));
+    for (const result of results) {
+      if (result.status === 'rejected') {
+        const e = result.reason as { name: string; Reason?: string };
+        assert.deepEqual([e.name, e.Reason], ['ValidationException', 'INVALID_SNAPSHOT_ID']);
+      }
+    }
+    assert.equal((await failure(put(id, 20))).reason, 'INVALID_SNAPSHOT_ID');
   });
 
   it('an invalid spec at run time is refused and the faults stay as they were', async () => {
