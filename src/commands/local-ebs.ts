@@ -37,7 +37,7 @@ export function registerLocalEbsCommand(program: Command): void {
     .option('--port <n>', 'port to listen on (0 picks a free one)', String(DEFAULT_LOCAL_EBS_PORT))
     .option('--access-key-id <id>', 'the access key ID clients sign with (generated when absent)')
     .option('--secret-access-key <key>', 'the secret access key clients sign with (generated when absent)')
-    .option('--faults <spec>', 'inject faults, e.g. 500=0.1,throttle=0.05,reset=0.01,latency=0-50ms,rate=1000,corrupt=0.01,ops=put+get')
+    .option('--faults <spec>', 'inject faults, e.g. 500=0.1,throttle=0.05,reset=0.01,latency=0-50ms,rate=1000,corrupt=0.01,deny=0.01,expired=0.01,ops=put+get (see docs/SEMANTICS.md)')
     .action(async (options: LocalEbsCommandOptions) => {
       const port = parsePort(options.port);
       try {
