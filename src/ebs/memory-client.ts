@@ -38,6 +38,8 @@ export interface MemoryClientOptions {
   failBefore?: (operation: MemoryOperation, detail: { snapshotId?: string; blockIndex?: number }) => SnapshotApiError | undefined;
   /** Delay before each operation resolves, to let concurrency show. */
   latencyMs?: number;
+  /** How long listed block tokens stay valid (AWS: 7 days); a GET with an expired token fails. */
+  tokenLifetimeMs?: number;
 }
 
 const PAGE_SIZE_DEFAULT = 1000;
@@ -49,6 +51,8 @@ export class MemorySnapshotClient implements SnapshotClient {
   maxConcurrentPuts = 0;
   private putsInFlight = 0;
   private readonly putsInFlightByBlock = new Set<string>();
+  /** When the tokens last listed for a snapshot expire. */
+  private readonly tokenExpiryMs = new Map<string, number>();
 
   constructor(readonly options: MemoryClientOptions = {}) {}
 
@@ -111,7 +115,7 @@ export class MemorySnapshotClient implements SnapshotClient {
     return {
       blocks: slice.map((blockIndex) => ({ blockIndex, blockToken: tokenFor(snapshotId, blockIndex) })),
       volumeSizeGiB: snapshot.volumeSizeGiB,
-      expiryTime: new Date(Date.now() + 7 * 24 * 3600 * 1000),
+      expiryTime: this.issueTokens(snapshotId),
       nextToken,
     };
   }
@@ -132,7 +136,7 @@ export class MemorySnapshotClient implements SnapshotClient {
         secondBlockToken: secondBlocks.has(blockIndex) ? tokenFor(secondSnapshotId, blockIndex) : undefined,
       })),
       volumeSizeGiB: second.volumeSizeGiB,
-      expiryTime: new Date(Date.now() + 7 * 24 * 3600 * 1000),
+      expiryTime: this.issueTokens(secondSnapshotId),
       nextToken,
     };
   }
@@ -142,6 +146,7 @@ export class MemorySnapshotClient implements SnapshotClient {
     const snapshot = this.mustGetCompleted(snapshotId);
     const data = this.visibleBlocks(snapshot).get(blockIndex);
     if (data === undefined || blockToken !== tokenFor(snapshotId, blockIndex)) throw permanent('ValidationException', 'invalid block token');
+    if (Date.now() > (this.tokenExpiryMs.get(snapshotId) ?? 0)) throw permanent('ValidationException', 'expired block token');
     return Buffer.from(data);
   }
 
@@ -160,6 +165,12 @@ export class MemorySnapshotClient implements SnapshotClient {
       if (index >= firstBlock && index < firstBlock + blockCount) data.copy(image, (index - firstBlock) * BLOCK_SIZE_BYTES);
     }
     return image;
+  }
+
+  private issueTokens(snapshotId: string): Date {
+    const expiryMs = Date.now() + (this.options.tokenLifetimeMs ?? 7 * 24 * 3600 * 1000);
+    this.tokenExpiryMs.set(snapshotId, expiryMs);
+    return new Date(expiryMs);
   }
 
   private async enter(operation: MemoryOperation, detail: { snapshotId?: string; blockIndex?: number }): Promise<void> {

@@ -108,4 +108,14 @@ describe('core: incremental child of a parent, and read-only snapshots', () => {
     const { snapshotId } = await service.startSnapshot({ volumeSizeGiB: 1 });
     await assert.rejects(openReadOnlySnapshot(service, snapshotId, 16 * 1024 * 1024), /not completed/);
   });
+
+  it('lists the parent again before its block tokens expire', async () => {
+    // Tokens that expire within the reader's refresh margin force a new listing before each fetch.
+    const service = new MemorySnapshotClient({ tokenLifetimeMs: 60_000 });
+    const { parentId, image } = await makeParent(service, 3, 7);
+    const file = await openReadOnlySnapshot(service, parentId, 16 * 1024 * 1024);
+    const listsBefore = service.callCounts.list;
+    assert.ok((await file.read(2 * B, 100)).equals(image.subarray(2 * B, 2 * B + 100)));
+    assert.ok(service.callCounts.list > listsBefore, 'the block map was listed again');
+  });
 });
