@@ -139,6 +139,8 @@ export class BlockCache {
   private buffersHeld = 0;
   /** Blocks whose latest write is not acknowledged, uploading or not. */
   private dirtyBlocks = 0;
+  /** Buffers given back, for reuse; with buffersHeld never more than the capacity. */
+  private readonly freeBuffers: Buffer[] = [];
   /** Wakes writers waiting for room; notified when a buffer is freed or a block turns clean. */
   readonly roomSignal = new ChangeSignal();
 
@@ -233,13 +235,31 @@ export class BlockCache {
     this.buffersHeld += 1;
   }
 
-  /** Allocates a zeroed buffer for a block; the caller reserved it. */
-  static newBuffer(): Buffer {
-    return Buffer.alloc(BLOCK_SIZE_BYTES);
+  /** A zeroed buffer for a block, reused when one was given back; the caller reserved it. */
+  newBuffer(): Buffer {
+    const reused = this.freeBuffers.pop();
+    return reused ? reused.fill(0) : Buffer.alloc(BLOCK_SIZE_BYTES);
   }
 
-  releaseBuffer(): void {
+  /** A copy of a block's buffer (copy-on-write), reused when one was given back; the caller reserved it. */
+  copyBuffer(source: Buffer): Buffer {
+    const reused = this.freeBuffers.pop();
+    if (!reused) return Buffer.from(source);
+    source.copy(reused);
+    return reused;
+  }
+
+  /**
+   * Ends a reservation. `buffer`, when given, is referenced by nothing any more
+   * and is kept for reuse: a dropped buffer is freed only when V8 collects it,
+   * which it does after tens of MiB of such garbage, so under a steady stream of
+   * writes the process would hold that much beyond the cache.
+   */
+  releaseBuffer(buffer?: Buffer): void {
     this.buffersHeld -= 1;
+    if (buffer?.length === BLOCK_SIZE_BYTES && this.buffersHeld + this.freeBuffers.length < this.options.capacityBlocks) {
+      this.freeBuffers.push(buffer);
+    }
     this.roomSignal.notify();
   }
 
@@ -249,7 +269,8 @@ export class BlockCache {
       // A locked block is in use by a write or read that holds the entry.
       if (!block.isClean || !matches(block) || this.options.isLocked(block.index)) continue;
       this.entries.delete(block.index);
-      if (block.data !== null) this.releaseBuffer();
+      // Clean and unlocked: no upload and no reader holds the buffer.
+      if (block.data !== null) this.releaseBuffer(block.data);
       return true;
     }
     return false;

@@ -124,8 +124,8 @@ export class Flusher {
     } finally {
       block.uploading = false;
       if (block.data === data) block.dataSharedWithUpload = false;
-      // A copy-on-write during the upload left `data` held by the upload alone.
-      else if (data !== null) cache.releaseBuffer();
+      // A copy-on-write during the upload left `data` held by the upload alone, which has ended.
+      else if (data !== null) cache.releaseBuffer(data);
       if (block.isClean) cache.roomSignal.notify();
     }
     // Rewritten while uploading, and somebody is waiting for the newer content.

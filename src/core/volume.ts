@@ -209,7 +209,7 @@ export class Volume implements VolumeFile {
           this.cache.discardUnwritten(block);
           throw error;
         }
-        block.data = BlockCache.newBuffer();
+        block.data = this.cache.newBuffer();
         // Empty written ranges: the whole content comes from the read-back store.
         block.baseMerged = !this.hasBase(index);
         block.writtenRanges = [];
@@ -296,7 +296,7 @@ export class Volume implements VolumeFile {
   private async ensureWritableBuffer(block: CachedBlock, isNew: boolean): Promise<void> {
     if (block.data === null) {
       await this.cache.reserveBuffer();
-      block.data = BlockCache.newBuffer();
+      block.data = this.cache.newBuffer();
       // A block that was absent and may have content elsewhere gets that content
       // merged in lazily; a zero block (null data in the cache) is known to be zeros.
       if (isNew && this.hasBase(block.index)) {
@@ -307,7 +307,7 @@ export class Volume implements VolumeFile {
     }
     if (block.dataSharedWithUpload) {
       await this.cache.reserveBuffer();
-      block.data = Buffer.from(block.data);
+      block.data = this.cache.copyBuffer(block.data);
       block.dataSharedWithUpload = false;
     }
   }
@@ -315,7 +315,7 @@ export class Volume implements VolumeFile {
   /** Makes the block all zeros without holding a buffer; called under its lock. */
   private zeroBlock(index: number): void {
     const block = this.cache.get(index) ?? this.cache.insert(index);
-    if (block.data !== null && !block.dataSharedWithUpload) this.cache.releaseBuffer();
+    if (block.data !== null && !block.dataSharedWithUpload) this.cache.releaseBuffer(block.data);
     block.data = null;
     block.dataSharedWithUpload = false;
     block.baseMerged = true;

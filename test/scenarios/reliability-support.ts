@@ -720,3 +720,166 @@ export async function downloadSnapshot(context: ScenarioContext, snapshotId: str
     client.close();
   }
 }
+
+// ---------------------------------------------------------------------------
+// Outage: local-ebs killed during writes, restarted after a pause.
+
+export interface OutageOutcome extends Figures {
+  snapshotId: string;
+  /** dd runs that failed (with EIO) and were run again. */
+  eioFailures: number;
+  /** Chunks whose dd succeeded the first time although the outage overlapped it. */
+  chunks: number;
+  /** A read of acknowledged data during the outage came back right, and how long it took. */
+  readDuringOutageMs: number;
+}
+
+/**
+ * Writes chunks with dd conv=fsync one after another; once the second chunk is
+ * being written, local-ebs is killed (SIGKILL) and started again on the same
+ * port and data directory after `outageMs`. A dd that fails must fail with EIO
+ * and succeed when run again; the completed snapshot must equal the image.
+ */
+export async function runOutage(
+  context: ScenarioContext,
+  options: { seed: number; outageMs: number; chunks: number; chunkBytes: number; cacheSize: string; attemptsPerChunk: number; log?: ScenarioLog },
+): Promise<OutageOutcome> {
+  const log = options.log ?? quietLog;
+  const work = path.join(context.scratch, `outage-${options.seed}-${Date.now()}`);
+  await mkdir(work);
+  const sourceFile = path.join(work, 'source.bin');
+  const source = randomBytes(options.chunks * options.chunkBytes);
+  await writeFile(sourceFile, source);
+  const expected = path.join(work, 'expected.img');
+  await createZeroImage(expected, GIB);
+  const counter = new ServerCounter();
+  const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
+  const random = new SeededRandom(options.seed);
+  const mount = await context.mount(1, ['--cache-size', options.cacheSize]);
+  const outcome: OutageOutcome = { ...emptyFigures(), snapshotId: mount.snapshotId, eioFailures: 0, chunks: options.chunks, readDuringOutageMs: -1 };
+  // Chunks in a shuffled order over the span, each at an odd offset.
+  const chunks: WriteChunk[] = Array.from({ length: options.chunks }, (_, i) => ({
+    offsetBytes: i * (options.chunkBytes + 4096) + random.int(0, 4096),
+    lengthBytes: options.chunkBytes,
+    sourceOffsetBytes: i * options.chunkBytes,
+    zeros: false,
+    ddBlockBytes: MIB,
+  }));
+  const spanBytes = Math.max(...chunks.map((chunk) => chunk.offsetBytes + chunk.lengthBytes));
+  let outage: Promise<void> | undefined;
+  try {
+    for (const [index, chunk] of chunks.entries()) {
+      for (let attempt = 1; ; attempt += 1) {
+        const dd = startCommand('dd', ddArgs(sourceFile, mount.filePath, chunk), 300_000);
+        if (index === 1 && attempt === 1) {
+          // Kill the server once this dd is writing: uploads are in flight.
+          await waitWhileRunning(dd, (position) => position > chunk.offsetBytes + options.chunkBytes / 4, 60_000);
+          outage = restartLocalEbs(context, counter, {
+            pauseMs: options.outageMs,
+            whilePaused: async () => {
+              // Reads never wait for the network: acknowledged data is served during the outage.
+              const started = Date.now();
+              const first = chunks[0];
+              const shown = await readAt(mount.filePath, first.offsetBytes, first.lengthBytes);
+              outcome.readDuringOutageMs = Date.now() - started;
+              if (!shown.equals(chunkBytes(source, first))) throw new Error('acknowledged data read back wrong during the outage');
+              outcome.bytesVerified += shown.length;
+            },
+          });
+          outage.catch(() => undefined);
+        }
+        const result = await dd.done;
+        if (result.code === 0) break;
+        if (!/Input\/output error/.test(result.stderr)) throw new Error(`dd ${index} failed, but not with EIO: ${result.stderr.trim()}`);
+        outcome.eioFailures += 1;
+        log(`outage ${options.seed}: dd ${index} attempt ${attempt}: EIO (${result.stderr.trim().split('\n')[0]})`);
+        if (attempt >= options.attemptsPerChunk) throw new Error(`dd ${index} still failed after ${attempt} attempts: ${result.stderr.trim()}`);
+        // Retry once the server is back, as a person would.
+        if (outage) await outage;
+        await delay(1000);
+      }
+      await writeAt(expected, chunk.offsetBytes, chunkBytes(source, chunk));
+    }
+    if (outage) await outage;
+    const differsAt = await compareRange(expected, mount.filePath, 0, spanBytes);
+    if (differsAt >= 0) throw new Error(`the mount differs from the written data at byte ${differsAt}`);
+    outcome.bytesVerified += spanBytes;
+    const result = await mount.stop('SIGINT');
+    if (result.code !== 0) throw new Error(`the mount ended with ${result.code}: ${result.stderr}`);
+    const compared = await compareSnapshot(context, mount.snapshotId, expected, 1);
+    outcome.bytesVerified += compared.verified;
+    outcome.bytesLost += compared.lost;
+    log(`outage ${options.seed}: ${options.outageMs / 1000} s, ${outcome.eioFailures} EIO then retried, ${compared.lost} bytes lost`);
+    return outcome;
+  } finally {
+    if (outage) await outage.catch(() => undefined);
+    await mount.cleanup();
+    await counter.collect(context).catch(() => undefined);
+    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
+    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Memory: a slow server and a fast writer; RSS sampled for the whole run.
+
+export interface MemoryOutcome extends Figures {
+  snapshotId: string;
+  maxRssBytes: number;
+  samples: number;
+  writeMs: number;
+  /** The least time the write can take if the cache holds at most its size (uploads bound it). */
+  writeLowerBoundMs: number;
+  ddStderr: string;
+}
+
+export async function runMemory(
+  context: ScenarioContext,
+  options: { cacheSizeBytes: number; uploadConcurrency: number; putLatencyMs: number; writeBytes: number; log?: ScenarioLog },
+): Promise<MemoryOutcome> {
+  const log = options.log ?? quietLog;
+  const work = path.join(context.scratch, `memory-${Date.now()}`);
+  await mkdir(work);
+  const sourceFile = path.join(work, 'source.bin');
+  await writeFile(sourceFile, randomBytes(options.writeBytes));
+  const expected = path.join(work, 'expected.img');
+  await createZeroImage(expected, GIB);
+  const counter = new ServerCounter();
+  const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
+  const stateDir = path.join(context.scratch, 'state');
+  const mount = await context.mount(1, ['--cache-size', `${options.cacheSizeBytes / MIB}MiB`, '--upload-concurrency', String(options.uploadConcurrency)]);
+  const sampler = new RssSampler(await mountPid(stateDir, mount.snapshotId), 100).start();
+  const outcome: MemoryOutcome = { ...emptyFigures(), snapshotId: mount.snapshotId, maxRssBytes: 0, samples: 0, writeMs: 0, writeLowerBoundMs: 0, ddStderr: '' };
+  try {
+    const started = Date.now();
+    const dd = await sh('dd', [`if=${sourceFile}`, `of=${mount.filePath}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], { timeoutMs: 600_000 });
+    outcome.writeMs = Date.now() - started;
+    outcome.ddStderr = dd.stderr;
+    if (dd.code !== 0) throw new Error(`dd failed: ${dd.stderr.trim()}`);
+    await mustRun('dd', [`if=${sourceFile}`, `of=${expected}`, 'bs=1M', 'conv=notrunc', 'status=none']);
+    // Uploads go at most concurrency blocks per latency; whatever the cache cannot hold had to be uploaded first.
+    const uploadBytesPerMs = (options.uploadConcurrency * BLOCK_SIZE_BYTES) / options.putLatencyMs;
+    outcome.writeLowerBoundMs = Math.max(0, options.writeBytes - options.cacheSizeBytes) / uploadBytesPerMs;
+    const result = await mount.stop('SIGINT', 600_000);
+    if (result.code !== 0) throw new Error(`the mount ended with ${result.code}: ${result.stderr}`);
+    sampler.stop();
+    const compared = await compareSnapshot(context, mount.snapshotId, expected, 1);
+    outcome.bytesVerified += compared.verified;
+    outcome.bytesLost += compared.lost;
+    outcome.maxRssBytes = sampler.maxBytes;
+    outcome.samples = sampler.samples;
+    log(
+      `memory: ${options.writeBytes / MIB} MiB through a ${options.cacheSizeBytes / MIB} MiB cache in ${(outcome.writeMs / 1000).toFixed(1)} s ` +
+        `(at least ${(outcome.writeLowerBoundMs / 1000).toFixed(1)} s), max RSS ${(sampler.maxBytes / MIB).toFixed(0)} MiB over ${sampler.samples} samples`,
+    );
+    return outcome;
+  } finally {
+    sampler.stop();
+    await mount.cleanup();
+    await counter.collect(context).catch(() => undefined);
+    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
+    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    await rm(work, { recursive: true, force: true });
+  }
+}
