@@ -392,6 +392,7 @@ export class AwsSnapshotClient implements SnapshotClient {
           context.operation === 'PutSnapshotBlock' && context.snapshotId !== undefined && this.recentlyStarted(context.snapshotId),
         timedOutAfterMs: reason instanceof AttemptAbort && reason.why === 'timeout' ? reason.afterMs : undefined,
         profile: this.profile ?? process.env.AWS_PROFILE,
+        operation: context.operation,
       });
       const message = `${await this.subject(context)} failed: ${classified.detail}`;
       const wrapped = new SnapshotApiError(message, classified.code, classified.kind, classified.httpStatus, classified.reason);
@@ -507,7 +508,13 @@ export interface ClassifyContext {
   timedOutAfterMs?: number;
   /** The profile asked for, to name it when its credentials are missing. */
   profile?: string;
+  /** The call that failed: a write to a snapshot that is gone or not pending needs its own advice. */
+  operation?: SnapshotOperation;
 }
+
+// A PUT that can never succeed again: the data is safe only where it was written.
+const SNAPSHOT_LOST_HINT =
+  'nothing more can be written to it: copy the data out (the mounted file still reads it) and start a new snapshot with it (ebs-fuse upload IMAGE)';
 
 const THROTTLING_CODES = new Set([
   'ThrottlingException',
@@ -601,7 +608,9 @@ export function classifyEbsError(error: unknown, context: ClassifyContext = {}):
         kind: 'permanent',
         httpStatus,
         reason,
-        detail: `${name}${status}: ${quoted}; check the snapshot ID (and the region), and that the snapshot is still there`,
+        detail:
+          `${name}${status}: ${quoted}; check the snapshot ID (and the region), and that the snapshot is still there` +
+          (context.operation === 'PutSnapshotBlock' ? `; if it is gone, ${SNAPSHOT_LOST_HINT}` : ''),
       };
     }
     if (name === 'AccessDeniedException') {
@@ -619,6 +628,10 @@ export function classifyEbsError(error: unknown, context: ClassifyContext = {}):
     }
     if (TRANSIENT_CODES.has(name) || (httpStatus !== undefined && httpStatus >= 500)) {
       return { code: name, kind: 'transient', httpStatus, reason, detail: `${name}${status}: ${quoted}` };
+    }
+    if (name === 'ValidationException' && reason === 'INVALID_SNAPSHOT_ID' && context.operation === 'PutSnapshotBlock') {
+      // The snapshot is no longer pending: failed (idle past its Timeout) or completed.
+      return { code: name, kind: 'permanent', httpStatus, reason, detail: `${name}${status}: ${quoted}; ${SNAPSHOT_LOST_HINT}` };
     }
     const hint = PERMANENT_HINTS[name];
     return { code: name, kind: 'permanent', httpStatus, reason, detail: `${name}${status}: ${quoted}${hint ? `; ${hint}` : ''}` };

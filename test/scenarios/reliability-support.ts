@@ -883,3 +883,38 @@ export async function runMemory(
     await rm(work, { recursive: true, force: true });
   }
 }
+
+// ---------------------------------------------------------------------------
+// Permanent failures: what a program sees from fsync and close.
+
+export interface FsyncCloseResult {
+  writeError: string | null;
+  fsyncError: string | null;
+  fsyncMs: number;
+  closeError: string | null;
+  closeMs: number;
+}
+
+// Runs in a separate node: write, then fsync and close timed apart, errors as codes.
+const WRITER_SCRIPT = `
+const fs = require('fs');
+const [file, offset, dataFile] = process.argv.slice(1);
+const data = dataFile === '-' ? Buffer.alloc(0) : fs.readFileSync(dataFile);
+const out = { writeError: null, fsyncError: null, fsyncMs: 0, closeError: null, closeMs: 0 };
+const fd = fs.openSync(file, 'r+');
+try { let done = 0; while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, Number(offset) + done); } catch (e) { out.writeError = e.code; }
+let started = Date.now();
+try { fs.fsyncSync(fd); } catch (e) { out.fsyncError = e.code; }
+out.fsyncMs = Date.now() - started;
+started = Date.now();
+try { fs.closeSync(fd); } catch (e) { out.closeError = e.code; }
+out.closeMs = Date.now() - started;
+process.stdout.write(JSON.stringify(out));
+`;
+
+/** Writes `dataFile` at `offsetBytes` of `file` (or nothing, for '-'), then fsync and close, each timed. */
+export async function writeFsyncClose(file: string, offsetBytes: number, dataFile: string, timeoutMs = 300_000): Promise<FsyncCloseResult> {
+  const result = await sh(process.execPath, ['-e', WRITER_SCRIPT, file, String(offsetBytes), dataFile], { timeoutMs });
+  if (result.code !== 0) throw new Error(`the writer failed (${result.code}): ${result.stderr}`);
+  return JSON.parse(result.stdout) as FsyncCloseResult;
+}
