@@ -98,9 +98,10 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
     // SigV4 takes x-amz-content-sha256 as the payload hash when present; the block's
     // x-amz-Checksum is the base64 of exactly that SHA-256.
     client.sdk.middlewareStack.add(
-      (next) => async (args) => {
+      (next, context) => async (args) => {
         const request = args.request as { headers?: Record<string, string> } | undefined;
-        const checksum = request?.headers?.['x-amz-checksum'];
+        // Only a block's checksum is its body's hash (CompleteSnapshot's is the LINEAR aggregate).
+        const checksum = context.commandName === 'PutSnapshotBlockCommand' ? request?.headers?.['x-amz-checksum'] : undefined;
         if (request?.headers && checksum) request.headers['x-amz-content-sha256'] = Buffer.from(checksum, 'base64').toString('hex');
         return next(args);
       },

@@ -3,6 +3,7 @@
 // place of the network. Bench-only, so the product CLI needs no hidden flags.
 //
 //   tsx scripts/bench/null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY]
+//   NULL_CLIENT_VERIFY=0: the client acknowledges without hashing the body
 //
 // stdout, like `ebs-fuse mount`: `SNAPSHOT_ID FILE_PATH` once writable; after
 // SIGINT/SIGTERM the final flush and `SNAPSHOT_ID STATUS`, then one JSON line
@@ -20,7 +21,8 @@ async function main(): Promise<number> {
   const [mountpoint, sizeText, stateDir, cacheText, concurrencyText] = process.argv.slice(2);
   if (!mountpoint || !sizeText || !stateDir) throw new Error('usage: null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY]');
   const log = (line: string): void => void process.stderr.write(`null-mount: ${line}\n`);
-  const client = new NullSnapshotClient();
+  // NULL_CLIENT_VERIFY=0: acknowledge without hashing (the bench's variant 2n).
+  const client = new NullSnapshotClient(process.env.NULL_CLIENT_VERIFY !== '0');
   const session = await SnapshotSession.start(
     client,
     { volumeSizeGiB: Number(sizeText) },

@@ -71,6 +71,8 @@ export interface ThroughputRound {
   nullMount: MountSample;
   /** The null-client mount with its state directory on tmpfs: fdatasync costs nothing there. */
   nullMountTmpfs?: MountSample;
+  /** The null-client mount whose client acknowledges without hashing, as the AWS client now sends. */
+  nullMountNoVerify: MountSample;
   mount: MountSample;
   upload?: UploadSample;
 }
@@ -107,6 +109,8 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
     const nullMount = await measureMount(cleanup, settings, { name: `null-${round}`, volumeSizeGiB, count, ddTimeoutMs });
     nullMountLargestWriteBytes = Math.max(nullMountLargestWriteBytes, nullMount.largestWriteBytes);
     settings.log(`round ${round}: null-client mount ${nullMount.sample.megabytesPerSecond.toFixed(0)} MB/s`);
+    const nullMountNoVerify = (await measureMount(cleanup, settings, { name: `null-noverify-${round}`, volumeSizeGiB, count, ddTimeoutMs, nullClientVerifies: false })).sample;
+    settings.log(`round ${round}: null-client mount, client not hashing ${nullMountNoVerify.megabytesPerSecond.toFixed(0)} MB/s`);
     let nullMountTmpfs: MountSample | undefined;
     if (settings.tmpfsStateParent) {
       nullMountTmpfs = (await measureMount(cleanup, settings, { name: `null-tmpfs-${round}`, volumeSizeGiB, count, ddTimeoutMs, stateParent: settings.tmpfsStateParent })).sample;
@@ -122,7 +126,7 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
       upload = await measureUpload(cleanup, settings, `upload-${round}`);
       settings.log(`round ${round}: ebs-fuse upload ${upload.megabytesPerSecond.toFixed(0)} MB/s, ${upload.puts} PUTs`);
     }
-    rounds.push({ ceilings, nullMount: nullMount.sample, nullMountTmpfs, mount, upload });
+    rounds.push({ ceilings, nullMount: nullMount.sample, nullMountNoVerify, nullMountTmpfs, mount, upload });
   }
 
   const largestWriteBytes = {} as Record<CeilingKind, number>;
@@ -133,7 +137,7 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
 async function measureMount(
   cleanup: Cleanup,
   settings: ThroughputSettings,
-  options: { name: string; volumeSizeGiB: number; count: number; ddTimeoutMs: number; server?: LocalEbs; stateParent?: string },
+  options: { name: string; volumeSizeGiB: number; count: number; ddTimeoutMs: number; server?: LocalEbs; stateParent?: string; nullClientVerifies?: boolean },
 ): Promise<{ sample: MountSample; largestWriteBytes: number }> {
   const { server } = options;
   const mount = await RunningMount.start(cleanup, {
@@ -142,6 +146,7 @@ async function measureMount(
     volumeSizeGiB: options.volumeSizeGiB,
     server,
     stateParent: options.stateParent,
+    nullClientVerifies: options.nullClientVerifies,
   });
   const before = server ? await server.stats() : undefined;
   const cpuBefore = await readMachineCpu();

@@ -27,6 +27,8 @@ export interface MountSettings {
   stateParent?: string;
   /** Flags for node itself, e.g. --cpu-prof. */
   nodeFlags?: string[];
+  /** Null mount only: false makes its client acknowledge without hashing. */
+  nullClientVerifies?: boolean;
 }
 
 export interface Finished {
@@ -68,7 +70,8 @@ export class RunningMount {
     } else {
       const args = [...(settings.nodeFlags ?? []), '-r', 'tsx/cjs', path.join(BENCH_DIR, 'null-mount.ts'), mountpoint, String(settings.volumeSizeGiB), stateDir];
       if (settings.cacheSize) args.push(settings.cacheSize);
-      tracked = spawnTracked(cleanup, `null mount (${settings.name})`, process.execPath, args, { cwd: REPO_ROOT, rusageFile });
+      const env = { ...process.env, NULL_CLIENT_VERIFY: settings.nullClientVerifies === false ? '0' : '1' };
+      tracked = spawnTracked(cleanup, `null mount (${settings.name})`, process.execPath, args, { cwd: REPO_ROOT, rusageFile, env });
     }
     let line: string;
     try {
