@@ -54,9 +54,6 @@ export function registerLocalEbsCommand(program: Command): void {
         credentials = { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey };
       } else {
         credentials = generateKeyPair();
-        process.stderr.write(
-          `local-ebs: generated credentials for this run:\n  AWS_ACCESS_KEY_ID=${credentials.accessKeyId}\n  AWS_SECRET_ACCESS_KEY=${credentials.secretAccessKey}\n`,
-        );
       }
       const server = await startLocalEbs({
         dataDir: options.data,
@@ -76,6 +73,12 @@ export function registerLocalEbsCommand(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       });
+      // Only once the server runs: a failed start (a port in use) stays one line.
+      if (options.accessKeyId === undefined) {
+        process.stderr.write(
+          `local-ebs: generated credentials for this run:\n  AWS_ACCESS_KEY_ID=${credentials.accessKeyId}\n  AWS_SECRET_ACCESS_KEY=${credentials.secretAccessKey}\n`,
+        );
+      }
       process.stdout.write(`local-ebs listening on ${server.endpoint}\n`);
       await stopped;
       await server.close();

@@ -2,7 +2,7 @@
 // read-only), present it as one file over FUSE until SIGINT, SIGTERM or an
 // external umount, then flush, complete and report.
 import { execFileSync } from 'node:child_process';
-import { existsSync, promises as fs, realpathSync } from 'node:fs';
+import { constants as fsConstants, existsSync, promises as fs, realpathSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
@@ -156,6 +156,10 @@ function checkFuseAvailable(): void {
   if (!existsSync('/dev/fuse')) {
     throw new UserError('/dev/fuse is missing: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse');
   }
+  // Anything else there (a plain file in a container image) would only fail at mount time, after StartSnapshot.
+  if (!statSync('/dev/fuse').isCharacterDevice()) {
+    throw new UserError('/dev/fuse is not the FUSE device: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse');
+  }
   try {
     loadFuseNative();
   } catch (error) {
@@ -166,6 +170,48 @@ function checkFuseAvailable(): void {
   }
   if (!commandExists('fusermount')) {
     throw new UserError('fusermount is missing (needed to unmount); install it with: apt-get install fuse3');
+  }
+}
+
+/** Bytes the state directory must take before a snapshot is started: its record and one block. */
+const STATE_DIR_PROBE_BYTES = 524288;
+
+/**
+ * Checks before StartSnapshot that the state directory can be created and
+ * written, so that an unusable one does not leave a started snapshot behind.
+ */
+async function validateStateDir(stateDir: string): Promise<void> {
+  const unusable = (error: unknown): UserError => {
+    const code = (error as NodeJS.ErrnoException).code;
+    const problem =
+      code === 'EROFS' ? 'it is on a read-only file system'
+        : code === 'EACCES' || code === 'EPERM' ? 'it is not writable'
+          : code === 'ENOSPC' || code === 'EDQUOT' ? 'its file system is full'
+            : code === 'ENOTDIR' ? 'a file is in the way'
+              : describeError(error);
+    const fix = code === 'ENOSPC' || code === 'EDQUOT'
+      ? 'free space there, or pass --state-dir DIR on a file system with room for the data you will write'
+      : 'pass --state-dir DIR on a writable file system';
+    return new UserError(`cannot use the state directory ${stateDir}: ${problem}; ${fix}`);
+  };
+  // One level at a time: a recursive mkdir reports ENOENT for a read-only parent.
+  const missing: string[] = [];
+  for (let directory = stateDir; !existsSync(directory); directory = path.dirname(directory)) missing.unshift(directory);
+  for (const directory of missing) {
+    try {
+      await fs.mkdir(directory, { mode: 0o700 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw unusable(error);
+    }
+  }
+  const probe = path.join(stateDir, `.write-test-${process.pid}`);
+  try {
+    await fs.access(stateDir, fsConstants.W_OK);
+    await fs.writeFile(probe, Buffer.alloc(STATE_DIR_PROBE_BYTES), { mode: 0o600 });
+  } catch (error) {
+    throw unusable(error);
+  } finally {
+    await fs.rm(probe, { force: true }).catch(() => undefined);
   }
 }
 
@@ -231,6 +277,7 @@ async function validate(mountpoint: string, flags: MountFlags): Promise<{ mode: 
   };
   checkFuseAvailable();
   mount.mountpoint = await validateMountpoint(mountpoint);
+  if (mode.kind !== 'read-only') await validateStateDir(mount.stateDir);
   return { mode, mount };
 }
 
