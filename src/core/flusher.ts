@@ -18,6 +18,8 @@ export interface FlusherOptions {
   locks: BlockLocks;
   readback: ReadbackStore;
   journal: Journal;
+  /** Where the read-back store and the journal live, for the message when they fail. */
+  stateDirectory: string;
   concurrency: number;
   /**
    * The contract's zero-block rule: an all-zero block may be skipped only in a
@@ -148,8 +150,12 @@ export class Flusher {
     // PUT, since an acknowledged block may be evicted and reads must still find it;
     // the ack's group commit makes the copy durable before the ack.
     this.attemptedBlocks.add(index);
-    await this.options.journal.recordIntent(index, digest);
-    await readback.writeBlock(index, body);
+    try {
+      await this.options.journal.recordIntent(index, digest);
+      await readback.writeBlock(index, body);
+    } catch (error) {
+      throw new Error(localStorageFailure(error, this.options.stateDirectory));
+    }
     storedBlocks.add(index);
     await this.options.client.putSnapshotBlock({
       snapshotId: this.options.snapshotId,
@@ -163,4 +169,12 @@ export class Flusher {
     this.lastPutAckMs = Date.now();
     this.blocksUploaded += 1;
   }
+}
+
+/** Why the state directory refused a block, and what to do, on one line; the block is not sent. */
+function localStorageFailure(error: unknown, stateDirectory: string): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+  const fix = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space there' : 'check that directory and its file system';
+  return `cannot keep the block in the state directory ${stateDirectory} (${message}); ${fix}: the data stays in memory and the next fsync tries again`;
 }

@@ -86,6 +86,7 @@ export class Volume implements VolumeFile {
       locks: this.locks,
       readback,
       journal,
+      stateDirectory: options.stateDirectory,
       concurrency: options.limits.uploadConcurrency,
       zeroSkipAllowed: options.zeroSkipAllowed,
       storedBlocks: this.storedBlocks,
