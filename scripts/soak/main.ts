@@ -237,6 +237,8 @@ async function main(): Promise<number> {
     );
     for (const note of report.notes) log(`          ${note}`);
   }
+  const kinds = Object.entries(total.faultsByKind ?? {}).sort(([a], [b]) => a.localeCompare(b)).map(([kind, count]) => `${kind} ${count}`);
+  log(`faults injected by kind: ${kinds.join(', ') || 'none'}`);
   log(`TOTAL: requests sent ${total.requestsSent}, faults injected ${total.faultsInjected}, bytes verified ${total.bytesVerified} (${(total.bytesVerified / GIB).toFixed(1)} GiB), bytes lost ${total.bytesLost}, failures ${failures}`);
   return failures === 0 && total.bytesLost === 0 ? 0 : 1;
 }

@@ -355,6 +355,9 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   process.stdout.on('error', () => undefined);
   process.stderr.on('error', () => undefined);
 
+  // The signal handlers go in before the line is out: whoever reads it may send SIGINT at once,
+  // and without a handler that would kill the process and leave a dead mount.
+  const unmountRequested = waitForUnmountRequest(fuseMount, externallyUnmounted);
   process.stdout.write(`${snapshotId} ${fuseMount.filePath}\n`);
   const ending = !session ? 'unmount' : settings.complete ? 'complete it' : 'leave it pending';
   log(
@@ -363,7 +366,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   );
   let statusLines: Reporter = session ? startStatusLines(session, process.stderr, 'mounted') : { stop: () => undefined };
 
-  await waitForUnmountRequest(fuseMount, externallyUnmounted);
+  await unmountRequested;
   statusLines.stop();
 
   try {

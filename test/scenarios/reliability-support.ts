@@ -25,13 +25,16 @@ const DOWNLOAD_CONCURRENCY = 16;
 /** The totals `npm run soak` prints. */
 export interface Figures {
   requestsSent: number;
+  /** Every fault local-ebs drew, a drawn latency included. */
   faultsInjected: number;
+  /** The same by kind (500, throttle, reset, latency, deny, ...). */
+  faultsByKind?: Record<string, number>;
   bytesVerified: number;
   bytesLost: number;
 }
 
 export function emptyFigures(): Figures {
-  return { requestsSent: 0, faultsInjected: 0, bytesVerified: 0, bytesLost: 0 };
+  return { requestsSent: 0, faultsInjected: 0, faultsByKind: {}, bytesVerified: 0, bytesLost: 0 };
 }
 
 export function addFigures(into: Figures, more: Figures): void {
@@ -39,6 +42,8 @@ export function addFigures(into: Figures, more: Figures): void {
   into.faultsInjected += more.faultsInjected;
   into.bytesVerified += more.bytesVerified;
   into.bytesLost += more.bytesLost;
+  into.faultsByKind ??= {};
+  for (const [kind, count] of Object.entries(more.faultsByKind ?? {})) into.faultsByKind[kind] = (into.faultsByKind[kind] ?? 0) + count;
 }
 
 function sum(record: Record<string, number>): number {
@@ -58,6 +63,13 @@ export class ServerCounter {
     this.requests += sum(stats.requests);
     this.faults += sum(stats.faultsInjected);
     for (const [kind, count] of Object.entries(stats.faultsInjected)) this.faultsByKind[kind] = (this.faultsByKind[kind] ?? 0) + count;
+  }
+
+  /** Faults by kind counted here, less those a server had counted at `before` (read from the first server). */
+  since(before: LocalEbsStats): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [kind, count] of Object.entries(this.faultsByKind)) out[kind] = count - (before.faultsInjected[kind] ?? 0);
+    return out;
   }
 
   /** Reads the running server's counters (call once per server process, just before it goes). */
@@ -478,6 +490,7 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
     await counter.collect(context).catch(() => undefined);
     outcome.requestsSent = counter.requests - sum(statsBefore.requests);
     outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    outcome.faultsByKind = counter.since(statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 
@@ -582,6 +595,7 @@ export async function runDdWorkload(
     await counter.collect(context).catch(() => undefined);
     outcome.requestsSent = counter.requests - sum(statsBefore.requests);
     outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    outcome.faultsByKind = counter.since(statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -666,6 +680,7 @@ export async function runExt4Workload(
     await counter.collect(context).catch(() => undefined);
     outcome.requestsSent = counter.requests - sum(statsBefore.requests);
     outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    outcome.faultsByKind = counter.since(statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -817,6 +832,7 @@ export async function runOutage(
     await counter.collect(context).catch(() => undefined);
     outcome.requestsSent = counter.requests - sum(statsBefore.requests);
     outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    outcome.faultsByKind = counter.since(statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -880,6 +896,7 @@ export async function runMemory(
     await counter.collect(context).catch(() => undefined);
     outcome.requestsSent = counter.requests - sum(statsBefore.requests);
     outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
+    outcome.faultsByKind = counter.since(statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
