@@ -5,6 +5,11 @@
 //     with N PUTs in flight, distinct blocks read from the data file, no FUSE and
 //     no cache in the way. If this is not far above the mount's rate, the server
 //     on the same two cores is what limits the end-to-end figures;
+//   - a write-size sweep (dd bs=32K, 64K, and 1M, which FUSE splits into 128 KiB
+//     calls) on the C libfuse 2 null file system, fuse-native's no-op handler and
+//     the null-client mount: a line fit of time against write calls splits each
+//     one's cost into a per-call part and a per-byte part, which says what 1 MiB
+//     writes (libfuse 3) would buy;
 //   - CPU profiles (node --cpu-prof) of one null-client mount and one real mount
 //     of the dd, sorted into hashing, copies, GC, promises, I/O calls and idle;
 //   - the same with the SDK told the payload hash it would otherwise compute for
@@ -18,6 +23,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Cleanup } from './lib/cleanup';
 import { dd } from './lib/data';
+import { mountCeiling } from './lib/ceilings';
 import { RunningMount } from './lib/ebs-fuse';
 import { summarizeProfile, type ProfileSummary } from './lib/profile';
 import { LocalEbs, putsBetween } from './lib/local-ebs';
@@ -27,6 +33,9 @@ import { megabytesPerSecond } from './lib/stats';
 export interface DiagnosticsSettings {
   scratch: string;
   dataFile: string;
+  binaries: { nullfs3: string; nullfs2: string };
+  /** Bytes of each dd of the write-size sweep. */
+  sweepBytes: number;
   /** Bytes of the profiled dd runs. */
   profileBytes: number;
   /** Bytes the load generator sends. */
@@ -54,10 +63,91 @@ export interface ProfiledRun {
   profile: ProfileSummary;
 }
 
+export interface SweepPoint {
+  callBytes: number;
+  calls: number;
+  seconds: number;
+}
+
+export interface SweepLine {
+  what: string;
+  points: SweepPoint[];
+  /** Fitted: seconds = perCallMicroseconds × calls + perGiBSeconds × GiB. */
+  perCallMicroseconds: number;
+  perGiBSeconds: number;
+  /** The fit's prediction with 1 MiB calls. */
+  predictedMegabytesPerSecondAt1MiB: number;
+  megabytesPerSecondAt128KiB: number;
+}
+
 export interface DiagnosticsResult {
   sha256MegabytesPerSecond: number;
   load: LoadResult[];
+  sweep: SweepLine[];
   profiles: ProfiledRun[];
+}
+
+/** dd block sizes of the sweep and the FUSE write size each becomes (libfuse 2 caps at 128 KiB). */
+const SWEEP_DD_BLOCKS: Array<{ ddBytes: number; callBytes: number }> = [
+  { ddBytes: 32 * 1024, callBytes: 32 * 1024 },
+  { ddBytes: 64 * 1024, callBytes: 64 * 1024 },
+  { ddBytes: 1024 * 1024, callBytes: 128 * 1024 },
+];
+
+/** Least squares of seconds on calls; the intercept is the per-byte part for the fixed byte count. */
+function fitLine(what: string, points: SweepPoint[], bytes: number): SweepLine {
+  const n = points.length;
+  const meanCalls = points.reduce((sum, p) => sum + p.calls, 0) / n;
+  const meanSeconds = points.reduce((sum, p) => sum + p.seconds, 0) / n;
+  let numerator = 0;
+  let denominator = 0;
+  for (const p of points) {
+    numerator += (p.calls - meanCalls) * (p.seconds - meanSeconds);
+    denominator += (p.calls - meanCalls) ** 2;
+  }
+  const perCallSeconds = numerator / denominator;
+  const fixedSeconds = meanSeconds - perCallSeconds * meanCalls;
+  const gib = bytes / 2 ** 30;
+  const at1MiB = perCallSeconds * (bytes / 1048576) + fixedSeconds;
+  const at128KiB = points.find((p) => p.callBytes === 131072)?.seconds ?? Number.NaN;
+  return {
+    what,
+    points,
+    perCallMicroseconds: perCallSeconds * 1e6,
+    perGiBSeconds: fixedSeconds / gib,
+    predictedMegabytesPerSecondAt1MiB: megabytesPerSecond(bytes, at1MiB),
+    megabytesPerSecondAt128KiB: megabytesPerSecond(bytes, at128KiB),
+  };
+}
+
+async function sweepWriteSizes(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<SweepLine[]> {
+  const bytes = settings.sweepBytes;
+  const ddInto = async (output: string, ddBytes: number, conv: string): Promise<number> =>
+    dd(cleanup, { input: settings.dataFile, output, blockSizeBytes: ddBytes, count: Math.ceil(bytes / ddBytes), conv, timeoutMs: 10 * 60_000 });
+  const lines: SweepLine[] = [];
+  for (const kind of ['nullfs2', 'noop-raw'] as const) {
+    const mount = await mountCeiling(cleanup, kind, settings.scratch, settings.binaries);
+    const points: SweepPoint[] = [];
+    for (const { ddBytes, callBytes } of SWEEP_DD_BLOCKS) {
+      points.push({ callBytes, calls: bytes / callBytes, seconds: await ddInto(mount.filePath, ddBytes, 'fsync,notrunc') });
+    }
+    await mount.stop();
+    lines.push(fitLine(kind === 'nullfs2' ? 'C libfuse 2 null file system' : 'fuse-native no-op handler', points, bytes));
+  }
+  const points: SweepPoint[] = [];
+  for (const { ddBytes, callBytes } of SWEEP_DD_BLOCKS) {
+    const mount = await RunningMount.start(cleanup, {
+      name: `sweep-${ddBytes}`,
+      scratch: settings.scratch,
+      volumeSizeGiB: Math.max(1, Math.ceil(bytes / 2 ** 30)),
+      nullClientVerifies: false,
+    });
+    const seconds = await ddInto(mount.filePath, ddBytes, 'fsync');
+    await mount.finish();
+    points.push({ callBytes, calls: bytes / callBytes, seconds });
+  }
+  lines.push(fitLine('null-client mount, client not hashing (2n), dd alone', points, bytes));
+  return lines;
 }
 
 async function profiledMount(cleanup: Cleanup, settings: DiagnosticsSettings, real: boolean): Promise<ProfiledRun> {
@@ -160,11 +250,15 @@ export async function runDiagnostics(cleanup: Cleanup, settings: DiagnosticsSett
     );
     load.push(result);
   }
+  const sweep = await sweepWriteSizes(cleanup, settings);
+  for (const line of sweep) {
+    settings.log(`diagnostics: ${line.what}: ${line.perCallMicroseconds.toFixed(0)} µs per write call + ${line.perGiBSeconds.toFixed(2)} s per GiB`);
+  }
   const profiles: ProfiledRun[] = [];
   for (const real of [false, true]) {
     const run = await profiledMount(cleanup, settings, real);
     settings.log(`diagnostics: profiled ${run.what}: ${run.megabytesPerSecond.toFixed(0)} MB/s`);
     profiles.push(run);
   }
-  return { sha256MegabytesPerSecond, load, profiles };
+  return { sha256MegabytesPerSecond, load, sweep, profiles };
 }

@@ -207,6 +207,8 @@ async function main(): Promise<number> {
       results.diagnostics = await runDiagnostics(cleanup, {
         scratch,
         dataFile,
+        binaries,
+        sweepBytes: Math.min(settings.dataBytes, GIB),
         profileBytes: settings.dataBytes,
         loadBytes: settings.loadBytes,
         loadConcurrency: settings.loadConcurrency,

@@ -407,6 +407,21 @@ export function renderReport(results: Results): string {
       ]);
     }
     sections.push(`### Diagnostics\n\n${table(['measurement', 'figure'], rows)}`);
+    if (diagnostics.sweep.length > 0) {
+      const sweepRows = diagnostics.sweep.map((line) => [
+        line.what,
+        line.points.map((p) => `${p.callBytes / 1024} KiB: ${fixed(p.seconds, 2)} s`).join(', '),
+        fixed(line.perCallMicroseconds, 0),
+        fixed(line.perGiBSeconds, 2),
+        fixed(line.megabytesPerSecondAt128KiB, 0),
+        fixed(line.predictedMegabytesPerSecondAt1MiB, 0),
+      ]);
+      const sweepGiB = diagnostics.sweep[0].points[0].calls * diagnostics.sweep[0].points[0].callBytes / GIB;
+      sections.push(
+        `#### Write-size sweep: ${fixed(sweepGiB, 2)} GiB by dd at 32 KiB, 64 KiB and 128 KiB FUSE writes; time = per call × calls + per GiB × GiB (least squares)\n\n` +
+          table(['file system', 'dd seconds by write size', 'µs per call', 's per GiB', 'MB/s at 128 KiB', 'MB/s predicted at 1 MiB'], sweepRows),
+      );
+    }
     for (const run of diagnostics.profiles) {
       const gib = settings.dataBytes / GIB;
       const profileRows = run.profile.categories.map((entry) => [
