@@ -5,7 +5,7 @@
 //     with N PUTs in flight, distinct blocks read from the data file, no FUSE and
 //     no cache in the way. If this is not far above the mount's rate, the server
 //     on the same two cores is what limits the end-to-end figures;
-//   - a write-size sweep (dd bs=32K, 64K, and 1M, which FUSE splits into 128 KiB
+//   - a write-size sweep (dd bs=16K, 32K, 64K, and 1M, which FUSE splits into 128 KiB
 //     calls) on the C libfuse 2 null file system, fuse-native's no-op handler and
 //     the null-client mount: a line fit of time against write calls splits each
 //     one's cost into a per-call part and a per-byte part, which says what 1 MiB
@@ -89,6 +89,7 @@ export interface DiagnosticsResult {
 
 /** dd block sizes of the sweep and the FUSE write size each becomes (libfuse 2 caps at 128 KiB). */
 const SWEEP_DD_BLOCKS: Array<{ ddBytes: number; callBytes: number }> = [
+  { ddBytes: 16 * 1024, callBytes: 16 * 1024 },
   { ddBytes: 32 * 1024, callBytes: 32 * 1024 },
   { ddBytes: 64 * 1024, callBytes: 64 * 1024 },
   { ddBytes: 1024 * 1024, callBytes: 128 * 1024 },

@@ -418,7 +418,7 @@ export function renderReport(results: Results): string {
       ]);
       const sweepGiB = diagnostics.sweep[0].points[0].calls * diagnostics.sweep[0].points[0].callBytes / GIB;
       sections.push(
-        `#### Write-size sweep: ${fixed(sweepGiB, 2)} GiB by dd at 32 KiB, 64 KiB and 128 KiB FUSE writes; time = per call × calls + per GiB × GiB (least squares)\n\n` +
+        `#### Write-size sweep: ${fixed(sweepGiB, 2)} GiB by dd at 16, 32, 64 and 128 KiB FUSE writes; time = per call × calls + per GiB × GiB (least squares)\n\n` +
           table(['file system', 'dd seconds by write size', 'µs per call', 's per GiB', 'MB/s at 128 KiB', 'MB/s predicted at 1 MiB'], sweepRows),
       );
     }
