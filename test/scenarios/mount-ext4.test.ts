@@ -5,8 +5,7 @@ import { strict as assert } from 'node:assert';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { isMountPoint } from '../../src/fuse/mountinfo';
-import { ScenarioContext, expectEnded, mustRun, sh, waitForLoopDetached, MIB } from './support';
+import { LoopDevices, ScenarioContext, expectEnded, mustRun, sh, waitForLoopDetached, MIB } from './support';
 
 const DIRECTORIES = 30;
 const FILES_PER_DIRECTORY = 100;
@@ -37,24 +36,14 @@ async function makeTree(root: string): Promise<number> {
 describe('scenario: mkfs.ext4 and a file tree on the mounted file', function () {
   this.timeout(300_000);
   const context = new ScenarioContext();
-  const loopMounts: string[] = [];
-  const loopFiles: string[] = [];
+  const loops = new LoopDevices();
 
   before(async () => {
     await context.setUp();
   });
 
   after(async () => {
-    for (const mountpoint of loopMounts) {
-      if (await isMountPoint(mountpoint).catch(() => false)) await sh('umount', ['-l', mountpoint]);
-    }
-    for (const file of loopFiles) {
-      const attached = await sh('losetup', ['-j', file]);
-      for (const line of attached.stdout.split('\n')) {
-        const device = line.split(':')[0];
-        if (device) await sh('losetup', ['-d', device]);
-      }
-    }
+    await loops.cleanUp();
     await context.tearDown();
   });
 
@@ -64,11 +53,11 @@ describe('scenario: mkfs.ext4 and a file tree on the mounted file', function () 
     assert.ok(treeBytes > 20 * MIB);
 
     const mount = await context.mount(1);
-    loopFiles.push(mount.filePath);
+    loops.files.push(mount.filePath);
     await mustRun('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', mount.filePath], { timeoutMs: 120_000 });
     const inner = context.file('inner');
     await mkdir(inner);
-    loopMounts.push(inner);
+    loops.mountpoints.push(inner);
     await mustRun('mount', ['-o', 'loop', mount.filePath, inner]);
     await mustRun('cp', ['-a', tree, path.join(inner, 'tree')], { timeoutMs: 120_000 });
     await mustRun('umount', [inner]);
@@ -78,14 +67,14 @@ describe('scenario: mkfs.ext4 and a file tree on the mounted file', function () 
     expectEnded(result, mount.snapshotId);
 
     const image = context.file('downloaded.img');
-    loopFiles.push(image);
+    loops.files.push(image);
     assert.ok((await context.download(mount.snapshotId, image)) > 0);
     const fsck = await sh('e2fsck', ['-fn', image], { timeoutMs: 120_000 });
     assert.equal(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
 
     const check = context.file('check');
     await mkdir(check);
-    loopMounts.push(check);
+    loops.mountpoints.push(check);
     await mustRun('mount', ['-o', 'loop,ro', image, check]);
     const diff = await sh('diff', ['-r', tree, path.join(check, 'tree')], { timeoutMs: 120_000 });
     await mustRun('umount', [check]);

@@ -10,8 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
-import { isMountPoint } from '../../src/fuse/mountinfo';
-import { ScenarioContext, expectEnded, mustRun, sh, waitForLoopDetached, MIB } from './support';
+import { LoopDevices, ScenarioContext, expectEnded, mustRun, sh, waitForLoopDetached, MIB } from './support';
 
 const B = BLOCK_SIZE_BYTES;
 const DIRECTORIES = 12;
@@ -90,33 +89,23 @@ async function differingBlocks(first: string, second: string): Promise<number[]>
 describe('scenario: an ext4 parent and an incremental child changed through a loop mount', function () {
   this.timeout(300_000);
   const context = new ScenarioContext();
-  const loopMounts: string[] = [];
-  const loopFiles: string[] = [];
+  const loops = new LoopDevices();
 
   before(async () => {
     await context.setUp();
   });
 
   after(async () => {
-    for (const mountpoint of loopMounts) {
-      if (await isMountPoint(mountpoint).catch(() => false)) await sh('umount', ['-l', mountpoint]);
-    }
-    for (const file of loopFiles) {
-      const attached = await sh('losetup', ['-j', file]);
-      for (const line of attached.stdout.split('\n')) {
-        const device = line.split(':')[0];
-        if (device) await sh('losetup', ['-d', device]);
-      }
-    }
+    await loops.cleanUp();
     await context.tearDown();
   });
 
   /** Loop-mounts `image` on a fresh directory, runs `body`, unmounts and waits for the loop device to go. */
   async function withLoopMount(image: string, options: string, body: (root: string) => Promise<void>): Promise<void> {
-    const mountpoint = context.file(`loop-${loopMounts.length}`);
+    const mountpoint = context.file(`loop-${loops.mountpoints.length}`);
     await mkdir(mountpoint);
-    loopMounts.push(mountpoint);
-    loopFiles.push(image);
+    loops.mountpoints.push(mountpoint);
+    loops.files.push(image);
     await mustRun('mount', ['-o', options, image, mountpoint]);
     try {
       await body(mountpoint);
@@ -169,7 +158,7 @@ describe('scenario: an ext4 parent and an incremental child changed through a lo
     // after some later mount, possibly the child's, and the child would then send zero blocks
     // where the parent has none, listed as changed although their bytes are the same.
     const parent = await context.mount(1);
-    loopFiles.push(parent.filePath);
+    loops.files.push(parent.filePath);
     await mustRun('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=0', parent.filePath], { timeoutMs: 120_000 });
     await withLoopMount(parent.filePath, 'loop', async (root) => {
       await mustRun('cp', ['-a', tree, path.join(root, 'tree')], { timeoutMs: 120_000 });
@@ -180,7 +169,7 @@ describe('scenario: an ext4 parent and an incremental child changed through a lo
 
     // The child: the parent's file system shows through, then changes.
     const child = await context.mount(1, ['--parent-snapshot-id', parent.snapshotId]);
-    loopFiles.push(child.filePath);
+    loops.files.push(child.filePath);
     await withLoopMount(child.filePath, 'loop', async (root) => {
       const diff = await sh('diff', ['-r', tree, path.join(root, 'tree')], { timeoutMs: 120_000 });
       assert.equal(diff.code, 0, `the child does not show the parent's tree: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import { cliEnvironment, runCli } from '../helpers/mount-process';
-import { ScenarioContext, createZeroImage, expectEnded, mustRun, sh, waitForLoopDetached, GIB, MIB } from './support';
+import { LoopDevices, ScenarioContext, createZeroImage, expectEnded, mustRun, sh, waitForLoopDetached, GIB, MIB } from './support';
 
 const DIRECTORIES = 8;
 const FILES_PER_DIRECTORY = 50;
@@ -40,24 +40,14 @@ async function errorCode(attempt: Promise<unknown>): Promise<string | undefined>
 describe('scenario: a completed ext4 snapshot mounted --read-only', function () {
   this.timeout(240_000);
   const context = new ScenarioContext();
-  const loopMounts: string[] = [];
-  const loopFiles: string[] = [];
+  const loops = new LoopDevices();
 
   before(async () => {
     await context.setUp();
   });
 
   after(async () => {
-    for (const mountpoint of loopMounts) {
-      if (await isMountPoint(mountpoint).catch(() => false)) await sh('umount', ['-l', mountpoint]);
-    }
-    for (const file of loopFiles) {
-      const attached = await sh('losetup', ['-j', file]);
-      for (const line of attached.stdout.split('\n')) {
-        const device = line.split(':')[0];
-        if (device) await sh('losetup', ['-d', device]);
-      }
-    }
+    await loops.cleanUp();
     await context.tearDown();
   });
 
@@ -65,10 +55,10 @@ describe('scenario: a completed ext4 snapshot mounted --read-only', function () 
   const delta = (after: Record<string, number>, before: Record<string, number>, operation: string): number => (after[operation] ?? 0) - (before[operation] ?? 0);
 
   async function loopMount(image: string, options: string): Promise<string> {
-    const mountpoint = context.file(`loop-${loopMounts.length}`);
+    const mountpoint = context.file(`loop-${loops.mountpoints.length}`);
     await mkdir(mountpoint);
-    loopMounts.push(mountpoint);
-    loopFiles.push(image);
+    loops.mountpoints.push(mountpoint);
+    loops.files.push(image);
     await mustRun('mount', ['-o', options, image, mountpoint]);
     return mountpoint;
   }
@@ -99,7 +89,7 @@ describe('scenario: a completed ext4 snapshot mounted --read-only', function () 
 
     const before = await serverCounts();
     const readOnly = await context.mount(undefined, ['--snapshot-id', snapshotId, '--read-only']);
-    loopFiles.push(readOnly.filePath);
+    loops.files.push(readOnly.filePath);
 
     const getsBeforeCmp = (await serverCounts()).GetSnapshotBlock ?? 0;
     await mustRun('cmp', [image, readOnly.filePath], { timeoutMs: 120_000 });

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AwsSnapshotClient } from '../../src/ebs/aws-client';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { isMountPoint } from '../../src/fuse/mountinfo';
 import { startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
 import { MountProcess, type CliResult, type Endpoint, type MountProcessOptions } from '../helpers/mount-process';
 
@@ -170,5 +171,24 @@ export async function waitForLoopDetached(file: string, timeoutMs = 15_000): Pro
     if (result.stdout.trim() === '') return;
     if (Date.now() > deadline) throw new Error(`a loop device still uses ${file}: ${result.stdout.trim()}`);
     await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** Loop mounts and loop-attached files a scenario made; cleanUp() undoes them, also after a failure. */
+export class LoopDevices {
+  readonly mountpoints: string[] = [];
+  readonly files: string[] = [];
+
+  async cleanUp(): Promise<void> {
+    for (const mountpoint of this.mountpoints) {
+      if (await isMountPoint(mountpoint).catch(() => false)) await sh('umount', ['-l', mountpoint]);
+    }
+    for (const file of this.files) {
+      const attached = await sh('losetup', ['-j', file]);
+      for (const line of attached.stdout.split('\n')) {
+        const device = line.split(':')[0];
+        if (device) await sh('losetup', ['-d', device]);
+      }
+    }
   }
 }
