@@ -12,9 +12,6 @@
 //     writes (libfuse 3) would buy;
 //   - CPU profiles (node --cpu-prof) of one null-client mount and one real mount
 //     of the dd, sorted into hashing, copies, GC, promises, I/O calls and idle;
-//   - the same with the SDK told the payload hash it would otherwise compute for
-//     SigV4 (x-amz-content-sha256 from the block's checksum, which is that very
-//     SHA-256): what one hash less per block would save the client.
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
@@ -45,8 +42,6 @@ export interface DiagnosticsSettings {
 }
 
 export interface LoadResult {
-  /** Whether the SDK was given x-amz-content-sha256 instead of hashing the body itself. */
-  knownPayloadHash: boolean;
   concurrency: number;
   puts: number;
   seconds: number;
@@ -182,23 +177,9 @@ export function measureSha256(totalBytes: number): number {
   return megabytesPerSecond(blocks * BLOCK_SIZE_BYTES, Number(process.hrtime.bigint() - startNs) / 1e9);
 }
 
-export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSettings, knownPayloadHash: boolean): Promise<LoadResult> {
-  const server = await LocalEbs.start(cleanup, settings.scratch, knownPayloadHash ? 'loadgen-known-hash' : 'loadgen');
+export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<LoadResult> {
+  const server = await LocalEbs.start(cleanup, settings.scratch, 'loadgen');
   const client = server.client(settings.loadConcurrency);
-  if (knownPayloadHash) {
-    // SigV4 takes x-amz-content-sha256 as the payload hash when present; the block's
-    // x-amz-Checksum is the base64 of exactly that SHA-256.
-    client.sdk.middlewareStack.add(
-      (next, context) => async (args) => {
-        const request = args.request as { headers?: Record<string, string> } | undefined;
-        // Only a block's checksum is its body's hash (CompleteSnapshot's is the LINEAR aggregate).
-        const checksum = context.commandName === 'PutSnapshotBlockCommand' ? request?.headers?.['x-amz-checksum'] : undefined;
-        if (request?.headers && checksum) request.headers['x-amz-content-sha256'] = Buffer.from(checksum, 'base64').toString('hex');
-        return next(args);
-      },
-      { step: 'build', name: 'benchKnownPayloadHash' },
-    );
-  }
   const input = await open(settings.dataFile, 'r');
   try {
     const blockCount = Math.floor(settings.loadBytes / BLOCK_SIZE_BYTES);
@@ -224,7 +205,6 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
     client.close();
     const serverRusage = await server.stop();
     return {
-      knownPayloadHash,
       concurrency: settings.loadConcurrency,
       puts,
       seconds,
@@ -242,15 +222,8 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
 export async function runDiagnostics(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<DiagnosticsResult> {
   const sha256MegabytesPerSecond = measureSha256(1024 * 1024 * 1024);
   settings.log(`diagnostics: SHA-256 ${sha256MegabytesPerSecond.toFixed(0)} MB/s on one core`);
-  const load: LoadResult[] = [];
-  for (const knownPayloadHash of [false, true]) {
-    const result = await runLoadGenerator(cleanup, settings, knownPayloadHash);
-    settings.log(
-      `diagnostics: local-ebs alone${knownPayloadHash ? ', payload hash given to the SDK' : ''}: ${result.putsPerSecond.toFixed(0)} PUT/s ` +
-        `(${result.megabytesPerSecond.toFixed(0)} MB/s) at ${result.concurrency} in flight, client CPU ${result.clientCpuSeconds.toFixed(2)} s`,
-    );
-    load.push(result);
-  }
+  const load = [await runLoadGenerator(cleanup, settings)];
+  settings.log(`diagnostics: local-ebs alone: ${load[0].putsPerSecond.toFixed(0)} PUT/s (${load[0].megabytesPerSecond.toFixed(0)} MB/s) at ${load[0].concurrency} in flight`);
   const sweep = await sweepWriteSizes(cleanup, settings);
   for (const line of sweep) {
     settings.log(`diagnostics: ${line.what}: ${line.perCallMicroseconds.toFixed(0)} µs per write call + ${line.perGiBSeconds.toFixed(2)} s per GiB`);
