@@ -8,8 +8,8 @@
 //   the service, and its read-back copy may be old, new or torn, so a resume sends
 //   it again with whatever the read-back store holds (what the file then shows).
 // - ACK: appended after the service acknowledged the PUT; made durable by the
-//   next group commit (which first makes the read-back store durable), at the
-//   latest before fsync returns.
+//   next sync() (fsync, close, or once many are pending), which first makes the
+//   read-back store durable.
 // A torn record at the tail (a crash mid-append) fails its CRC and is cut off.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -31,16 +31,18 @@ export interface JournalReplay {
 }
 
 export class Journal {
-  private pending: Buffer[] = [];
-  private appendedSeq = 0;
-  private durableSeq = 0;
-  private commitRunning?: Promise<void>;
+  /** Records not yet written, by kind: intents need a quick commit, acks wait for the read-back store. */
+  private readonly pending: Record<'intent' | 'ack', Buffer[]> = { intent: [], ack: [] };
+  private readonly appendedSeq = { intent: 0, ack: 0 };
+  private readonly durableSeq = { intent: 0, ack: 0 };
+  private commitRunning?: { promise: Promise<void>; withAcks: boolean };
+  private backgroundSync?: Promise<void>;
 
   private constructor(
     private readonly handle: fs.FileHandle,
     private sizeBytes: number,
-    /** Runs before each commit writes: the read-back store must be durable first. */
-    private readonly beforeCommit: () => Promise<void>,
+    /** Runs before acks are written: the read-back copies they vouch for must be durable first. */
+    private readonly beforeAcks: () => Promise<void>,
   ) {}
 
   static fileIn(directory: string): string {
@@ -48,7 +50,7 @@ export class Journal {
   }
 
   /** Opens (creating) the journal, replays it and cuts a torn tail. */
-  static async open(directory: string, beforeCommit: () => Promise<void>): Promise<{ journal: Journal; replay: JournalReplay }> {
+  static async open(directory: string, beforeAcks: () => Promise<void>): Promise<{ journal: Journal; replay: JournalReplay }> {
     const file = Journal.fileIn(directory);
     const handle = await fs.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     try {
@@ -59,7 +61,7 @@ export class Journal {
         await handle.truncate(validBytes);
         await handle.datasync();
       }
-      return { journal: new Journal(handle, validBytes, beforeCommit), replay };
+      return { journal: new Journal(handle, validBytes, beforeAcks), replay };
     } catch (error) {
       await handle.close();
       throw error;
@@ -85,18 +87,38 @@ export class Journal {
     return { acknowledged, unacknowledged, tornBytes: content.length - offset };
   }
 
-  /** Resolves once the intent (and everything before it) is durable. */
+  /**
+   * Resolves once the intent is durable. Intents are committed on their own
+   * (one fdatasync of the journal for all that arrived meanwhile), without
+   * syncing the read-back store: that costs a flush of every dirty read-back
+   * page, and an intent does not vouch for the read-back copy.
+   */
   async recordIntent(blockIndex: number, digest: Buffer): Promise<void> {
-    await this.waitDurable(this.append(TYPE_INTENT, blockIndex, digest));
+    const seq = this.append('intent', TYPE_INTENT, blockIndex, digest);
+    await this.waitDurable(() => this.durableSeq.intent >= seq, false);
   }
 
+  /**
+   * Acks become durable with the next sync() (fsync, close), after the read-back
+   * store; many pending ones start a sync in the background, bounding memory.
+   */
   recordAck(blockIndex: number, digest: Buffer): void {
-    this.append(TYPE_ACK, blockIndex, digest);
+    this.append('ack', TYPE_ACK, blockIndex, digest);
+    if (this.pending.ack.length >= RECORDS_PER_COMMIT_MAX && !this.backgroundSync) {
+      // A failure here is met again, and reported, by the next fsync's sync().
+      this.backgroundSync = this.sync()
+        .catch(() => undefined)
+        .finally(() => {
+          this.backgroundSync = undefined;
+        });
+    }
   }
 
-  /** Makes every record appended so far durable. */
+  /** Makes every record appended so far durable, the read-back store first. */
   async sync(): Promise<void> {
-    await this.waitDurable(this.appendedSeq);
+    const intents = this.appendedSeq.intent;
+    const acks = this.appendedSeq.ack;
+    await this.waitDurable(() => this.durableSeq.intent >= intents && this.durableSeq.ack >= acks, true);
   }
 
   async close(): Promise<void> {
@@ -104,36 +126,41 @@ export class Journal {
     await this.handle.close();
   }
 
-  private append(type: number, blockIndex: number, digest: Buffer): number {
+  private append(kind: 'intent' | 'ack', type: number, blockIndex: number, digest: Buffer): number {
     const record = Buffer.alloc(RECORD_BYTES);
     record[0] = type;
     record.writeUInt32LE(blockIndex, 1);
     digest.copy(record, 5);
     record.writeUInt32LE(crc32(record.subarray(0, 37)), 37);
-    this.pending.push(record);
-    this.appendedSeq += 1;
-    return this.appendedSeq;
+    this.pending[kind].push(record);
+    this.appendedSeq[kind] += 1;
+    return this.appendedSeq[kind];
   }
 
-  /** Group commit: one sync covers every record appended while the previous one ran. */
-  private async waitDurable(seq: number): Promise<void> {
-    while (this.durableSeq < seq) {
+  /**
+   * Group commit: one commit covers every record appended while the previous one
+   * ran. Replay does not depend on the order of intents and acks in the file:
+   * an ack clears only an intent with its own digest.
+   */
+  private async waitDurable(done: () => boolean, withAcks: boolean): Promise<void> {
+    while (!done()) {
       if (!this.commitRunning) {
-        this.commitRunning = this.commit().finally(() => {
+        const promise = this.commit(withAcks).finally(() => {
           this.commitRunning = undefined;
         });
+        this.commitRunning = { promise, withAcks };
       }
-      await this.commitRunning;
+      await this.commitRunning.promise;
     }
   }
 
-  private async commit(): Promise<void> {
-    const records = this.pending.splice(0, RECORDS_PER_COMMIT_MAX);
-    if (records.length === 0) return;
-    const lastSeq = this.durableSeq + records.length;
+  private async commit(withAcks: boolean): Promise<void> {
+    const intents = this.pending.intent.splice(0, RECORDS_PER_COMMIT_MAX);
+    const acks = withAcks ? this.pending.ack.splice(0, RECORDS_PER_COMMIT_MAX) : [];
+    if (intents.length === 0 && acks.length === 0) return;
     try {
-      await this.beforeCommit();
-      const bytes = Buffer.concat(records);
+      if (acks.length > 0) await this.beforeAcks();
+      const bytes = Buffer.concat([...intents, ...acks]);
       let written = 0;
       while (written < bytes.length) {
         const { bytesWritten } = await this.handle.write(bytes, written, bytes.length - written, this.sizeBytes + written);
@@ -141,10 +168,12 @@ export class Journal {
       }
       await this.handle.datasync();
       this.sizeBytes += bytes.length;
-      this.durableSeq = lastSeq;
+      this.durableSeq.intent += intents.length;
+      this.durableSeq.ack += acks.length;
     } catch (error) {
       // Keep the records for the next commit; a partial write is overwritten then.
-      this.pending.unshift(...records);
+      this.pending.intent.unshift(...intents);
+      this.pending.ack.unshift(...acks);
       throw error;
     }
   }

@@ -77,11 +77,33 @@ describe('core: journal', () => {
         throw new Error('ENOSPC');
       }
     });
-    await assert.rejects(journal.recordIntent(3, digest(3)), /ENOSPC/);
+    await journal.recordIntent(3, digest(3));
+    journal.recordAck(3, digest(3));
+    // The read-back store could not be made durable: the ack must not be written.
+    await assert.rejects(journal.sync(), /ENOSPC/);
+    const { replay: meanwhile, journal: peek } = await Journal.open(directory, async () => {});
+    await peek.close();
+    assert.deepEqual([...meanwhile.acknowledged.keys()], []);
+    assert.deepEqual([...meanwhile.unacknowledged.keys()], [3]);
     await journal.recordIntent(4, digest(4));
     await journal.close();
     const { replay, journal: reopened } = await Journal.open(directory, async () => {});
     await reopened.close();
-    assert.deepEqual([...replay.unacknowledged.keys()].sort(), [3, 4]);
+    assert.deepEqual([...replay.acknowledged.keys()], [3]);
+    assert.deepEqual([...replay.unacknowledged.keys()], [4]);
+  });
+
+  it('commits intents without syncing the read-back store; acks only after it', async () => {
+    let readbackSyncs = 0;
+    const { journal } = await Journal.open(directory, async () => {
+      readbackSyncs += 1;
+    });
+    await journal.recordIntent(1, digest(1));
+    await journal.recordIntent(2, digest(2));
+    assert.equal(readbackSyncs, 0);
+    journal.recordAck(1, digest(1));
+    await journal.sync();
+    assert.equal(readbackSyncs, 1);
+    await journal.close();
   });
 });
