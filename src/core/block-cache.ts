@@ -180,10 +180,6 @@ export class BlockCache {
     return this.buffersHeld;
   }
 
-  get capacityBlocks(): number {
-    return this.options.capacityBlocks;
-  }
-
   /** Looks a block up and marks it most recently used. */
   get(index: number): CachedBlock | undefined {
     return this.entries.get(index);

@@ -25,7 +25,6 @@ export class SnapshotReader {
   private readonly recent: LRUCache<number, Buffer>;
   /** Where the last read ended, to notice a sequential reader. */
   private lastReadEndIndex = -1;
-  getCount = 0;
 
   private constructor(
     private readonly client: SnapshotClient,
@@ -51,10 +50,6 @@ export class SnapshotReader {
 
   blockIndexes(): IterableIterator<number> {
     return this.tokens.keys();
-  }
-
-  get blockCount(): number {
-    return this.tokens.size;
   }
 
   /** The whole block; zeros where the snapshot has none. */
@@ -90,7 +85,6 @@ export class SnapshotReader {
     if (Date.now() > this.expiryMs - TOKEN_REFRESH_MARGIN_MS) await this.relist();
     const token = this.tokens.get(index);
     if (token === undefined) return Buffer.alloc(BLOCK_SIZE_BYTES);
-    this.getCount += 1;
     const data = await this.client.getSnapshotBlock(this.snapshotId, index, token);
     this.recent.set(index, data);
     return data;
