@@ -43,12 +43,13 @@ export interface RetryPolicy {
   totalTimeoutMs: number;
 }
 
-// 10 attempts with these bases sum to at most ~38 s of back-off (less on
-// average: full jitter halves it), and the 60 s total keeps a dead or
-// black-holed server from holding a call for more than about 90 s with the
-// 30 s per-attempt timeout of aws-client.ts.
+// The 60 s total is the bound that matters: it keeps a dead or black-holed
+// server from holding a call for more than about 90 s with the 30 s
+// per-attempt timeout of aws-client.ts. 20 attempts let back-off (full jitter,
+// capped at 10 s) fill that time, so an outage of up to about half a minute is
+// ridden out; with 10, refused connections used the attempts up in ~7 s.
 export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = Object.freeze({
-  maxAttempts: 10,
+  maxAttempts: 20,
   baseDelayMs: 100,
   throttledBaseDelayMs: 1000,
   maxDelayMs: 10_000,
