@@ -20,8 +20,6 @@ import { createZeroImage, mustRun, sh, type CommandResult, type ScenarioContext,
 
 export { GIB, MIB };
 
-const DOWNLOAD_CONCURRENCY = 16;
-
 /** The totals `npm run soak` prints. */
 export interface Figures {
   requestsSent: number;
@@ -709,32 +707,7 @@ async function waitForLoopDetachedQuietly(file: string, timeoutMs = 15_000): Pro
  * against its checksum by the client.
  */
 export async function downloadSnapshot(context: ScenarioContext, snapshotId: string, outFile: string): Promise<number> {
-  const client = new RetryingSnapshotClient(context.client());
-  const handle = await open(outFile, 'w');
-  try {
-    let nextToken: string | undefined;
-    let blocks = 0;
-    let volumeSizeGiB = 0;
-    do {
-      const page = await client.listSnapshotBlocks(snapshotId, { nextToken, maxResults: 10000 });
-      volumeSizeGiB = page.volumeSizeGiB;
-      for (let at = 0; at < page.blocks.length; at += DOWNLOAD_CONCURRENCY) {
-        await Promise.all(
-          page.blocks.slice(at, at + DOWNLOAD_CONCURRENCY).map(async ({ blockIndex, blockToken }) => {
-            const data = await client.getSnapshotBlock(snapshotId, blockIndex, blockToken);
-            await handle.write(data, 0, data.length, blockIndex * BLOCK_SIZE_BYTES);
-          }),
-        );
-      }
-      blocks += page.blocks.length;
-      nextToken = page.nextToken;
-    } while (nextToken);
-    await handle.truncate(volumeSizeGiB * GIB);
-    return blocks;
-  } finally {
-    await handle.close();
-    client.close();
-  }
+  return context.download(snapshotId, outFile, new RetryingSnapshotClient(context.client()));
 }
 
 // ---------------------------------------------------------------------------

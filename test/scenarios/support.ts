@@ -6,7 +6,7 @@ import { mkdtemp, open, rm, truncate as truncateFile, mkdir } from 'node:fs/prom
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AwsSnapshotClient } from '../../src/ebs/aws-client';
-import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../../src/ebs/client';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
 import { MountProcess, type CliResult, type Endpoint, type MountProcessOptions } from '../helpers/mount-process';
@@ -105,10 +105,10 @@ export class ScenarioContext {
   /**
    * Writes the completed snapshot into `outFile` (sparse, exactly the volume
    * size) from ListSnapshotBlocks + GetSnapshotBlock; resolves with the count
-   * of blocks the snapshot holds.
+   * of blocks the snapshot holds. `client` (closed at the end) defaults to a
+   * plain AWS client.
    */
-  async download(snapshotId: string, outFile: string): Promise<number> {
-    const client = this.client();
+  async download(snapshotId: string, outFile: string, client: SnapshotClient = this.client()): Promise<number> {
     const handle = await open(outFile, 'w');
     try {
       let nextToken: string | undefined;
