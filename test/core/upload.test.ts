@@ -11,6 +11,7 @@ import { MemorySnapshotClient } from '../../src/ebs/memory-client';
 import { DEFAULT_EXTENTS_HELPER, listExtents, uploadFile, type UploadOptions } from '../../src/core/upload';
 import { UserError } from '../../src/errors';
 import { SeededRandom } from '../support/random';
+import { readFileBlock } from '../support/file-blocks';
 
 const B = BLOCK_SIZE_BYTES;
 const GIB = 1073741824;
@@ -34,18 +35,6 @@ function nonZeroBlocks(pieces: Array<[number, Buffer]>): Set<number> {
     for (let at = 0; at < data.length; at += 1) if (data[at] !== 0) blocks.add(Math.floor((offset + at) / B));
   }
   return blocks;
-}
-
-/** Block `index` of the file as a reader sees it (zeros past the end). */
-async function fileBlock(file: string, index: number): Promise<Buffer> {
-  const block = Buffer.alloc(B);
-  const handle = await open(file, 'r');
-  try {
-    await handle.read(block, 0, B, index * B);
-  } finally {
-    await handle.close();
-  }
-  return block;
 }
 
 function sorted(values: Iterable<number>): number[] {
@@ -86,7 +75,7 @@ describe('core: upload', () => {
     assert.equal(result.blocksPut, expected.size);
     const snapshot = service.snapshots.get(result.snapshotId)!;
     assert.deepEqual(sorted(snapshot.ownBlocks.keys()), sorted(expected));
-    for (const index of expected) assert.ok(snapshot.ownBlocks.get(index)!.equals(await fileBlock(file, index)), `block ${index}`);
+    for (const index of expected) assert.ok(snapshot.ownBlocks.get(index)!.equals(await readFileBlock(file, index)), `block ${index}`);
     assert.equal(result.zeroBlocksSkipped, 1);
     assert.equal(result.holesDetected, true);
     // Holes are never read: only the blocks the pieces touch.

@@ -2,7 +2,7 @@
 // local-ebs process: requests are counted at the server (admin stats), faults
 // are switched on at run time, and images are compared with cmp.
 import { strict as assert } from 'node:assert';
-import { open, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SnapshotSession } from '../../src/core/session';
@@ -10,6 +10,7 @@ import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
 import { cliEnvironment, runCli, type CliResult } from '../helpers/mount-process';
 import { createZeroImage, expectEnded, mustRun, sh, ScenarioContext, GIB, MIB } from './support';
+import { readFileBlock } from '../support/file-blocks';
 
 const B = BLOCK_SIZE_BYTES;
 
@@ -45,17 +46,6 @@ function touchedBlocks(writes: Write[], zeros: boolean): Set<number> {
     for (let index = Math.floor(write.offset / B); index * B < write.offset + write.length; index += 1) blocks.add(index);
   }
   return blocks;
-}
-
-async function readBlock(file: string, index: number): Promise<Buffer> {
-  const block = Buffer.alloc(B);
-  const handle = await open(file, 'r');
-  try {
-    await handle.read(block, 0, B, index * B);
-  } finally {
-    await handle.close();
-  }
-  return block;
 }
 
 /** One line on stderr, naming the problem, and a non-zero exit. */
@@ -149,7 +139,7 @@ describe('scenario: upload, download and complete against local-ebs', function (
     const touched = new Set([...touchedBlocks(changes, false), ...touchedBlocks(changes, true)]);
     const differing: number[] = [];
     for (const index of touched) {
-      if (!(await readBlock(childImage, index)).equals(await readBlock(baseImage, index))) differing.push(index);
+      if (!(await readFileBlock(childImage, index)).equals(await readFileBlock(baseImage, index))) differing.push(index);
     }
     assert.ok(differing.length >= 3 && differing.length < touched.size, `differing blocks ${differing}`);
 
