@@ -28,6 +28,7 @@ test_packages=(
   "pkg-config:pkg-config"
   "libfuse-dev:/usr/include/fuse/fuse.h"
   "libfuse3-dev:/usr/include/fuse3/fuse.h"
+  "qemu-utils:qemu-img"
 )
 
 probe_ok() {

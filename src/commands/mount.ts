@@ -7,6 +7,7 @@ import { totalmem } from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
+import type { DiskBudget } from '../core/local-copy';
 import { openReadOnlySnapshot, SnapshotSession } from '../core/session';
 import type { VolumeFile } from '../core/volume-file';
 import type { StartSnapshotParams } from '../ebs/client';
@@ -53,6 +54,7 @@ interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
   readOnly?: boolean;
   fileName: string;
   cacheSize: string;
+  diskCacheSize: string;
   uploadConcurrency: string;
   stateDir?: string;
   complete: boolean;
@@ -62,6 +64,7 @@ interface ValidatedMount {
   mountpoint: string;
   fileName: string;
   cacheSizeBytes: number;
+  diskCacheSizeBytes: DiskBudget;
   uploadConcurrency: number;
   stateDir: string;
   complete: boolean;
@@ -80,6 +83,13 @@ export function registerMountCommand(program: Command): void {
   command
     .option('--file-name <name>', 'name of the file in the mountpoint', DEFAULT_FILE_NAME)
     .option('--cache-size <size>', 'memory for the block cache (written and recently used blocks), e.g. 256MiB, 2GiB', DEFAULT_CACHE_SIZE)
+    .option(
+      '--disk-cache-size <size>',
+      'local disk for copies of uploaded blocks, which reads and partial rewrites need once a block has left memory ' +
+        '(a pending snapshot cannot be read back), e.g. 4GiB; 0 keeps none; auto: what the state directory\'s file system ' +
+        'has free beyond a reserve of 10% of it (at least 64MiB)',
+      'auto',
+    )
     .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_UPLOAD_CONCURRENCY))
     .option('--state-dir <dir>', 'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)')
     .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it');
@@ -271,6 +281,7 @@ async function validate(mountpoint: string, flags: MountFlags): Promise<{ mode: 
     mountpoint: '',
     fileName: validateFileName(flags.fileName),
     cacheSizeBytes: validateCacheSize(flags.cacheSize),
+    diskCacheSizeBytes: flags.diskCacheSize.trim() === 'auto' ? 'auto' : parseSizeBytes(flags.diskCacheSize, '--disk-cache-size'),
     uploadConcurrency: parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, UPLOAD_CONCURRENCY_MAX),
     stateDir: path.resolve(flags.stateDir ?? defaultStateDir()),
     complete: flags.complete,
@@ -293,6 +304,7 @@ async function openTarget(mode: MountMode, opened: OpenedClient, settings: Valid
   const tuning = {
     stateDir: settings.stateDir,
     cacheSizeBytes: settings.cacheSizeBytes,
+    diskCacheSizeBytes: settings.diskCacheSizeBytes,
     uploadConcurrency: settings.uploadConcurrency,
     retryCount: () => opened.client.retryCount,
     log,

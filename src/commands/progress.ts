@@ -37,7 +37,7 @@ class RateMeter {
   }
 }
 
-/** One line: dirty blocks, uploaded blocks, MB/s, retries, and the last upload error if any. */
+/** One line: dirty blocks, uploaded blocks, MB/s, retries, the local copy, blocks held nowhere, and the last upload error if any. */
 export function formatStatusLine(phase: string, stats: VolumeStats, rateMBps: number): string {
   const parts = [
     `${stats.dirtyBlocks} dirty blocks`,
@@ -45,7 +45,9 @@ export function formatStatusLine(phase: string, stats: VolumeStats, rateMBps: nu
     `${stats.blocksUploaded} uploaded (${(stats.bytesUploaded / BYTES_PER_MB).toFixed(1)} MB)`,
     `${rateMBps.toFixed(1)} MB/s`,
     `${stats.retries} retries`,
+    `local copy ${(stats.localCopyFileBytes / BYTES_PER_MB).toFixed(1)} MB`,
   ];
+  if (stats.heldNowhereErrors > 0) parts.push(`${stats.heldNowhereErrors} reads or partial writes of blocks held nowhere`);
   if (stats.lastUploadError) parts.push(`last upload error: ${stats.lastUploadError}`);
   return `ebs-fuse: ${phase}: ${parts.join(', ')}`;
 }

@@ -1,26 +1,36 @@
 /*
  * The block cache: 512 KiB blocks of the volume held in memory, in LRU order.
  *
- * Block states. A state is derived from the fields of CachedBlock, never stored:
+ * Block states. A state is derived from the fields of CachedBlock, never stored;
+ * every change of state is one of the BlockCache methods below the table.
  *
- * | state           | uploading | generations              | in memory | evictable | a write...                     | an upload ack...      |
- * |-----------------|-----------|--------------------------|-----------|-----------|--------------------------------|-----------------------|
- * | absent          | -         | -                        | no        | -         | creates the block, dirty       | -                     |
- * | clean           | no        | written == acked         | yes       | yes       | makes it dirty                 | -                     |
- * | dirty           | no        | written > acked          | yes       | no        | keeps it dirty                 | -                     |
- * | uploading       | yes       | written == uploading     | yes       | no        | copies the buffer first (COW), | makes it clean        |
- * |                 |           |                          |           |           | making it dirty-uploading      |                       |
- * | dirty-uploading | yes       | written > uploading      | yes       | no        | writes the entry's own copy    | leaves it dirty       |
+ * | state           | uploading | generations          | in memory | evictable | a write...                     | an upload ack...  |
+ * |-----------------|-----------|----------------------|-----------|-----------|--------------------------------|-------------------|
+ * | absent          | -         | -                    | no        | -         | creates the block, dirty       | -                 |
+ * | clean           | no        | written == acked     | yes       | yes       | makes it dirty                 | -                 |
+ * | dirty           | no        | written > acked      | yes       | no        | keeps it dirty                 | -                 |
+ * | uploading       | yes       | written == uploading | yes       | no        | copies the buffer first (COW), | makes it clean    |
+ * |                 |           |                      |           |           | making it dirty-uploading      |                   |
+ * | dirty-uploading | yes       | written > uploading  | yes       | no        | writes the entry's own copy    | leaves it dirty   |
+ * | held nowhere    | -         | -                    | no        | -         | creates the block, dirty; its  | -                 |
+ * |                 |           |                      |           |           | other bytes cannot be merged   |                   |
  *
+ * - "Absent" and "held nowhere" are both "not in memory"; which one it is, and
+ *   where an absent block's bytes are (local copy, zeros, parent), is the block
+ *   store's record (block-store.ts). A held-nowhere block was uploaded and then
+ *   left memory without a local copy: reading it, or merging it under a partial
+ *   write, fails with EIO; a write that covers it whole makes it dirty again.
  * - A failed upload returns the block to dirty, with the failure kept on the block
  *   until a later upload of it succeeds: dirty data is never dropped.
- * - Only clean blocks are evicted. Their content is then in the read-back store
- *   (written before the PUT), or is zeros.
+ * - Only clean blocks are evicted.
  * - `data === null` means the block is all zeros and holds no buffer: truncation
  *   makes such blocks without touching memory.
  * - A block created by a partial write holds only the bytes written (writtenRanges)
- *   until its base content (read-back store, parent or zeros) is merged in, so a
+ *   until its base content (local copy, parent or zeros) is merged in, so a
  *   block that ends up fully overwritten never reads its base at all.
+ * - `streamEndBytes` follows one generation's writes: it stays on while they
+ *   arrive as large writes in order from the block's start, so an upload can tell
+ *   a block written whole by a stream from one written in pieces.
  * - At most one upload of a block is in flight (`uploading`).
  * - Memory: block buffers, whether held by the cache or only by an in-flight
  *   upload after a copy-on-write, never exceed the capacity; a writer that needs
@@ -30,12 +40,23 @@ import { Mutex } from 'async-mutex';
 import { LRUCache } from 'lru-cache';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { FileOperationError } from './file-errors';
+import type { CopyKind } from './local-copy';
 import { ChangeSignal } from './signal';
+
+/** A write at least this large counts as part of a stream (the kernel sends at most 128 KiB at once). */
+export const STREAM_WRITE_MIN_BYTES = 64 * 1024;
 
 export interface UploadFailure {
   /** Orders failures against the start of an fsync (a clock's millisecond cannot). */
   sequence: number;
   message: string;
+}
+
+/** What an upload takes from a block: a stable view of one generation. */
+export interface UploadView {
+  data: Buffer | null;
+  generation: number;
+  kind: CopyKind;
 }
 
 export class CachedBlock {
@@ -52,6 +73,8 @@ export class CachedBlock {
   dataSharedWithUpload = false;
   /** A flush wants at least this generation acknowledged. */
   flushWantedGeneration = 0;
+  /** End of the in-order stream of large writes since the last upload began; null once broken. */
+  streamEndBytes: number | null = 0;
   lastFailure?: UploadFailure;
 
   constructor(readonly index: number) {}
@@ -64,38 +87,9 @@ export class CachedBlock {
     return !this.uploading && !this.isDirty;
   }
 
-  /** Records [start, end) as written; true once the ranges cover the whole block. */
-  addWrittenRange(start: number, end: number): boolean {
-    const merged: Array<[number, number]> = [];
-    let next: [number, number] = [start, end];
-    for (const range of this.writtenRanges) {
-      if (range[1] < next[0] || range[0] > next[1]) merged.push(range);
-      else next = [Math.min(range[0], next[0]), Math.max(range[1], next[1])];
-    }
-    merged.push(next);
-    merged.sort((a, b) => a[0] - b[0]);
-    this.writtenRanges = merged;
-    return merged.length === 1 && merged[0][0] === 0 && merged[0][1] === BLOCK_SIZE_BYTES;
-  }
-
   /** True when [start, end) lies inside one written range. */
   isRangeWritten(start: number, end: number): boolean {
     return this.writtenRanges.some(([from, to]) => from <= start && end <= to);
-  }
-
-  /** Copies the base into every byte not written, then forgets the ranges. */
-  mergeBase(base: Buffer | null): void {
-    if (this.data === null) throw new Error('mergeBase on a block without a buffer');
-    let cursor = 0;
-    for (const [from, to] of [...this.writtenRanges, [BLOCK_SIZE_BYTES, BLOCK_SIZE_BYTES] as [number, number]]) {
-      if (from > cursor) {
-        if (base) base.copy(this.data, cursor, cursor, from);
-        else this.data.fill(0, cursor, from);
-      }
-      cursor = Math.max(cursor, to);
-    }
-    this.writtenRanges = [];
-    this.baseMerged = true;
   }
 }
 
@@ -158,24 +152,6 @@ export class BlockCache {
     return this.dirtyBlocks;
   }
 
-  /** Records a change to the block's content; the caller holds its lock. */
-  noteWritten(block: CachedBlock): void {
-    if (!block.isDirty) this.dirtyBlocks += 1;
-    block.writeGeneration += 1;
-  }
-
-  /** Records that the service acknowledged `generation` of the block. */
-  noteAcknowledged(block: CachedBlock, generation: number): void {
-    const wasDirty = block.isDirty;
-    block.ackedGeneration = Math.max(block.ackedGeneration, generation);
-    if (wasDirty && !block.isDirty) this.dirtyBlocks -= 1;
-  }
-
-  /** Forgets an entry that was inserted but never written (its write failed). */
-  discardUnwritten(block: CachedBlock): void {
-    if (block.writeGeneration === 0 && block.data === null && this.entries.peek(block.index) === block) this.entries.delete(block.index);
-  }
-
   get buffersInUse(): number {
     return this.buffersHeld;
   }
@@ -199,7 +175,9 @@ export class BlockCache {
     for (const block of this.entries.values()) if (block) yield block;
   }
 
-  /** Adds an entry with no buffer; the caller holds the block's lock. */
+  // ---- transitions; each caller holds the block's lock unless it says otherwise ----
+
+  /** absent → an entry with no buffer, not yet written. */
   insert(index: number): CachedBlock {
     if (this.entries.size >= this.options.capacityBlocks + this.options.zeroEntriesMax) this.evictClean(() => true);
     if (this.entries.size >= this.options.capacityBlocks + this.options.zeroEntriesMax) {
@@ -210,11 +188,133 @@ export class BlockCache {
     return block;
   }
 
+  /** Forgets an entry that was inserted but never written (its write failed). */
+  discardUnwritten(block: CachedBlock): void {
+    if (block.writeGeneration === 0 && block.data === null && this.entries.peek(block.index) === block) this.entries.delete(block.index);
+  }
+
+  /**
+   * Gives the block a buffer of its own to write into: a zeroed one for a block
+   * without a buffer (whose base, when it has one, is merged later), or a copy
+   * of the one an upload holds.
+   */
+  async makeWritable(block: CachedBlock, baseToMergeLater: boolean): Promise<void> {
+    if (block.data === null) {
+      await this.reserveBuffer();
+      block.data = this.newBuffer();
+      if (baseToMergeLater) {
+        block.baseMerged = false;
+        block.writtenRanges = [];
+      }
+      return;
+    }
+    if (block.dataSharedWithUpload) {
+      await this.reserveBuffer();
+      block.data = this.copyBuffer(block.data);
+      block.dataSharedWithUpload = false;
+    }
+  }
+
+  /**
+   * Records a write of [inBlock, inBlock + length) already copied into the
+   * buffer: clean → dirty, uploading → dirty-uploading. `streamed` says the
+   * write that carried it was a large one.
+   */
+  noteWritten(block: CachedBlock, inBlock: number, length: number, streamed: boolean): void {
+    if (!block.baseMerged && addWrittenRange(block, inBlock, inBlock + length)) {
+      block.writtenRanges = [];
+      block.baseMerged = true;
+    }
+    block.streamEndBytes = streamed && block.streamEndBytes === inBlock ? inBlock + length : null;
+    this.noteChanged(block);
+  }
+
+  /** Copies the base into every byte not written, then forgets the ranges. */
+  mergeBase(block: CachedBlock, base: Buffer | null): void {
+    const data = block.data;
+    if (data === null) throw new Error(`mergeBase of block ${block.index}, which has no buffer`);
+    let cursor = 0;
+    for (const [from, to] of [...block.writtenRanges, [BLOCK_SIZE_BYTES, BLOCK_SIZE_BYTES] as [number, number]]) {
+      if (from > cursor) {
+        if (base) base.copy(data, cursor, cursor, from);
+        else data.fill(0, cursor, from);
+      }
+      cursor = Math.max(cursor, to);
+    }
+    block.writtenRanges = [];
+    block.baseMerged = true;
+  }
+
+  /** any → dirty zeros without a buffer (truncation). */
+  zero(block: CachedBlock): void {
+    if (block.data !== null && !block.dataSharedWithUpload) this.releaseBuffer(block.data);
+    block.data = null;
+    block.dataSharedWithUpload = false;
+    block.baseMerged = true;
+    block.writtenRanges = [];
+    block.streamEndBytes = null;
+    this.noteChanged(block);
+  }
+
+  /** clean → dirty with the same content, so that it is sent again (resume, keep-alive). */
+  markForResend(block: CachedBlock): void {
+    if (!block.isDirty) this.noteChanged(block);
+  }
+
+  /** dirty → uploading: the upload takes the buffer as it is; later writes copy it first. */
+  beginUpload(block: CachedBlock): UploadView {
+    if (block.uploading) throw new Error(`block ${block.index}: a second upload while one is in flight`);
+    if (!block.isDirty || !block.baseMerged) throw new Error(`block ${block.index}: upload of a block that is clean or not merged`);
+    block.uploading = true;
+    block.uploadGeneration = block.writeGeneration;
+    block.dataSharedWithUpload = block.data !== null;
+    const kind: CopyKind = block.streamEndBytes === BLOCK_SIZE_BYTES ? 'whole' : 'pieces';
+    block.streamEndBytes = 0;
+    return { data: block.data, generation: block.writeGeneration, kind };
+  }
+
+  /** The service acknowledged `generation`: uploading → clean, or dirty-uploading stays dirty. */
+  acknowledge(block: CachedBlock, generation: number): void {
+    if (!block.uploading) throw new Error(`block ${block.index}: an ack without an upload`);
+    const wasDirty = block.isDirty;
+    block.ackedGeneration = Math.max(block.ackedGeneration, generation);
+    block.lastFailure = undefined;
+    if (wasDirty && !block.isDirty) this.dirtyBlocks -= 1;
+    this.checkCounts();
+  }
+
+  /** The upload failed for good, or could not start (base held nowhere): the block stays dirty and carries the failure. */
+  failUpload(block: CachedBlock, failure: UploadFailure): void {
+    block.lastFailure = failure;
+  }
+
+  /** uploading → clean or dirty: the upload lets go of `data`, the buffer it took. */
+  endUpload(block: CachedBlock, data: Buffer | null): void {
+    block.uploading = false;
+    if (block.data === data) block.dataSharedWithUpload = false;
+    // A copy-on-write during the upload left `data` held by the upload alone, which has ended.
+    else if (data !== null) this.releaseBuffer(data);
+    if (block.isClean) this.roomSignal.notify();
+  }
+
+  private noteChanged(block: CachedBlock): void {
+    if (!block.isDirty) this.dirtyBlocks += 1;
+    block.writeGeneration += 1;
+  }
+
+  private checkCounts(): void {
+    if (this.dirtyBlocks < 0 || this.buffersHeld < 0 || this.buffersHeld > this.options.capacityBlocks) {
+      throw new Error(`block cache counts out of bounds: ${this.dirtyBlocks} dirty, ${this.buffersHeld} buffers of ${this.options.capacityBlocks}`);
+    }
+  }
+
+  // ---- buffers ----
+
   /**
    * Accounts for one more block buffer, first evicting clean blocks or waiting
    * (at most writerWaitTimeoutMs) for uploads to make some clean.
    */
-  async reserveBuffer(): Promise<void> {
+  private async reserveBuffer(): Promise<void> {
     const deadlineMs = Date.now() + this.options.writerWaitTimeoutMs;
     while (this.buffersHeld >= this.options.capacityBlocks) {
       if (this.evictClean((block) => block.data !== null)) continue;
@@ -229,16 +329,17 @@ export class BlockCache {
       }
     }
     this.buffersHeld += 1;
+    this.checkCounts();
   }
 
   /** A zeroed buffer for a block, reused when one was given back; the caller reserved it. */
-  newBuffer(): Buffer {
+  private newBuffer(): Buffer {
     const reused = this.freeBuffers.pop();
     return reused ? reused.fill(0) : Buffer.alloc(BLOCK_SIZE_BYTES);
   }
 
   /** A copy of a block's buffer (copy-on-write), reused when one was given back; the caller reserved it. */
-  copyBuffer(source: Buffer): Buffer {
+  private copyBuffer(source: Buffer): Buffer {
     const reused = this.freeBuffers.pop();
     if (!reused) return Buffer.from(source);
     source.copy(reused);
@@ -251,8 +352,9 @@ export class BlockCache {
    * which it does after tens of MiB of such garbage, so under a steady stream of
    * writes the process would hold that much beyond the cache.
    */
-  releaseBuffer(buffer?: Buffer): void {
+  private releaseBuffer(buffer?: Buffer): void {
     this.buffersHeld -= 1;
+    this.checkCounts();
     if (buffer?.length === BLOCK_SIZE_BYTES && this.buffersHeld + this.freeBuffers.length < this.options.capacityBlocks) {
       this.freeBuffers.push(buffer);
     }
@@ -271,4 +373,18 @@ export class BlockCache {
     }
     return false;
   }
+}
+
+/** Records [start, end) as written; true once the ranges cover the whole block. */
+function addWrittenRange(block: CachedBlock, start: number, end: number): boolean {
+  const merged: Array<[number, number]> = [];
+  let next: [number, number] = [start, end];
+  for (const range of block.writtenRanges) {
+    if (range[1] < next[0] || range[0] > next[1]) merged.push(range);
+    else next = [Math.min(range[0], next[0]), Math.max(range[1], next[1])];
+  }
+  merged.push(next);
+  merged.sort((a, b) => a[0] - b[0]);
+  block.writtenRanges = merged;
+  return merged.length === 1 && merged[0][0] === 0 && merged[0][1] === BLOCK_SIZE_BYTES;
 }

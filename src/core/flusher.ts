@@ -1,46 +1,34 @@
 // The flusher: uploads dirty blocks as PutSnapshotBlock calls, at most
-// `concurrency` at once and never two of one block. It owns what the snapshot
-// has acknowledged: the digest of every block PUT (for ChangedBlocksCount and
-// the LINEAR checksum) and which blocks were ever sent.
+// `concurrency` at once and never two of one block, and decides which dirty
+// blocks go in the background (write-back). What the snapshot holds is the
+// block store's record; the flusher tells it each step of an upload.
 import { sha256Digest } from '../ebs/checksum';
-import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
-import { BlockCache, type BlockLocks, type CachedBlock } from './block-cache';
-import type { Journal } from './journal';
-import type { ReadbackStore } from './readback-store';
+import type { SnapshotClient } from '../ebs/client';
+import type { BlockCache, BlockLocks, CachedBlock } from './block-cache';
+import type { CopyKind } from './local-copy';
+import { ZERO_BLOCK, ZERO_DIGEST, type BlockStore } from './block-store';
+import { NO_SLOT } from './journal';
 import { ChangeSignal } from './signal';
-
-const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE_BYTES);
 
 export interface FlusherOptions {
   client: SnapshotClient;
   snapshotId: string;
   cache: BlockCache;
   locks: BlockLocks;
-  readback: ReadbackStore;
-  journal: Journal;
-  /** Where the read-back store and the journal live, for the message when they fail. */
-  stateDirectory: string;
+  store: BlockStore;
   concurrency: number;
+  /** Dirty blocks not uploading beyond this count are uploaded in the background. */
+  dirtyHighWaterBlocks: number;
   /**
    * The contract's zero-block rule: an all-zero block may be skipped only in a
    * fresh snapshot with no parent, not encrypted, and only if it was never sent.
    */
   zeroSkipAllowed: boolean;
-  /** Blocks whose latest content is in the read-back store (shared with the volume). */
-  storedBlocks: Set<number>;
-  /** Merges a block's base content in before it is hashed; called under its lock. */
-  mergeBase: (block: CachedBlock) => Promise<void>;
-  /** The x-amz-Progress figure for the next PUT. */
-  progressPercent: () => number;
   /** Told once per final upload failure, for the one clear log line. */
   onUploadFailed: (blockIndex: number, message: string) => void;
 }
 
 export class Flusher {
-  /** Raw SHA-256 of the latest acknowledged content of every block PUT. */
-  readonly putDigests: Map<number, Buffer>;
-  /** Blocks a PUT was ever attempted for: the service may hold them even if no ack came. */
-  readonly attemptedBlocks: Set<number>;
   /** When the service last acknowledged a PUT (the snapshot's idle timer restarts). */
   lastPutAckMs = Date.now();
   /** Wakes waiters (fsync, writers) whenever an upload ends, well or badly. */
@@ -50,17 +38,12 @@ export class Flusher {
   failureCount = 0;
   zeroBlocksSkipped = 0;
   private readonly queue = new Set<number>();
+  /** Blocks to PUT even as never-sent zeros (the keep-alive's block 0); at most one. */
+  private readonly zeroSkipExempt = new Set<number>();
   private inFlight = 0;
   private stopped = false;
 
-  constructor(
-    private readonly options: FlusherOptions,
-    acknowledged: Map<number, Buffer> = new Map(),
-    attempted: Iterable<number> = [],
-  ) {
-    this.putDigests = acknowledged;
-    this.attemptedBlocks = new Set(attempted);
-  }
+  constructor(private readonly options: FlusherOptions) {}
 
   get uploadsInFlight(): number {
     return this.inFlight;
@@ -76,6 +59,38 @@ export class Flusher {
     if (!block.isDirty || this.stopped) return;
     this.queue.add(block.index);
     this.pump();
+  }
+
+  /** The next upload of the block is sent even if it is all zeros and was never sent. */
+  exemptFromZeroSkip(index: number): void {
+    this.zeroSkipExempt.clear();
+    this.zeroSkipExempt.add(index);
+  }
+
+  /** After a write: uploads the coldest dirty blocks beyond the high-water mark. */
+  writeBackIfOverHighWater(): void {
+    const dirtyNotUploading = this.options.cache.dirtyCount - this.inFlight - this.queue.size;
+    if (dirtyNotUploading > this.options.dirtyHighWaterBlocks) this.writeBack(dirtyNotUploading - this.options.dirtyHighWaterBlocks);
+  }
+
+  /**
+   * Queues up to `count` dirty blocks (at most one upload window): first the
+   * least recently used whose content is complete, then those still waiting for
+   * their base (the merge reads it). A block whose base is held nowhere is left
+   * for fsync to report: uploading it cannot succeed until it is written whole.
+   */
+  writeBack(count = this.options.concurrency): void {
+    let wanted = Math.min(count, this.options.concurrency - this.inFlight - this.queue.size);
+    for (const completeOnly of [true, false]) {
+      for (const block of this.options.cache.leastRecentFirst()) {
+        if (wanted <= 0) return;
+        if (!block.isDirty || block.uploading || this.queue.has(block.index)) continue;
+        if (completeOnly !== block.baseMerged) continue;
+        if (!block.baseMerged && this.options.store.base(block.index) === 'nowhere') continue;
+        this.enqueue(block);
+        wanted -= 1;
+      }
+    }
   }
 
   /** Takes no more work and waits (at most timeoutMs) for uploads in flight to end. */
@@ -100,81 +115,85 @@ export class Flusher {
   }
 
   private async upload(index: number): Promise<void> {
-    const { cache, locks } = this.options;
+    const { cache, locks, store } = this.options;
     // Take a stable view of the block under its lock; the PUT itself runs unlocked
     // and later writes copy the buffer instead of changing what is being sent.
-    const taken = await locks.with(index, async () => {
-      const block = cache.peek(index);
-      if (!block || !block.isDirty || block.uploading) return undefined;
-      if (!block.baseMerged) await this.options.mergeBase(block);
-      block.uploading = true;
-      block.uploadGeneration = block.writeGeneration;
-      block.dataSharedWithUpload = block.data !== null;
-      return { block, data: block.data, generation: block.writeGeneration };
-    });
-    if (!taken) return;
-    const { block, data, generation } = taken;
+    let taken;
     try {
-      await this.send(index, data ?? ZERO_BLOCK);
-      cache.noteAcknowledged(block, generation);
-      block.lastFailure = undefined;
+      taken = await locks.with(index, async () => {
+        const block = cache.peek(index);
+        if (!block || !block.isDirty || block.uploading) return undefined;
+        try {
+          if (!block.baseMerged) cache.mergeBase(block, await store.readBlock(index, 'write'));
+        } catch (error) {
+          this.fail(block, error);
+          return undefined;
+        }
+        return { block, view: cache.beginUpload(block) };
+      });
     } catch (error) {
-      const message = error instanceof Error ? error.message : String(error);
-      this.failureCount += 1;
-      block.lastFailure = { sequence: this.failureCount, message };
-      this.options.onUploadFailed(index, message);
+      // beginUpload's invariants: a bug, to be seen, not swallowed.
+      this.options.onUploadFailed(index, (error as Error).message);
+      return;
+    }
+    if (!taken) return;
+    const { block, view } = taken;
+    try {
+      await this.send(block, view.data ?? ZERO_BLOCK, view.data === null, view.kind, view.generation);
+    } catch (error) {
+      this.fail(block, error);
     } finally {
-      block.uploading = false;
-      if (block.data === data) block.dataSharedWithUpload = false;
-      // A copy-on-write during the upload left `data` held by the upload alone, which has ended.
-      else if (data !== null) cache.releaseBuffer(data);
-      if (block.isClean) cache.roomSignal.notify();
+      store.uploadEnded(index);
+      cache.endUpload(block, view.data);
     }
     // Rewritten while uploading, and somebody is waiting for the newer content.
     if (block.lastFailure === undefined && block.isDirty && block.flushWantedGeneration > block.ackedGeneration) this.enqueue(block);
   }
 
-  private async send(index: number, body: Buffer): Promise<void> {
-    const { storedBlocks, readback } = this.options;
-    if (this.options.zeroSkipAllowed && !this.attemptedBlocks.has(index) && body.equals(ZERO_BLOCK)) {
+  private async send(block: CachedBlock, body: Buffer, knownZero: boolean, kind: CopyKind, generation: number): Promise<void> {
+    const { cache, store } = this.options;
+    const index = block.index;
+    const isZero = knownZero || body.equals(ZERO_BLOCK);
+    if (this.options.zeroSkipAllowed && isZero && !store.wasAttempted(index) && !this.zeroSkipExempt.delete(index)) {
       // Never sent and all zeros: the snapshot already reads zeros there.
       this.zeroBlocksSkipped += 1;
+      cache.acknowledge(block, generation);
       return;
     }
-    const digest = sha256Digest(body);
-    // The intent is durable before the read-back copy changes: a crash in between
-    // must leave a journal that says the block is in flight, so that a resume sends
-    // again whatever the copy then holds. (With the copy first, a crash before the
-    // intent was durable left new bytes under an old ack: the resumed mount showed
-    // them, but they never reached the snapshot.) The copy is written before the
-    // PUT, since an acknowledged block may be evicted and reads must still find it;
-    // the ack's group commit makes the copy durable before the ack.
-    this.attemptedBlocks.add(index);
+    const digest = isZero ? ZERO_DIGEST : sha256Digest(body);
+    const plan = store.copyPlan(index, digest, kind);
+    const slot = await store.announce(index, digest, body, plan);
     try {
-      await this.options.journal.recordIntent(index, digest);
-      await readback.writeBlock(index, body);
+      await this.options.client.putSnapshotBlock({
+        snapshotId: this.options.snapshotId,
+        blockIndex: index,
+        data: body,
+        checksumBase64: digest.toString('base64'),
+        progressPercent: this.progressPercent(),
+      });
     } catch (error) {
-      throw new Error(localStorageFailure(error, this.options.stateDirectory));
+      store.putFailed(slot);
+      throw error;
     }
-    storedBlocks.add(index);
-    await this.options.client.putSnapshotBlock({
-      snapshotId: this.options.snapshotId,
-      blockIndex: index,
-      data: body,
-      checksumBase64: digest.toString('base64'),
-      progressPercent: this.options.progressPercent(),
-    });
-    this.putDigests.set(index, digest);
-    this.options.journal.recordAck(index, digest);
+    store.acknowledged(index, digest, slot, kind);
+    cache.acknowledge(block, generation);
     this.lastPutAckMs = Date.now();
     this.blocksUploaded += 1;
+    // The ack is already visible to fsync; the block stays `uploading` (not
+    // evictable, writes copy first) only while this copy is written.
+    if (plan === 'after' && slot === NO_SLOT) await store.copyAfterAck(index, digest, body);
   }
-}
 
-/** Why the state directory refused a block, and what to do, on one line; the block is not sent. */
-function localStorageFailure(error: unknown, stateDirectory: string): string {
-  const code = (error as NodeJS.ErrnoException).code;
-  const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
-  const fix = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space there' : 'check that directory and its file system';
-  return `cannot keep the block in the state directory ${stateDirectory} (${message}); ${fix}: the data stays in memory and the next fsync tries again`;
+  private fail(block: CachedBlock, error: unknown): void {
+    const message = error instanceof Error ? error.message : String(error);
+    this.failureCount += 1;
+    this.options.cache.failUpload(block, { sequence: this.failureCount, message });
+    this.options.onUploadFailed(block.index, message);
+  }
+
+  /** The x-amz-Progress figure: blocks acknowledged against those acknowledged or still dirty. */
+  private progressPercent(): number {
+    const done = this.blocksUploaded;
+    return Math.min(100, Math.floor((100 * done) / Math.max(1, done + this.options.cache.dirtyCount)));
+  }
 }

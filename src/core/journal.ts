@@ -1,52 +1,92 @@
-// The journal: an append-only record, per snapshot, of what was sent and what
-// the service acknowledged, so that a mount that died can be resumed and
-// completed with the right ChangedBlocksCount and LINEAR checksum.
+// The journal: an append-only record, per snapshot, of what was sent, what the
+// service acknowledged and where the local copy keeps which block, so that a
+// mount that died can be resumed and completed with the right ChangedBlocksCount
+// and LINEAR checksum. It is compacted to one or two records per block, so its
+// size follows the blocks written, never the count of PUTs.
 //
-// Record (41 bytes): type u8 | block index u32 LE | SHA-256 (32) | CRC-32 u32 LE of the first 37 bytes.
-// - INTENT: made durable BEFORE the block's bytes are written to the read-back
-//   store and sent. A block whose last record is an INTENT may or may not be on
-//   the service, and its read-back copy may be old, new or torn, so a resume sends
-//   it again with whatever the read-back store holds (what the file then shows).
-// - ACK: appended after the service acknowledged the PUT; made durable by the
-//   next sync() (fsync, close, or once many are pending), which first makes the
-//   read-back store durable.
+// Record (45 bytes): type u8 | block index u32 LE | slot u32 LE | SHA-256 (32) | CRC-32 u32 LE of the first 41 bytes.
+// `slot` is a slot of the local copy (local-copy.ts) or NO_SLOT.
+// - INTENT: made durable BEFORE the block is sent, and before its bytes are
+//   written to `slot` when it has one. A block whose last record is an INTENT
+//   may or may not be on the service; a resume settles it (block-store.ts).
+// - ACK: appended after the service acknowledged the PUT; `slot` holds that
+//   content when the local copy kept it. Made durable by the next sync()
+//   (fsync, close, or once many are pending), which first makes the local copy durable.
+// - COPY: the acknowledged content of the block was also written to `slot`
+//   afterwards. Durable like an ACK.
+// Replay trusts no copy blindly: a slot's bytes must hash to the digest
+// (block-store.ts verifies), so a slot taken over by another block, or torn by
+// a crash, is never read as the block's content.
 // A torn record at the tail (a crash mid-append) fails its CRC and is cut off.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
+import { fsyncDirectory } from '../durable-file';
 
-const RECORD_BYTES = 41;
+export const RECORD_BYTES = 45;
+const CRC_COVERED_BYTES = 41;
+export const NO_SLOT = 0xffffffff;
 const TYPE_INTENT = 1;
 const TYPE_ACK = 2;
+const TYPE_COPY = 3;
 /** Records written per group commit at most, to bound one write's size. */
 const RECORDS_PER_COMMIT_MAX = 4096;
+const FILE_NAME = 'blocks.journal';
+
+export interface SlotClaim {
+  slot: number;
+  digest: Buffer;
+}
 
 export interface JournalReplay {
   /** Latest acknowledged digest of each block. */
   acknowledged: Map<number, Buffer>;
   /** Blocks whose last record is an intent, with the digest that was being sent. */
   unacknowledged: Map<number, Buffer>;
+  /**
+   * Per block, the local-copy slots records said held it, oldest first. Acks
+   * reach the file after intents appended later, so file order is not the order
+   * of events: a claim is only a place to look, and the bytes must hash right.
+   */
+  slotClaims: Map<number, SlotClaim[]>;
+  /** One past the highest slot named. */
+  slotCount: number;
   /** Records cut off as torn at the tail. */
   tornBytes: number;
 }
 
+/** One block's lasting state, for compaction. */
+export interface CompactBlock {
+  blockIndex: number;
+  acked?: { digest: Buffer; slot: number };
+  inFlight?: { digest: Buffer; slot: number };
+}
+
+type RecordKind = 'intent' | 'ack';
+
 export class Journal {
-  /** Records not yet written, by kind: intents need a quick commit, acks wait for the read-back store. */
-  private readonly pending: Record<'intent' | 'ack', Buffer[]> = { intent: [], ack: [] };
+  /** Records not yet written, by kind: intents need a quick commit, acks wait for the local copy. */
+  private readonly pending: Record<RecordKind, Buffer[]> = { intent: [], ack: [] };
   private readonly appendedSeq = { intent: 0, ack: 0 };
   private readonly durableSeq = { intent: 0, ack: 0 };
-  private commitRunning?: { promise: Promise<void>; withAcks: boolean };
+  /** Commits and compactions run one at a time, in this chain. */
+  private running?: Promise<void>;
   private backgroundSync?: Promise<void>;
 
   private constructor(
-    private readonly handle: fs.FileHandle,
-    private sizeBytes: number,
-    /** Runs before acks are written: the read-back copies they vouch for must be durable first. */
+    private readonly directory: string,
+    private handle: fs.FileHandle,
+    private sizeBytesValue: number,
+    /** Runs before acks are written: the local copies they vouch for must be durable first. */
     private readonly beforeAcks: () => Promise<void>,
   ) {}
 
   static fileIn(directory: string): string {
-    return path.join(directory, 'journal.log');
+    return path.join(directory, FILE_NAME);
+  }
+
+  get sizeBytes(): number {
+    return this.sizeBytesValue;
   }
 
   /** Opens (creating) the journal, replays it and cuts a torn tail. */
@@ -61,7 +101,7 @@ export class Journal {
         await handle.truncate(validBytes);
         await handle.datasync();
       }
-      return { journal: new Journal(handle, validBytes, beforeAcks), replay };
+      return { journal: new Journal(directory, handle, validBytes, beforeAcks), replay };
     } catch (error) {
       await handle.close();
       throw error;
@@ -71,54 +111,98 @@ export class Journal {
   static replay(content: Buffer): JournalReplay {
     const acknowledged = new Map<number, Buffer>();
     const unacknowledged = new Map<number, Buffer>();
+    const slotClaims = new Map<number, SlotClaim[]>();
+    let slotCount = 0;
     let offset = 0;
     for (; offset + RECORD_BYTES <= content.length; offset += RECORD_BYTES) {
       const record = content.subarray(offset, offset + RECORD_BYTES);
-      if (crc32(record.subarray(0, 37)) !== record.readUInt32LE(37)) break;
+      if (crc32(record.subarray(0, CRC_COVERED_BYTES)) !== record.readUInt32LE(CRC_COVERED_BYTES)) break;
       const type = record[0];
-      const index = record.readUInt32LE(1);
-      const digest = Buffer.from(record.subarray(5, 37));
-      if (type === TYPE_INTENT) unacknowledged.set(index, digest);
+      const blockIndex = record.readUInt32LE(1);
+      const slot = record.readUInt32LE(5);
+      const digest = Buffer.from(record.subarray(9, CRC_COVERED_BYTES));
+      if (type === TYPE_INTENT) unacknowledged.set(blockIndex, digest);
       else if (type === TYPE_ACK) {
-        acknowledged.set(index, digest);
-        if (unacknowledged.get(index)?.equals(digest)) unacknowledged.delete(index);
-      } else break;
+        acknowledged.set(blockIndex, digest);
+        if (unacknowledged.get(blockIndex)?.equals(digest)) unacknowledged.delete(blockIndex);
+      } else if (type !== TYPE_COPY) break;
+      if (slot !== NO_SLOT) {
+        const claims = (slotClaims.get(blockIndex) ?? []).filter((claim) => claim.slot !== slot || !claim.digest.equals(digest));
+        claims.push({ slot, digest });
+        slotClaims.set(blockIndex, claims);
+        slotCount = Math.max(slotCount, slot + 1);
+      }
     }
-    return { acknowledged, unacknowledged, tornBytes: content.length - offset };
+    return { acknowledged, unacknowledged, slotClaims, slotCount, tornBytes: content.length - offset };
   }
 
   /**
    * Resolves once the intent is durable. Intents are committed on their own
    * (one fdatasync of the journal for all that arrived meanwhile), without
-   * syncing the read-back store: that costs a flush of every dirty read-back
-   * page, and an intent does not vouch for the read-back copy.
+   * syncing the local copy: an intent does not vouch for any copy.
    */
-  async recordIntent(blockIndex: number, digest: Buffer): Promise<void> {
-    const seq = this.append('intent', TYPE_INTENT, blockIndex, digest);
+  async recordIntent(blockIndex: number, digest: Buffer, slot: number): Promise<void> {
+    const seq = this.append('intent', encode(TYPE_INTENT, blockIndex, slot, digest));
     await this.waitDurable(() => this.durableSeq.intent >= seq, false);
   }
 
-  /**
-   * Acks become durable with the next sync() (fsync, close), after the read-back
-   * store; many pending ones start a sync in the background, bounding memory.
-   */
-  recordAck(blockIndex: number, digest: Buffer): void {
-    this.append('ack', TYPE_ACK, blockIndex, digest);
-    if (this.pending.ack.length >= RECORDS_PER_COMMIT_MAX && !this.backgroundSync) {
-      // A failure here is met again, and reported, by the next fsync's sync().
-      this.backgroundSync = this.sync()
-        .catch(() => undefined)
-        .finally(() => {
-          this.backgroundSync = undefined;
-        });
-    }
+  /** Acks become durable with the next sync(), after the local copy. */
+  recordAck(blockIndex: number, digest: Buffer, slot: number): void {
+    this.append('ack', encode(TYPE_ACK, blockIndex, slot, digest));
   }
 
-  /** Makes every record appended so far durable, the read-back store first. */
+  /** The acknowledged content of the block now also lies in `slot`; durable like an ack. */
+  recordCopy(blockIndex: number, digest: Buffer, slot: number): void {
+    this.append('ack', encode(TYPE_COPY, blockIndex, slot, digest));
+  }
+
+  /** Makes every record appended so far durable, the local copy first. */
   async sync(): Promise<void> {
     const intents = this.appendedSeq.intent;
     const acks = this.appendedSeq.ack;
     await this.waitDurable(() => this.durableSeq.intent >= intents && this.durableSeq.ack >= acks, true);
+  }
+
+  /**
+   * Replaces the file by one holding only `blocks` (the whole lasting state,
+   * taken at the call): a new file, synced, renamed over the old one. Every
+   * record appended before the call is covered by `blocks`, so it counts as
+   * durable once the new file is. On failure the old file stays in use.
+   */
+  async compact(blocks: Iterable<CompactBlock>): Promise<void> {
+    const records: Buffer[] = [];
+    for (const block of blocks) {
+      if (block.acked) records.push(encode(TYPE_ACK, block.blockIndex, block.acked.slot, block.acked.digest));
+      if (block.inFlight) records.push(encode(TYPE_INTENT, block.blockIndex, block.inFlight.slot, block.inFlight.digest));
+    }
+    const covered = { intent: this.appendedSeq.intent, ack: this.appendedSeq.ack };
+    await this.serialized(async () => {
+      await this.beforeAcks();
+      const file = Journal.fileIn(this.directory);
+      const temporary = `${file}.compact`;
+      const handle = await fs.open(temporary, 'w', 0o600);
+      try {
+        await writeFully(handle, Buffer.concat(records), 0);
+        await handle.datasync();
+        await fs.rename(temporary, file);
+        await fsyncDirectory(this.directory);
+      } catch (error) {
+        await handle.close();
+        await fs.rm(temporary, { force: true });
+        throw error;
+      }
+      await this.handle.close();
+      this.handle = handle;
+      this.sizeBytesValue = records.length * RECORD_BYTES;
+      // Records appended before the call are in the new file: drop them unwritten.
+      for (const kind of ['intent', 'ack'] as const) {
+        const coveredPending = covered[kind] - this.durableSeq[kind];
+        if (coveredPending > 0) {
+          this.pending[kind].splice(0, coveredPending);
+          this.durableSeq[kind] = covered[kind];
+        }
+      }
+    });
   }
 
   async close(): Promise<void> {
@@ -126,14 +210,18 @@ export class Journal {
     await this.handle.close();
   }
 
-  private append(kind: 'intent' | 'ack', type: number, blockIndex: number, digest: Buffer): number {
-    const record = Buffer.alloc(RECORD_BYTES);
-    record[0] = type;
-    record.writeUInt32LE(blockIndex, 1);
-    digest.copy(record, 5);
-    record.writeUInt32LE(crc32(record.subarray(0, 37)), 37);
+  private append(kind: RecordKind, record: Buffer): number {
     this.pending[kind].push(record);
     this.appendedSeq[kind] += 1;
+    if (this.pending.ack.length >= RECORDS_PER_COMMIT_MAX && !this.backgroundSync) {
+      // Bounds the records held in memory. A failure here is met again, and
+      // reported, by the next fsync's sync().
+      this.backgroundSync = this.sync()
+        .catch(() => undefined)
+        .finally(() => {
+          this.backgroundSync = undefined;
+        });
+    }
     return this.appendedSeq[kind];
   }
 
@@ -143,15 +231,18 @@ export class Journal {
    * an ack clears only an intent with its own digest.
    */
   private async waitDurable(done: () => boolean, withAcks: boolean): Promise<void> {
-    while (!done()) {
-      if (!this.commitRunning) {
-        const promise = this.commit(withAcks).finally(() => {
-          this.commitRunning = undefined;
-        });
-        this.commitRunning = { promise, withAcks };
-      }
-      await this.commitRunning.promise;
-    }
+    while (!done()) await this.serialized(() => this.commit(withAcks));
+  }
+
+  /** Runs `task` after every commit or compaction already running. */
+  private serialized(task: () => Promise<void>): Promise<void> {
+    const previous = this.running ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(task);
+    const tracked = next.finally(() => {
+      if (this.running === tracked) this.running = undefined;
+    });
+    this.running = tracked;
+    return next;
   }
 
   private async commit(withAcks: boolean): Promise<void> {
@@ -161,20 +252,34 @@ export class Journal {
     try {
       if (acks.length > 0) await this.beforeAcks();
       const bytes = Buffer.concat([...intents, ...acks]);
-      let written = 0;
-      while (written < bytes.length) {
-        const { bytesWritten } = await this.handle.write(bytes, written, bytes.length - written, this.sizeBytes + written);
-        written += bytesWritten;
-      }
+      await writeFully(this.handle, bytes, this.sizeBytesValue);
       await this.handle.datasync();
-      this.sizeBytes += bytes.length;
+      this.sizeBytesValue += bytes.length;
       this.durableSeq.intent += intents.length;
       this.durableSeq.ack += acks.length;
     } catch (error) {
       // Keep the records for the next commit; a partial write is overwritten then.
       this.pending.intent.unshift(...intents);
       this.pending.ack.unshift(...acks);
-      throw error;
+      throw new Error(`cannot write the journal ${Journal.fileIn(this.directory)}: ${(error as Error).message}`);
     }
+  }
+}
+
+function encode(type: number, blockIndex: number, slot: number, digest: Buffer): Buffer {
+  const record = Buffer.alloc(RECORD_BYTES);
+  record[0] = type;
+  record.writeUInt32LE(blockIndex, 1);
+  record.writeUInt32LE(slot, 5);
+  digest.copy(record, 9);
+  record.writeUInt32LE(crc32(record.subarray(0, CRC_COVERED_BYTES)), CRC_COVERED_BYTES);
+  return record;
+}
+
+async function writeFully(handle: fs.FileHandle, bytes: Buffer, positionBytes: number): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, written, bytes.length - written, positionBytes + written);
+    written += bytesWritten;
   }
 }

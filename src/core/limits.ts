@@ -1,3 +1,5 @@
+import type { DiskBudget } from './local-copy';
+
 /** Every bound of the core in one place, so that each limit is chosen, not implied. */
 export interface CoreLimits {
   /** Memory for block buffers: cached blocks plus copies held by in-flight uploads. */
@@ -10,6 +12,12 @@ export interface CoreLimits {
   dirtyHighWaterRatio: number;
   /** Written ranges tracked per block before the block's base content is merged in. */
   writtenRangesPerBlockMax: number;
+  /**
+   * Bytes of uploaded blocks kept on local disk (local-copy.ts), or `auto`:
+   * whatever the state directory's file system has free beyond a reserve of a
+   * tenth of it (at least 64 MiB). 0 keeps no block copy at all.
+   */
+  diskCacheSizeBytes: DiskBudget;
 }
 
 export const MIN_CACHE_SIZE_BYTES = 16 * 1024 * 1024;
@@ -22,4 +30,5 @@ export const DEFAULT_LIMITS: CoreLimits = {
   writerWaitTimeoutMs: 30_000,
   dirtyHighWaterRatio: 0.5,
   writtenRangesPerBlockMax: 64,
+  diskCacheSizeBytes: 'auto',
 };

@@ -4,11 +4,12 @@
 // State directory, one per snapshot (mode 0700):
 //   snapshot.json   what StartSnapshot was asked, and the status once completed
 //   lock            the pid of the process using the state
-//   journal.log     intents and acknowledgements of PUTs (journal.ts)
-//   readback-NN.img the read-back store (readback-store.ts)
+//   blocks.journal  intents and acknowledgements of PUTs, and local-copy slots (journal.ts)
+//   local-copy.img  the local copy of uploaded blocks, within --disk-cache-size (local-copy.ts)
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
+import { writeFileAtomic } from '../durable-file';
 import { UserError } from '../errors';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
 import { ReadOnlyVolume } from './read-only-volume';
@@ -68,7 +69,7 @@ export class SnapshotSession {
     try {
       await fs.mkdir(stateDirectory, { recursive: true, mode: 0o700 });
       await fs.chmod(stateDirectory, 0o700);
-      await writeFileAtomic(path.join(stateDirectory, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
+      await writeFileAtomic(path.join(stateDirectory, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`, 0o600);
     } catch (error) {
       throw new UserError(`cannot use the state directory ${stateDirectory}: ${(error as Error).message}`);
     }
@@ -130,29 +131,59 @@ export class SnapshotSession {
     try {
       await this.volume.flushAll(options.timeoutMs);
     } catch (error) {
-      await this.close();
       throw new UserError(
-        `could not upload every block of ${this.snapshotId} (${(error as Error).message}); ` +
+        `could not upload every block of ${this.snapshotId} (${(error as Error).message})${await this.closeAfterFailure()}; ` +
           `the snapshot stays pending and its state is kept in ${this.stateDirectory}; ` +
           `continue with 'ebs-fuse mount MOUNTPOINT --resume ${this.snapshotId}' or 'ebs-fuse complete ${this.snapshotId}'`,
       );
     }
     if (!options.complete) {
-      await this.close();
+      await this.closeOrExplain('after the final flush');
       return { snapshotId: this.snapshotId, status: 'pending' };
     }
     const figures = this.volume.completionFigures();
+    if (figures.linearChecksumBase64 === undefined) {
+      this.log(
+        `ebs-fuse: completing ${this.snapshotId} without its LINEAR checksum: ${this.volume.stats().unsettledBlocks} blocks were being uploaded ` +
+          'when an earlier mount stopped and were not written again, so which content the snapshot holds for them is not known (the count is exact)',
+      );
+    }
     let status;
     try {
       status = await this.client.completeSnapshot({ snapshotId: this.snapshotId, ...figures });
     } catch (error) {
-      await this.close();
+      const closing = await this.closeAfterFailure();
+      if (closing && error instanceof Error) error.message += closing;
       throw error;
     }
-    await this.volume.close();
-    if (status !== 'error') await this.forgetData();
-    await releaseLock(this.stateDirectory);
+    await this.closeOrExplain(`after CompleteSnapshot answered ${status}`);
+    if (status !== 'error') {
+      try {
+        await this.forgetData();
+      } catch (error) {
+        throw new UserError(`${this.snapshotId} is ${status}, but its state in ${this.stateDirectory} could not be cleared: ${(error as Error).message}`);
+      }
+    }
     return { snapshotId: this.snapshotId, status };
+  }
+
+  /** Closes the state after a failure; says what went wrong doing so, as a clause to append. */
+  private async closeAfterFailure(): Promise<string> {
+    try {
+      await this.close();
+      return '';
+    } catch (error) {
+      return `; closing its state in ${this.stateDirectory} failed too: ${(error as Error).message}`;
+    }
+  }
+
+  /** Closes the state, naming the step and the directory when that fails. */
+  private async closeOrExplain(step: string): Promise<void> {
+    try {
+      await this.close();
+    } catch (error) {
+      throw new UserError(`closing the state of ${this.snapshotId} in ${this.stateDirectory} ${step} failed: ${(error as Error).message}`);
+    }
   }
 
   /**
@@ -164,11 +195,8 @@ export class SnapshotSession {
   private async keepAlive(): Promise<void> {
     if (Date.now() - this.volume.lastPutAckMs < this.idleTimeoutMs * KEEP_ALIVE_AFTER_RATIO) return;
     if (this.volume.stats().uploadingBlocks > 0) return;
-    const acknowledged = this.volume.acknowledgedBlockIndexes().next();
     try {
-      if (!acknowledged.done) await this.volume.resend(acknowledged.value);
-      else if (this.state.params.parentSnapshotId === undefined) await this.volume.resend(0, { evenIfZero: true });
-      else throw new Error('no block has been uploaded yet to send again');
+      await this.volume.keepAlive();
     } catch (error) {
       if (this.keepAliveWarned) return;
       this.keepAliveWarned = true;
@@ -179,14 +207,17 @@ export class SnapshotSession {
   /** Stops uploads and closes the state, keeping it for a resume. */
   async close(): Promise<void> {
     clearInterval(this.keepAliveTimer);
-    await this.volume.close();
-    await releaseLock(this.stateDirectory);
+    try {
+      await this.volume.close();
+    } finally {
+      await releaseLock(this.stateDirectory);
+    }
   }
 
   /** After completion only snapshot.json stays, so a resume can say it is done. */
   private async forgetData(): Promise<void> {
     this.state.status = 'completed';
-    await writeFileAtomic(path.join(this.stateDirectory, STATE_FILE), `${JSON.stringify(this.state, null, 2)}\n`);
+    await writeFileAtomic(path.join(this.stateDirectory, STATE_FILE), `${JSON.stringify(this.state, null, 2)}\n`, 0o600);
     for (const entry of await fs.readdir(this.stateDirectory)) {
       if (entry !== STATE_FILE && entry !== LOCK_FILE) await fs.rm(path.join(this.stateDirectory, entry), { force: true });
     }
@@ -248,21 +279,11 @@ export async function openReadOnlySnapshot(client: SnapshotClient, snapshotId: s
 
 function limitsFrom(tuning: Partial<CoreLimits>): CoreLimits {
   const limits: CoreLimits = { ...DEFAULT_LIMITS };
-  for (const key of Object.keys(DEFAULT_LIMITS) as Array<keyof CoreLimits>) {
+  const take = <K extends keyof CoreLimits>(key: K): void => {
     const value = tuning[key];
     if (value !== undefined) limits[key] = value;
-  }
+  };
+  for (const key of Object.keys(DEFAULT_LIMITS) as Array<keyof CoreLimits>) take(key);
   return limits;
 }
 
-async function writeFileAtomic(file: string, content: string): Promise<void> {
-  const temporary = `${file}.tmp`;
-  const handle = await fs.open(temporary, 'w', 0o600);
-  try {
-    await handle.writeFile(content);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await fs.rename(temporary, file);
-}

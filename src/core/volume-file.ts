@@ -35,6 +35,16 @@ export interface VolumeStats {
   retries: number;
   /** The cause of the last failed upload, until a flush succeeds. */
   lastUploadError?: string;
+  /** Blocks kept in the local copy, and the bytes its file takes (at most the budget). */
+  localCopyBlocks: number;
+  localCopyFileBytes: number;
+  /** Bytes written to the local copy since the mount started. */
+  localCopyBytesWritten: number;
+  journalBytes: number;
+  /** Reads and partial writes that failed because their block is held nowhere. */
+  heldNowhereErrors: number;
+  /** Blocks whose content after a crash is one of two: the LINEAR checksum is left out while any remains. */
+  unsettledBlocks: number;
 }
 
 /** What unmount ends in. */

@@ -1,14 +1,12 @@
 // The volume: the one file of a mount, as plain async operations over the block
-// cache, the flusher and the read-back store. docs/SEMANTICS.md is its contract.
+// cache, the flusher and the block store. docs/SEMANTICS.md is its contract.
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient } from '../ebs/client';
-import { linearChecksumBase64 } from '../ebs/checksum';
-import { BlockCache, BlockLocks, type CachedBlock } from './block-cache';
+import { BlockCache, BlockLocks, STREAM_WRITE_MIN_BYTES, type CachedBlock } from './block-cache';
 import { blockSegments } from './block-segments';
+import { BlockStore } from './block-store';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
-import { Journal, type JournalReplay } from './journal';
 import type { CoreLimits } from './limits';
-import { ReadbackStore } from './readback-store';
 import type { SnapshotReader } from './snapshot-reader';
 import type { VolumeFile, VolumeStats } from './volume-file';
 
@@ -21,7 +19,7 @@ export interface VolumeOptions {
   client: SnapshotClient;
   snapshotId: string;
   volumeSizeGiB: number;
-  /** Directory for the read-back store (the snapshot's state directory). */
+  /** The snapshot's state directory: the journal and the local copy. */
   stateDirectory: string;
   limits: CoreLimits;
   zeroSkipAllowed: boolean;
@@ -39,64 +37,54 @@ export class Volume implements VolumeFile {
   private readonly locks = new BlockLocks();
   private readonly cache: BlockCache;
   private readonly flusher: Flusher;
-  /** Blocks whose latest uploaded content is in the read-back store. */
-  private readonly storedBlocks = new Set<number>();
-  private readonly dirtyHighWaterBlocks: number;
   private lastUploadError?: string;
   private readonly log: (line: string) => void;
 
   /**
-   * Opens the volume over its state directory: the read-back store and the
-   * journal. A journal left by an earlier mount of the snapshot is replayed:
-   * acknowledged blocks read back from the store, and blocks that were being
-   * sent are queued to be sent again.
+   * Opens the volume over its state directory. A journal left by an earlier
+   * mount of the snapshot is replayed, and blocks that were being sent are
+   * settled and sent again (block-store.ts).
    */
   static async open(options: VolumeOptions): Promise<Volume> {
-    const readback = new ReadbackStore(options.stateDirectory);
-    const { journal, replay } = await Journal.open(options.stateDirectory, () => readback.sync());
-    const volume = new Volume(options, readback, journal, replay);
-    for (const index of [...replay.unacknowledged.keys()].sort((a, b) => a - b)) await volume.resend(index);
+    const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+    const { store, resend } = await BlockStore.open({
+      directory: options.stateDirectory,
+      diskBudget: options.limits.diskCacheSizeBytes,
+      parent: options.parent,
+      log,
+    });
+    const volume = new Volume(options, store, log);
+    for (const index of resend) await volume.resend(index);
     return volume;
   }
 
   private constructor(
     private readonly options: VolumeOptions,
-    private readonly readback: ReadbackStore,
-    private readonly journal: Journal,
-    replay: JournalReplay,
+    private readonly store: BlockStore,
+    log: (line: string) => void,
   ) {
-    for (const index of [...replay.acknowledged.keys(), ...replay.unacknowledged.keys()]) this.storedBlocks.add(index);
     this.blockCount = options.volumeSizeGiB * BLOCKS_PER_GIB;
     this.sizeBytes = this.blockCount * BLOCK_SIZE_BYTES;
-    this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
+    this.log = log;
     const capacityBlocks = Math.max(2, Math.floor(options.limits.cacheSizeBytes / BLOCK_SIZE_BYTES));
-    this.dirtyHighWaterBlocks = Math.max(1, Math.floor(capacityBlocks * options.limits.dirtyHighWaterRatio));
     this.cache = new BlockCache({
       capacityBlocks,
       writerWaitTimeoutMs: options.limits.writerWaitTimeoutMs,
       zeroEntriesMax: ZERO_ENTRIES_MAX,
-      requestWriteback: () => this.writeBack(this.options.limits.uploadConcurrency),
+      requestWriteback: () => this.flusher.writeBack(),
       isLocked: (index) => this.locks.isLocked(index),
     });
-    this.flusher = new Flusher(
-      {
+    this.flusher = new Flusher({
       client: options.client,
       snapshotId: options.snapshotId,
       cache: this.cache,
       locks: this.locks,
-      readback,
-      journal,
-      stateDirectory: options.stateDirectory,
+      store,
       concurrency: options.limits.uploadConcurrency,
+      dirtyHighWaterBlocks: Math.max(1, Math.floor(capacityBlocks * options.limits.dirtyHighWaterRatio)),
       zeroSkipAllowed: options.zeroSkipAllowed,
-      storedBlocks: this.storedBlocks,
-      mergeBase: (block) => this.mergeBase(block),
-      progressPercent: () => this.progressPercent(),
       onUploadFailed: (index, message) => this.reportUploadFailure(index, message),
-      },
-      new Map(replay.acknowledged),
-      this.storedBlocks,
-    );
+    });
   }
 
   async read(offsetBytes: number, length: number): Promise<Buffer> {
@@ -114,10 +102,11 @@ export class Volume implements VolumeFile {
       throw new FileOperationError('ENOSPC', `write at ${offsetBytes} is at or past the end of the volume (${this.sizeBytes} bytes)`);
     }
     const end = Math.min(this.sizeBytes, offsetBytes + data.length);
+    const streamed = data.length >= STREAM_WRITE_MIN_BYTES;
     for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
-      await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count));
+      await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count), streamed);
     }
-    this.writeBackIfOverHighWater();
+    this.flusher.writeBackIfOverHighWater();
     return end - offsetBytes;
   }
 
@@ -134,16 +123,16 @@ export class Volume implements VolumeFile {
     if (lengthBytes % BLOCK_SIZE_BYTES !== 0) {
       const index = firstWhole - 1;
       const inBlock = lengthBytes - index * BLOCK_SIZE_BYTES;
-      await this.writeBlockRange(index, inBlock, Buffer.alloc(BLOCK_SIZE_BYTES - inBlock));
+      await this.writeBlockRange(index, inBlock, Buffer.alloc(BLOCK_SIZE_BYTES - inBlock), false);
     }
     // Only blocks that may hold data need zeroing; the rest already read as zeros.
-    const candidates = new Set<number>([...this.storedBlocks, ...this.flusher.attemptedBlocks, ...(this.options.parent?.blockIndexes() ?? [])]);
+    const candidates = new Set<number>(this.store.knownBlocks());
     for (const block of this.cache.values()) candidates.add(block.index);
     for (const index of [...candidates].filter((candidate) => candidate >= firstWhole).sort((a, b) => a - b)) {
       const cached = this.cache.peek(index);
       // Already acknowledged as zeros: nothing to change.
       if (cached && cached.isClean && cached.data === null) continue;
-      await this.locks.with(index, async () => this.zeroBlock(index));
+      await this.locks.with(index, async () => this.cache.zero(this.cache.get(index) ?? this.cache.insert(index)));
     }
   }
 
@@ -159,21 +148,28 @@ export class Volume implements VolumeFile {
     }
   }
 
-  /** ChangedBlocksCount and LINEAR checksum of everything acknowledged so far. */
-  completionFigures(): { changedBlocksCount: number; linearChecksumBase64: string } {
-    return { changedBlocksCount: this.flusher.putDigests.size, linearChecksumBase64: linearChecksumBase64(this.flusher.putDigests) };
+  /** ChangedBlocksCount and LINEAR checksum (unless a block is unsettled) of everything acknowledged. */
+  completionFigures(): { changedBlocksCount: number; linearChecksumBase64?: string } {
+    return this.store.completionFigures();
   }
 
   stats(): VolumeStats {
+    const stored = this.store.stats();
     return {
       dirtyBlocks: this.cache.dirtyCount,
       uploadingBlocks: this.flusher.uploadsInFlight,
       cachedBlocks: this.cache.size,
       blocksUploaded: this.flusher.blocksUploaded,
       bytesUploaded: this.flusher.blocksUploaded * BLOCK_SIZE_BYTES,
-      distinctBlocksPut: this.flusher.putDigests.size,
+      distinctBlocksPut: this.store.acknowledgedCount,
       retries: this.options.retryCount?.() ?? 0,
       lastUploadError: this.lastUploadError,
+      localCopyBlocks: stored.localCopyBlocks,
+      localCopyFileBytes: stored.localCopyFileBytes,
+      localCopyBytesWritten: stored.localCopyBytesWritten,
+      journalBytes: stored.journalBytes,
+      heldNowhereErrors: stored.heldNowhereErrors,
+      unsettledBlocks: stored.unsettledBlocks,
     };
   }
 
@@ -187,35 +183,43 @@ export class Volume implements VolumeFile {
     return this.flusher.lastPutAckMs;
   }
 
-  /** How many blocks the service has acknowledged (candidates for resend). */
-  acknowledgedBlockIndexes(): IterableIterator<number> {
-    return this.flusher.putDigests.keys();
+  /**
+   * Sends a block with known content again, to restart the snapshot's idle
+   * timer: a clean block in memory, else one the local copy or the zero record
+   * gives, else (nothing acknowledged, no parent) block 0 as the zeros it reads
+   * as. Rejects when no block's content is known.
+   */
+  async keepAlive(): Promise<void> {
+    for (const block of this.cache.leastRecentFirst()) {
+      if (block.isClean && block.baseMerged && this.store.wasAttempted(block.index)) return this.resend(block.index);
+    }
+    const known = this.store.keepAliveCandidate();
+    if (known !== undefined) return this.resend(known);
+    if (this.store.acknowledgedCount === 0 && !this.options.parent) return this.resend(0, { evenIfZero: true });
+    throw new Error('no acknowledged block is in memory or in the local copy to send again');
   }
 
   /**
    * Sends a block again with its current content: after a crash for a block
    * that was in flight, and to restart the snapshot's idle timer.
    */
-  async resend(index: number, options: { evenIfZero?: boolean } = {}): Promise<void> {
-    // A block that was never sent and reads as zeros would be skipped by the
-    // zero-block rule; the idle keep-alive needs a real PUT.
-    if (options.evenIfZero) this.flusher.attemptedBlocks.add(index);
+  private async resend(index: number, options: { evenIfZero?: boolean } = {}): Promise<void> {
     await this.locks.with(index, async () => {
       let block = this.cache.get(index);
       if (!block) {
         block = this.cache.insert(index);
         try {
-          await this.cache.reserveBuffer();
+          // Empty written ranges: the whole content is the block's base.
+          await this.cache.makeWritable(block, this.store.hasBase(index));
         } catch (error) {
           this.cache.discardUnwritten(block);
           throw error;
         }
-        block.data = this.cache.newBuffer();
-        // Empty written ranges: the whole content comes from the read-back store.
-        block.baseMerged = !this.hasBase(index);
-        block.writtenRanges = [];
       }
-      if (!block.isDirty) this.cache.noteWritten(block);
+      // A block that was never sent and reads as zeros would be skipped by the
+      // zero-block rule; the idle keep-alive needs a real PUT.
+      if (options.evenIfZero) this.flusher.exemptFromZeroSkip(index);
+      this.cache.markForResend(block);
       this.flusher.enqueue(block);
     });
   }
@@ -223,8 +227,7 @@ export class Volume implements VolumeFile {
   /** Stops uploading (in-flight PUTs end first, bounded) and closes the files. */
   async close(): Promise<void> {
     await this.flusher.stop(CLOSE_WAIT_MS);
-    await this.journal.close();
-    await this.readback.close();
+    await this.store.close();
   }
 
   private async readInto(index: number, inBlock: number, count: number, out: Buffer, outOffset: number): Promise<void> {
@@ -237,91 +240,36 @@ export class Volume implements VolumeFile {
       await this.locks.with(index, async () => {
         const block = this.cache.peek(index);
         if (block) {
-          if (!block.baseMerged) await this.mergeBase(block);
+          if (!block.baseMerged) this.cache.mergeBase(block, await this.store.readBlock(index, 'read'));
           copyOut(block, inBlock, count, out, outOffset);
         } else {
-          (await this.readBase(index, inBlock, count)).copy(out, outOffset);
+          (await this.store.readRange(index, inBlock, count)).copy(out, outOffset);
         }
       });
       return;
     }
-    (await this.readBase(index, inBlock, count)).copy(out, outOffset);
+    (await this.store.readRange(index, inBlock, count)).copy(out, outOffset);
   }
 
-  /** True when a block not in memory reads as something other than zeros. */
-  private hasBase(index: number): boolean {
-    return this.storedBlocks.has(index) || (this.options.parent?.has(index) ?? false);
-  }
-
-  /** Content of a block that is not in memory: the read-back store, else the parent, else zeros. */
-  private async readBase(index: number, inBlock: number, count: number): Promise<Buffer> {
-    if (this.storedBlocks.has(index)) return this.readback.readRange(index, inBlock, count);
-    if (this.options.parent?.has(index)) return this.options.parent.readRange(index, inBlock, count);
-    return Buffer.alloc(count);
-  }
-
-  private async mergeBase(block: CachedBlock): Promise<void> {
-    let base: Buffer | null = null;
-    if (this.storedBlocks.has(block.index)) base = await this.readback.readRange(block.index, 0, BLOCK_SIZE_BYTES);
-    else if (this.options.parent?.has(block.index)) base = await this.options.parent.readBlock(block.index);
-    block.mergeBase(base);
-  }
-
-  private async writeBlockRange(index: number, inBlock: number, source: Buffer): Promise<void> {
+  private async writeBlockRange(index: number, inBlock: number, source: Buffer, streamed: boolean): Promise<void> {
     await this.locks.with(index, async () => {
       let block = this.cache.get(index);
       const isNew = !block;
       if (!block) block = this.cache.insert(index);
       try {
-        await this.ensureWritableBuffer(block, isNew);
+        await this.cache.makeWritable(block, isNew && this.store.hasBase(index));
+        // Too many scattered pieces: merge the base first, so that a failure
+        // (a base held nowhere) leaves the block as it was.
+        if (!block.baseMerged && block.writtenRanges.length >= this.options.limits.writtenRangesPerBlockMax) {
+          this.cache.mergeBase(block, await this.store.readBlock(index, 'write'));
+        }
       } catch (error) {
         if (isNew) this.cache.discardUnwritten(block);
         throw error;
       }
-      const data = block.data!;
-      source.copy(data, inBlock);
-      if (!block.baseMerged) {
-        const whole = block.addWrittenRange(inBlock, inBlock + source.length);
-        if (whole) {
-          block.writtenRanges = [];
-          block.baseMerged = true;
-        } else if (block.writtenRanges.length > this.options.limits.writtenRangesPerBlockMax) {
-          await this.mergeBase(block);
-        }
-      }
-      this.cache.noteWritten(block);
+      source.copy(block.data!, inBlock);
+      this.cache.noteWritten(block, inBlock, source.length, streamed);
     });
-  }
-
-  /** Gives the block a buffer of its own to write into, allocating or copying as needed. */
-  private async ensureWritableBuffer(block: CachedBlock, isNew: boolean): Promise<void> {
-    if (block.data === null) {
-      await this.cache.reserveBuffer();
-      block.data = this.cache.newBuffer();
-      // A block that was absent and may have content elsewhere gets that content
-      // merged in lazily; a zero block (null data in the cache) is known to be zeros.
-      if (isNew && this.hasBase(block.index)) {
-        block.baseMerged = false;
-        block.writtenRanges = [];
-      }
-      return;
-    }
-    if (block.dataSharedWithUpload) {
-      await this.cache.reserveBuffer();
-      block.data = this.cache.copyBuffer(block.data);
-      block.dataSharedWithUpload = false;
-    }
-  }
-
-  /** Makes the block all zeros without holding a buffer; called under its lock. */
-  private zeroBlock(index: number): void {
-    const block = this.cache.get(index) ?? this.cache.insert(index);
-    if (block.data !== null && !block.dataSharedWithUpload) this.cache.releaseBuffer(block.data);
-    block.data = null;
-    block.dataSharedWithUpload = false;
-    block.baseMerged = true;
-    block.writtenRanges = [];
-    this.cache.noteWritten(block);
   }
 
   /** Waits until every block dirty at the call is acknowledged; EIO on a failure. */
@@ -356,33 +304,10 @@ export class Volume implements VolumeFile {
 
   private async syncJournal(): Promise<void> {
     try {
-      await this.journal.sync();
+      await this.store.sync();
     } catch (error) {
-      throw new FileOperationError('EIO', `cannot make the journal durable: ${(error as Error).message}`);
+      throw new FileOperationError('EIO', `cannot make the state durable: ${(error as Error).message}`);
     }
-  }
-
-  private writeBackIfOverHighWater(): void {
-    const dirtyNotUploading = this.cache.dirtyCount - this.flusher.uploadsInFlight - this.flusher.queuedBlocks;
-    if (dirtyNotUploading > this.dirtyHighWaterBlocks) this.writeBack(dirtyNotUploading - this.dirtyHighWaterBlocks);
-  }
-
-  /** Queues up to `count` of the least recently used dirty blocks for upload. */
-  private writeBack(count: number): void {
-    const room = this.options.limits.uploadConcurrency - this.flusher.uploadsInFlight - this.flusher.queuedBlocks;
-    let wanted = Math.min(count, room);
-    if (wanted <= 0) return;
-    for (const block of this.cache.leastRecentFirst()) {
-      if (wanted <= 0) break;
-      if (!block.isDirty || block.uploading) continue;
-      this.flusher.enqueue(block);
-      wanted -= 1;
-    }
-  }
-
-  private progressPercent(): number {
-    const done = this.flusher.blocksUploaded;
-    return Math.min(100, Math.floor((100 * done) / Math.max(1, done + this.cache.dirtyCount)));
   }
 
   private reportUploadFailure(index: number, message: string): void {

@@ -17,7 +17,7 @@ import { EbsService, LOCAL_OWNER_ID } from './service';
 import { SigV4Verifier, UNSIGNED_PAYLOAD, percentDecode, type SignedRequest } from './sigv4';
 import { SnapshotStore } from './store';
 import { TokenSigner } from './tokens';
-import { writeFileAtomic } from './durable-fs';
+import { writeFileAtomic } from '../durable-file';
 import {
   validateBlockIndexText,
   validateBlockToken,

@@ -19,7 +19,7 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { encodeRecords, replayLog, type BlockRecord } from './block-log';
-import { fsyncDirectory, writeFileAtomic } from './durable-fs';
+import { fsyncDirectory, writeFileAtomic } from '../durable-file';
 import { SNAPSHOT_ID_PATTERN, type Tag } from './validation';
 
 // The callback API on plain descriptors: FileHandle objects cost the event loop

@@ -96,12 +96,22 @@ describe('progress output', () => {
     bytesUploaded: 40 * 524288,
     distinctBlocksPut: 40,
     retries: 1,
+    localCopyBlocks: 4,
+    localCopyFileBytes: 4 * 524288,
+    localCopyBytesWritten: 4 * 524288,
+    journalBytes: 450,
+    heldNowhereErrors: 0,
+    unsettledBlocks: 0,
     ...overrides,
   });
 
   it('says dirty blocks, uploaded blocks, MB/s and retries in one status line', () => {
     const line = formatStatusLine('mounted', stats({ lastUploadError: 'HTTP 500' }), 12.34);
-    assert.equal(line, 'ebs-fuse: mounted: 3 dirty blocks, 2 uploading, 40 uploaded (21.0 MB), 12.3 MB/s, 1 retries, last upload error: HTTP 500');
+    assert.equal(
+      line,
+      'ebs-fuse: mounted: 3 dirty blocks, 2 uploading, 40 uploaded (21.0 MB), 12.3 MB/s, 1 retries, local copy 2.1 MB, last upload error: HTTP 500',
+    );
+    assert.match(formatStatusLine('mounted', stats({ heldNowhereErrors: 2 }), 1), /, 2 reads or partial writes of blocks held nowhere$/);
   });
 
   it('writes status lines periodically without a terminal, and none on a terminal', async () => {
@@ -112,7 +122,7 @@ describe('progress output', () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     reporter.stop();
     assert.ok(lines.length >= 2, lines.join(''));
-    assert.match(lines[0], /^ebs-fuse: flushing: 3 dirty blocks, .* MB\/s, 1 retries\n$/);
+    assert.match(lines[0], /^ebs-fuse: flushing: 3 dirty blocks, .* MB\/s, 1 retries, local copy 2\.1 MB\n$/);
     const silent: string[] = [];
     startStatusLines({ stats: () => current }, { write: (text) => silent.push(text) > 0, isTTY: true }, 'mounted', 10).stop();
     assert.deepEqual(silent, []);

@@ -55,26 +55,33 @@ describe('core: session (journal, resume, complete)', () => {
     assert.deepEqual(readdirSync(path.join(stateDir, first.snapshotId)), ['snapshot.json']);
   });
 
-  it('sends again a block whose PUT reached the service but was never acknowledged', async () => {
-    const service = new MemorySnapshotClient();
-    let hanging = true;
-    const flaky = withHangingPuts(service, (params) => hanging && params.blockIndex === 2);
-    const first = await SnapshotSession.start(flaky, { volumeSizeGiB: 1 }, tuning);
-    await first.file.write(0, Buffer.alloc(4 * B, 5));
-    const fsync = first.file.fsync();
-    const deadline = Date.now() + 5000;
-    while (service.snapshots.get(first.snapshotId)!.ownBlocks.size < 4 && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    void fsync.catch(() => {});
-    hanging = false;
-    // Crash with block 2 on the service but not acknowledged to us.
-    const second = await SnapshotSession.resume(service, first.snapshotId, tuning);
-    const result = await second.finish({ complete: true, timeoutMs: 10_000 });
-    // The service checks ChangedBlocksCount and LINEAR: block 2 must be counted.
-    assert.equal(result.status, 'completed');
-    assert.ok(service.imageRange(first.snapshotId, 0, 4).equals(Buffer.alloc(4 * B, 5)));
-  });
+  for (const [how, writeSizeBytes] of [
+    ['written whole by a stream: without a copy made before the PUT, the old content (zeros) is sent again', 4 * B],
+    ['written in pieces: the copy made before the PUT is sent again', 4096],
+  ] as const) {
+    it(`settles blocks whose PUTs reached the service but were never acknowledged (${how})`, async () => {
+      const service = new MemorySnapshotClient();
+      let hanging = true;
+      const flaky = withHangingPuts(service, (params) => hanging && params.blockIndex === 2);
+      const first = await SnapshotSession.start(flaky, { volumeSizeGiB: 1 }, tuning);
+      const data = Buffer.alloc(4 * B, 5);
+      for (let offset = 0; offset < data.length; offset += writeSizeBytes) await first.file.write(offset, data.subarray(offset, offset + writeSizeBytes));
+      const fsync = first.file.fsync();
+      const deadline = Date.now() + 5000;
+      while (service.snapshots.get(first.snapshotId)!.ownBlocks.size < 4 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      void fsync.catch(() => {});
+      hanging = false;
+      // Crash with all four blocks on the service, none acknowledged durably (the fsync never returned).
+      const second = await SnapshotSession.resume(service, first.snapshotId, tuning);
+      const result = await second.finish({ complete: true, timeoutMs: 10_000 });
+      // The service checks ChangedBlocksCount and LINEAR: they must match what it holds now.
+      assert.equal(result.status, 'completed');
+      const expected = writeSizeBytes === 4096 ? data : Buffer.alloc(4 * B);
+      assert.ok(service.imageRange(first.snapshotId, 0, 4).equals(expected));
+    });
+  }
 
   it('refuses to resume an unknown or a completed snapshot, and one another live process holds', async () => {
     const service = new MemorySnapshotClient();
@@ -101,10 +108,10 @@ describe('core: session (journal, resume, complete)', () => {
     await assert.rejects(session.finish({ complete: true, timeoutMs: 5000 }), (error: Error) => {
       return error instanceof UserError && error.message.includes(`--resume ${session.snapshotId}`) && error.message.includes(`complete ${session.snapshotId}`);
     });
-    assert.ok(existsSync(path.join(stateDir, session.snapshotId, 'journal.log')));
+    assert.ok(existsSync(path.join(stateDir, session.snapshotId, 'blocks.journal')));
     failing = false;
     const resumed = await SnapshotSession.resume(service, session.snapshotId, tuning);
-    assert.ok((await resumed.file.read(0, 100)).equals(Buffer.alloc(100, 1)), 'the intent replays the read-back copy');
+    assert.ok((await resumed.file.read(0, 100)).equals(Buffer.alloc(100, 1)), 'the intent replays the local copy made before the PUT');
     assert.equal((await resumed.finish({ complete: true, timeoutMs: 5000 })).status, 'completed');
   });
 

@@ -1,5 +1,5 @@
-// The few file-system steps the store's durability argument rests on (docs/SEMANTICS.md
-// "local-ebs": on-disk format): a file is fsync'd before it is renamed into place, and
+// The few file-system steps that local-ebs's store and the mount's state directory
+// rest their durability on: a file is fsync'd before it is renamed into place, and
 // the directory is fsync'd before anything that depends on the new name is acknowledged.
 import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';

@@ -1,0 +1,283 @@
+// The local copy: uploaded blocks kept on local disk within a byte budget,
+// because a pending snapshot cannot be read through the EBS API. Reads of a
+// block no longer in memory, and partial writes that need its other bytes,
+// find it here; a block kept nowhere cannot be read (block-store.ts).
+//
+// One file of 512 KiB slots. Which blocks stay (docs/SEMANTICS.md, "The local copy"):
+// - two classes, each in least-recently-used order: `pieces` (written in small
+//   or scattered writes: file-system metadata, the blocks most likely to be read
+//   or partly rewritten) and `whole` (written whole by a stream of large writes);
+// - a new copy takes a free slot, else the oldest `whole` copy's slot; a
+//   `pieces` copy may then take the oldest `pieces` copy's slot; a `whole` copy
+//   never displaces a `pieces` one;
+// - a slot being written, or whose block is being uploaded, is never taken.
+// The budget is fixed (--disk-cache-size) or `auto`: the file grows only while
+// its file system keeps the reserve free, so a copy never fills the disk. A
+// copy that cannot be written (ENOSPC, EIO) is dropped: the upload goes on.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { sha256Digest } from '../ebs/checksum';
+import { BLOCK_SIZE_BYTES } from '../ebs/client';
+
+export type CopyKind = 'pieces' | 'whole';
+
+/** `auto`: free space in the directory's file system less the reserve (autoReserveBytes). */
+export type DiskBudget = number | 'auto';
+
+/** The reserve `auto` leaves free: a tenth of the file system, at least this. */
+const AUTO_RESERVE_MIN_BYTES = 64 * 1024 * 1024;
+const AUTO_RESERVE_RATIO = 0.1;
+/** How long a free-space figure is trusted before statfs is asked again. */
+const STATFS_TRUSTED_MS = 1000;
+const FILE_NAME = 'local-copy.img';
+
+interface Entry {
+  slot: number;
+  digest: Buffer;
+  kind: CopyKind;
+  /** Written by this process, or read back and hashed since the state was opened. */
+  verified: boolean;
+}
+
+/** The reserve `auto` keeps free on a file system of `fileSystemBytes`. */
+export function autoReserveBytes(fileSystemBytes: number): number {
+  return Math.max(AUTO_RESERVE_MIN_BYTES, Math.floor(fileSystemBytes * AUTO_RESERVE_RATIO));
+}
+
+export class LocalCopy {
+  private readonly byBlock = new Map<number, Entry>();
+  /** Per class, block indexes from least to most recently used (Map order). */
+  private readonly lru: Record<CopyKind, Map<number, Entry>> = { pieces: new Map(), whole: new Map() };
+  private readonly freeSlots = new Set<number>();
+  /** Slots handed out by allocate() and not yet committed or released. */
+  private readonly reservedSlots = new Set<number>();
+  /** Slots the file extends over; it never shrinks while the state lives. */
+  private slotCount: number;
+  private writesInFlightCount = 0;
+  private unsynced = false;
+  private freeSpace?: { bytes: number; reserveBytes: number; atMs: number };
+  private handle?: Promise<fs.FileHandle>;
+  /** Bytes written to the file since open, for the benchmarks. */
+  bytesWritten = 0;
+
+  constructor(
+    private readonly directory: string,
+    private readonly budget: DiskBudget,
+    /** Slots the state already uses (replayed from the journal). */
+    existingSlotCount = 0,
+  ) {
+    this.slotCount = existingSlotCount;
+    for (let slot = 0; slot < existingSlotCount; slot += 1) this.freeSlots.add(slot);
+  }
+
+  static fileIn(directory: string): string {
+    return path.join(directory, FILE_NAME);
+  }
+
+  /** False when the budget allows no copy at all. */
+  get enabled(): boolean {
+    return this.budget === 'auto' || this.budget >= BLOCK_SIZE_BYTES;
+  }
+
+  get blocksHeld(): number {
+    return this.byBlock.size;
+  }
+
+  /** Bytes the file takes on disk at most (every slot ever used). */
+  get fileBytes(): number {
+    return this.slotCount * BLOCK_SIZE_BYTES;
+  }
+
+  get writesInFlight(): number {
+    return this.writesInFlightCount;
+  }
+
+  holds(blockIndex: number): boolean {
+    return this.byBlock.has(blockIndex);
+  }
+
+  heldDigest(blockIndex: number): Buffer | undefined {
+    return this.byBlock.get(blockIndex)?.digest;
+  }
+
+  /** Slot of the held copy, for the journal. */
+  heldSlot(blockIndex: number): number | undefined {
+    return this.byBlock.get(blockIndex)?.slot;
+  }
+
+  /** Takes a replayed slot as the block's copy, to be verified on first read; false when the slot is taken. */
+  adopt(blockIndex: number, slot: number, digest: Buffer): boolean {
+    if (!this.freeSlots.delete(slot)) return false;
+    this.drop(blockIndex);
+    this.insert(blockIndex, { slot, digest, kind: 'pieces', verified: false });
+    return true;
+  }
+
+  /**
+   * A slot for a new copy of `kind`, by the policy at the top of this file, or
+   * undefined when none may be had. `isBusy(block)` protects blocks being uploaded.
+   */
+  async allocate(kind: CopyKind, isBusy: (blockIndex: number) => boolean): Promise<number | undefined> {
+    if (!this.enabled) return undefined;
+    let slot: number | undefined = this.freeSlots.values().next().value;
+    if (slot !== undefined) this.freeSlots.delete(slot);
+    if (slot === undefined && (await this.mayGrow())) slot = this.slotCount++;
+    if (slot === undefined) {
+      for (const victimKind of kind === 'whole' ? (['whole'] as const) : (['whole', 'pieces'] as const)) {
+        for (const [blockIndex, entry] of this.lru[victimKind]) {
+          if (isBusy(blockIndex)) continue;
+          this.remove(blockIndex);
+          slot = entry.slot;
+          break;
+        }
+        if (slot !== undefined) break;
+      }
+    }
+    if (slot !== undefined) this.reservedSlots.add(slot);
+    return slot;
+  }
+
+  /** Writes a block into a slot from allocate(); false (the slot freed) when the disk refused. */
+  async write(slot: number, data: Buffer): Promise<boolean> {
+    this.writesInFlightCount += 1;
+    try {
+      const handle = await this.open();
+      let written = 0;
+      while (written < data.length) {
+        const { bytesWritten } = await handle.write(data, written, data.length - written, slot * BLOCK_SIZE_BYTES + written);
+        written += bytesWritten;
+      }
+      this.bytesWritten += written;
+      this.unsynced = true;
+      return true;
+    } catch {
+      this.release(slot);
+      return false;
+    } finally {
+      this.writesInFlightCount -= 1;
+    }
+  }
+
+  /** The written slot becomes the block's copy; the copy it replaces is freed. */
+  commit(blockIndex: number, slot: number, digest: Buffer, kind: CopyKind): void {
+    if (!this.reservedSlots.delete(slot)) throw new Error(`commit of slot ${slot}, which was not allocated`);
+    this.drop(blockIndex);
+    this.insert(blockIndex, { slot, digest, kind, verified: true });
+  }
+
+  /** Gives back a slot from allocate() that holds nothing of use. */
+  release(slot: number): void {
+    if (this.reservedSlots.delete(slot)) this.freeSlots.add(slot);
+  }
+
+  /** Forgets the block's copy (its content changed without a new copy). */
+  drop(blockIndex: number): void {
+    const entry = this.remove(blockIndex);
+    if (entry) this.freeSlots.add(entry.slot);
+  }
+
+  /**
+   * Bytes of the held copy, or undefined when it holds none. A copy not written
+   * by this process is hashed against its digest first; one that does not match
+   * (torn by a crash, or its slot reused) is dropped, never returned.
+   */
+  async readRange(blockIndex: number, inBlock: number, count: number): Promise<Buffer | undefined> {
+    const entry = this.byBlock.get(blockIndex);
+    if (!entry) return undefined;
+    const handle = await this.open();
+    if (!entry.verified) {
+      const whole = await readAt(handle, entry.slot * BLOCK_SIZE_BYTES, BLOCK_SIZE_BYTES);
+      if (this.byBlock.get(blockIndex) !== entry) return this.readRange(blockIndex, inBlock, count);
+      if (!sha256Digest(whole).equals(entry.digest)) {
+        this.drop(blockIndex);
+        return undefined;
+      }
+      entry.verified = true;
+      this.touch(blockIndex, entry);
+      return inBlock === 0 && count === BLOCK_SIZE_BYTES ? whole : Buffer.from(whole.subarray(inBlock, inBlock + count));
+    }
+    const bytes = await readAt(handle, entry.slot * BLOCK_SIZE_BYTES + inBlock, count);
+    // Taken for another block while the read ran: what was read may be that block's.
+    if (this.byBlock.get(blockIndex) !== entry) return this.readRange(blockIndex, inBlock, count);
+    this.touch(blockIndex, entry);
+    return bytes;
+  }
+
+  /** Makes every copy written so far durable (before the journal vouches for them). */
+  async sync(): Promise<void> {
+    if (!this.unsynced || !this.handle) return;
+    this.unsynced = false;
+    try {
+      await (await this.handle).datasync();
+    } catch (error) {
+      this.unsynced = true;
+      throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    if (handle) await (await handle).close();
+  }
+
+  private insert(blockIndex: number, entry: Entry): void {
+    this.byBlock.set(blockIndex, entry);
+    this.lru[entry.kind].set(blockIndex, entry);
+  }
+
+  private remove(blockIndex: number): Entry | undefined {
+    const entry = this.byBlock.get(blockIndex);
+    if (!entry) return undefined;
+    this.byBlock.delete(blockIndex);
+    this.lru[entry.kind].delete(blockIndex);
+    return entry;
+  }
+
+  private touch(blockIndex: number, entry: Entry): void {
+    const order = this.lru[entry.kind];
+    order.delete(blockIndex);
+    order.set(blockIndex, entry);
+  }
+
+  private async mayGrow(): Promise<boolean> {
+    if (this.budget !== 'auto') return (this.slotCount + 1) * BLOCK_SIZE_BYTES <= this.budget;
+    const nowMs = Date.now();
+    if (!this.freeSpace || nowMs - this.freeSpace.atMs > STATFS_TRUSTED_MS) {
+      try {
+        const stats = await fs.statfs(this.directory);
+        this.freeSpace = { bytes: stats.bavail * stats.bsize, reserveBytes: autoReserveBytes(stats.blocks * stats.bsize), atMs: nowMs };
+      } catch {
+        return false;
+      }
+    }
+    if (this.freeSpace.bytes - BLOCK_SIZE_BYTES < this.freeSpace.reserveBytes) return false;
+    // Until statfs is asked again, count our own growth against the figure.
+    this.freeSpace.bytes -= BLOCK_SIZE_BYTES;
+    return true;
+  }
+
+  private open(): Promise<fs.FileHandle> {
+    if (!this.handle) {
+      const handle = fs.open(LocalCopy.fileIn(this.directory), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      // A failed open must not stay cached as a rejected promise.
+      handle.catch(() => {
+        if (this.handle === handle) this.handle = undefined;
+      });
+      this.handle = handle;
+    }
+    return this.handle;
+  }
+}
+
+async function readAt(handle: fs.FileHandle, positionBytes: number, length: number): Promise<Buffer> {
+  const buffer = Buffer.alloc(length);
+  let read = 0;
+  while (read < length) {
+    const { bytesRead } = await handle.read(buffer, read, length - read, positionBytes + read);
+    // Past the end of the sparse file: the rest reads as zeros.
+    if (bytesRead === 0) break;
+    read += bytesRead;
+  }
+  return buffer;
+}
