@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { BlockCache, STREAM_WRITE_MIN_BYTES, type CachedBlock } from '../../src/core/block-cache';
+import { FileOperationError } from '../../src/core/file-errors';
+
+const B = BLOCK_SIZE_BYTES;
+
+function makeCache(capacityBlocks = 4, writerWaitTimeoutMs = 200): { cache: BlockCache; writebacks: { count: number } } {
+  const writebacks = { count: 0 };
+  const cache = new BlockCache({
+    capacityBlocks,
+    writerWaitTimeoutMs,
+    zeroEntriesMax: 16,
+    requestWriteback: () => {
+      writebacks.count += 1;
+    },
+    isLocked: () => false,
+  });
+  return { cache, writebacks };
+}
+
+async function written(cache: BlockCache, index: number, pieces: Array<[number, number]> = [[0, B]], streamed = true): Promise<CachedBlock> {
+  const block = cache.get(index) ?? cache.insert(index);
+  await cache.makeWritable(block, false);
+  for (const [start, length] of pieces) cache.noteWritten(block, start, length, streamed);
+  return block;
+}
+
+describe('core: block cache (the state table and its transitions)', () => {
+  it('clean → dirty → uploading → clean, with the dirty count following', async () => {
+    const { cache } = makeCache();
+    const block = await written(cache, 1);
+    assert.equal(cache.dirtyCount, 1);
+    const view = cache.beginUpload(block);
+    assert.equal(block.uploading, true);
+    cache.acknowledge(block, view.generation);
+    cache.endUpload(block, view.data);
+    assert.equal(block.isClean, true);
+    assert.equal(cache.dirtyCount, 0);
+  });
+
+  it('a write during an upload copies the buffer (COW) and leaves the block dirty after the ack', async () => {
+    const { cache } = makeCache();
+    const block = await written(cache, 1);
+    const view = cache.beginUpload(block);
+    await cache.makeWritable(block, false);
+    assert.notEqual(block.data, view.data, 'the upload keeps its own buffer');
+    assert.equal(cache.buffersInUse, 2);
+    cache.noteWritten(block, 0, 10, false);
+    cache.acknowledge(block, view.generation);
+    cache.endUpload(block, view.data);
+    assert.equal(block.isDirty, true);
+    assert.equal(cache.dirtyCount, 1);
+    assert.equal(cache.buffersInUse, 1, 'the upload-only buffer is given back');
+  });
+
+  it('refuses a second upload of a block and an upload of a clean one', async () => {
+    const { cache } = makeCache();
+    const block = await written(cache, 1);
+    cache.beginUpload(block);
+    assert.throws(() => cache.beginUpload(block), /a second upload/);
+    const other = cache.insert(2);
+    assert.throws(() => cache.beginUpload(other), /clean or not merged/);
+  });
+
+  it('tells a block streamed whole from one written in pieces, per upload', async () => {
+    const { cache } = makeCache();
+    const quarter = B / 4;
+    const streamed = await written(cache, 1, [[0, quarter], [quarter, quarter], [2 * quarter, quarter], [3 * quarter, quarter]]);
+    assert.equal(cache.beginUpload(streamed).kind, 'whole');
+    const outOfOrder = await written(cache, 2, [[quarter, quarter], [0, quarter], [2 * quarter, 2 * quarter]]);
+    assert.equal(cache.beginUpload(outOfOrder).kind, 'pieces');
+    const small = await written(cache, 3, Array.from({ length: B / 4096 }, (_, at) => [at * 4096, 4096] as [number, number]), false);
+    assert.equal(cache.beginUpload(small).kind, 'pieces', `writes under ${STREAM_WRITE_MIN_BYTES} bytes are pieces`);
+    const partial = await written(cache, 4, [[0, quarter]]);
+    assert.equal(cache.beginUpload(partial).kind, 'pieces', 'a stream that ends inside the block');
+  });
+
+  it('merges the base into the bytes not written, once the written ranges are known', async () => {
+    const { cache } = makeCache();
+    const block = cache.insert(1);
+    await cache.makeWritable(block, true);
+    block.data!.fill(9, 100, 200);
+    cache.noteWritten(block, 100, 100, false);
+    assert.equal(block.baseMerged, false);
+    assert.ok(block.isRangeWritten(120, 180));
+    cache.mergeBase(block, Buffer.alloc(B, 1));
+    assert.equal(block.baseMerged, true);
+    assert.deepEqual([block.data![0], block.data![150], block.data![B - 1]], [1, 9, 1]);
+  });
+
+  it('keeps buffers within the capacity: a writer waits, bounded, then gets EIO and asks for write-back', async () => {
+    const { cache, writebacks } = makeCache(2, 150);
+    await written(cache, 1);
+    await written(cache, 2);
+    const started = Date.now();
+    await assert.rejects(written(cache, 3), (error: Error) => error instanceof FileOperationError && error.errno === 'EIO');
+    assert.ok(Date.now() - started >= 140);
+    assert.ok(writebacks.count >= 1);
+    assert.equal(cache.buffersInUse, 2);
+  });
+
+  it('evicts a clean block to make room, and zero blocks hold no buffer', async () => {
+    const { cache } = makeCache(2);
+    const first = await written(cache, 1);
+    const view = cache.beginUpload(first);
+    cache.acknowledge(first, view.generation);
+    cache.endUpload(first, view.data);
+    await written(cache, 2);
+    await written(cache, 3);
+    assert.equal(cache.peek(1), undefined, 'the clean block was evicted');
+    const zero = cache.insert(4);
+    cache.zero(zero);
+    assert.equal(zero.data, null);
+    assert.equal(cache.buffersInUse, 2);
+    assert.equal(cache.dirtyCount, 3);
+  });
+});

@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { sha256Digest } from '../../src/ebs/checksum';
+import { autoReserveBytes, LocalCopy, type CopyKind } from '../../src/core/local-copy';
+
+const B = BLOCK_SIZE_BYTES;
+const notBusy = (): boolean => false;
+
+describe('core: local copy', () => {
+  let directory: string;
+  const copies: LocalCopy[] = [];
+  beforeEach(() => {
+    directory = mkdtempSync(path.join(os.tmpdir(), 'ebs-fuse-local-copy-'));
+  });
+  afterEach(async () => {
+    for (const copy of copies.splice(0)) await copy.close();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  const open = (budget: number | 'auto', existingSlots = 0): LocalCopy => {
+    const copy = new LocalCopy(directory, budget, existingSlots);
+    copies.push(copy);
+    return copy;
+  };
+
+  async function keep(copy: LocalCopy, blockIndex: number, kind: CopyKind, fill = blockIndex): Promise<number | undefined> {
+    const slot = await copy.allocate(kind, notBusy);
+    if (slot === undefined) return undefined;
+    const data = Buffer.alloc(B, fill);
+    assert.equal(await copy.write(slot, data), true);
+    copy.commit(blockIndex, slot, sha256Digest(data), kind);
+    return slot;
+  }
+
+  it('keeps blocks within the budget and reads them back', async () => {
+    const copy = open(3 * B);
+    for (const index of [10, 11, 12]) assert.notEqual(await keep(copy, index, 'pieces'), undefined);
+    assert.equal(copy.blocksHeld, 3);
+    assert.equal(copy.fileBytes, 3 * B);
+    assert.ok((await copy.readRange(11, 100, 50))!.equals(Buffer.alloc(50, 11)));
+    assert.ok(statSync(LocalCopy.fileIn(directory)).size <= 3 * B);
+  });
+
+  it('a whole-block copy displaces the oldest whole one, never a pieces one', async () => {
+    const copy = open(3 * B);
+    await keep(copy, 1, 'pieces');
+    await keep(copy, 2, 'whole');
+    await keep(copy, 3, 'whole');
+    await keep(copy, 4, 'whole'); // displaces 2, the oldest whole copy
+    assert.deepEqual([1, 2, 3, 4].map((index) => copy.holds(index)), [true, false, true, true]);
+    await keep(copy, 5, 'whole'); // displaces 3
+    await keep(copy, 6, 'whole'); // displaces 4; block 1 (pieces) stays
+    assert.deepEqual([1, 3, 4, 5, 6].map((index) => copy.holds(index)), [true, false, false, true, true]);
+    assert.equal(copy.fileBytes, 3 * B, 'the file never grows past the budget');
+  });
+
+  it('a pieces copy displaces whole copies first, then the least recently used pieces copy', async () => {
+    const copy = open(2 * B);
+    await keep(copy, 1, 'pieces');
+    await keep(copy, 2, 'pieces');
+    assert.ok(await copy.readRange(1, 0, 10)); // 1 is now more recent than 2
+    await keep(copy, 3, 'pieces');
+    assert.deepEqual([1, 2, 3].map((index) => copy.holds(index)), [true, false, true]);
+    // Only pieces copies are left: a whole block gets no copy at all.
+    assert.equal(await copy.allocate('whole', notBusy), undefined);
+  });
+
+  it('never takes the slot of a block that is being uploaded', async () => {
+    const copy = open(1 * B);
+    await keep(copy, 1, 'whole');
+    assert.equal(await copy.allocate('pieces', (index) => index === 1), undefined);
+    assert.ok(copy.holds(1));
+  });
+
+  it('keeps nothing with a budget of 0', async () => {
+    const copy = open(0);
+    assert.equal(copy.enabled, false);
+    assert.equal(await copy.allocate('pieces', notBusy), undefined);
+  });
+
+  it('auto grows only while the file system keeps its reserve free', async () => {
+    assert.equal(autoReserveBytes(100 * 1024 ** 3), 10 * 1024 ** 3);
+    assert.equal(autoReserveBytes(100 * 1024 ** 2), 64 * 1024 ** 2);
+    const copy = open('auto');
+    assert.notEqual(await keep(copy, 1, 'pieces'), undefined, 'the test machine has room beyond the reserve');
+  });
+
+  it('a replayed copy is hashed before it is read; a torn or reused one is dropped, never returned', async () => {
+    const first = open(4 * B);
+    const slot = (await keep(first, 7, 'pieces'))!;
+    const other = (await keep(first, 8, 'pieces'))!;
+    await first.sync();
+    await first.close();
+    copies.splice(0);
+    const reopened = open(4 * B, 2);
+    assert.equal(reopened.adopt(7, slot, sha256Digest(Buffer.alloc(B, 7))), true);
+    assert.equal(reopened.adopt(9, other, sha256Digest(Buffer.alloc(B, 9))), true); // a claim the bytes do not bear out
+    assert.equal(reopened.adopt(10, other, sha256Digest(Buffer.alloc(B, 9))), false, 'a slot has one owner');
+    assert.ok((await reopened.readRange(7, 0, B))!.equals(Buffer.alloc(B, 7)));
+    assert.equal(await reopened.readRange(9, 0, 10), undefined);
+    assert.equal(reopened.holds(9), false);
+  });
+
+  it('a copy the disk refuses frees its slot and reports false', async () => {
+    const copy = open(2 * B);
+    // The directory is gone: the file cannot even be opened.
+    rmSync(directory, { recursive: true, force: true });
+    const slot = (await copy.allocate('pieces', notBusy))!;
+    assert.equal(await copy.write(slot, Buffer.alloc(B, 1)), false);
+    assert.equal(copy.blocksHeld, 0);
+    assert.notEqual(await copy.allocate('pieces', notBusy), undefined, 'the slot is free again');
+  });
+});
