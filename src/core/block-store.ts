@@ -262,6 +262,31 @@ export class BlockStore {
     this.journal.recordCopy(blockIndex, digest, slot);
   }
 
+  /**
+   * Keeps content that could not be uploaded (a final flush that failed) in the
+   * local copy, announced by an intent, so that a resume sends it (case 1 above).
+   * False when no slot could be had or written.
+   */
+  async preserve(blockIndex: number, digest: Buffer, body: Buffer): Promise<boolean> {
+    const slot = await this.localCopy.allocate('pieces', this.isBusy);
+    if (slot === undefined) return false;
+    this.intents.set(blockIndex, { digest, slot });
+    try {
+      await this.journal.recordIntent(blockIndex, digest, slot);
+    } catch {
+      this.localCopy.release(slot);
+      return false;
+    }
+    if (!(await this.localCopy.write(slot, body))) return false;
+    this.localCopy.commit(blockIndex, slot, digest, 'pieces');
+    return true;
+  }
+
+  /** Makes the local copy durable now (after preserve()). */
+  async syncCopies(): Promise<void> {
+    await this.localCopy.sync();
+  }
+
   /** The upload of the block has ended, well or badly. */
   uploadEnded(blockIndex: number): void {
     this.uploading.delete(blockIndex);

@@ -236,13 +236,19 @@ export class Journal {
 
   /** Runs `task` after every commit or compaction already running. */
   private serialized(task: () => Promise<void>): Promise<void> {
-    const previous = this.running ?? Promise.resolve();
-    const next = previous.catch(() => undefined).then(task);
-    const tracked = next.finally(() => {
-      if (this.running === tracked) this.running = undefined;
-    });
-    this.running = tracked;
+    // `running` never rejects: the caller of each task gets its failure, and
+    // the next task runs either way.
+    const next = (this.running ?? Promise.resolve()).then(task);
+    const settled: Promise<void> = next.then(
+      () => this.finishedRunning(settled),
+      () => this.finishedRunning(settled),
+    );
+    this.running = settled;
     return next;
+  }
+
+  private finishedRunning(settled: Promise<void>): void {
+    if (this.running === settled) this.running = undefined;
   }
 
   private async commit(withAcks: boolean): Promise<void> {
@@ -261,9 +267,17 @@ export class Journal {
       // Keep the records for the next commit; a partial write is overwritten then.
       this.pending.intent.unshift(...intents);
       this.pending.ack.unshift(...acks);
-      throw new Error(`cannot write the journal ${Journal.fileIn(this.directory)}: ${(error as Error).message}`);
+      throw new Error(journalFailure(error, Journal.fileIn(this.directory)));
     }
   }
+}
+
+/** Why the journal refused a record, and what to do, on one line; nothing is sent without it. */
+function journalFailure(error: unknown, file: string): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+  const fix = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space there' : 'check that directory and its file system';
+  return `cannot write the journal ${file} (${message}); ${fix}: the data stays in memory and the next fsync tries again`;
 }
 
 function encode(type: number, blockIndex: number, slot: number, digest: Buffer): Buffer {

@@ -131,8 +131,9 @@ export class SnapshotSession {
     try {
       await this.volume.flushAll(options.timeoutMs);
     } catch (error) {
+      const kept = await this.preserveDirty();
       throw new UserError(
-        `could not upload every block of ${this.snapshotId} (${(error as Error).message})${await this.closeAfterFailure()}; ` +
+        `could not upload every block of ${this.snapshotId} (${(error as Error).message})${kept}${await this.closeAfterFailure()}; ` +
           `the snapshot stays pending and its state is kept in ${this.stateDirectory}; ` +
           `continue with 'ebs-fuse mount MOUNTPOINT --resume ${this.snapshotId}' or 'ebs-fuse complete ${this.snapshotId}'`,
       );
@@ -165,6 +166,17 @@ export class SnapshotSession {
       }
     }
     return { snapshotId: this.snapshotId, status };
+  }
+
+  /** Keeps the blocks not uploaded for a resume; says how many, as a clause to append. */
+  private async preserveDirty(): Promise<string> {
+    try {
+      const { keptBlocks, lostBlocks } = await this.volume.preserveDirty();
+      if (lostBlocks === 0) return keptBlocks === 0 ? '' : `; the ${keptBlocks} blocks not uploaded are kept in the local copy`;
+      return `; ${keptBlocks} blocks not uploaded are kept in the local copy, ${lostBlocks} could not be kept (no room within --disk-cache-size, or their other bytes are held nowhere) and are lost`;
+    } catch (error) {
+      return `; keeping the blocks not uploaded in ${this.stateDirectory} failed: ${(error as Error).message}`;
+    }
   }
 
   /** Closes the state after a failure; says what went wrong doing so, as a clause to append. */

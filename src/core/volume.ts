@@ -1,9 +1,10 @@
 // The volume: the one file of a mount, as plain async operations over the block
 // cache, the flusher and the block store. docs/SEMANTICS.md is its contract.
+import { sha256Digest } from '../ebs/checksum';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient } from '../ebs/client';
 import { BlockCache, BlockLocks, STREAM_WRITE_MIN_BYTES, type CachedBlock } from './block-cache';
 import { blockSegments } from './block-segments';
-import { BlockStore } from './block-store';
+import { BlockStore, ZERO_BLOCK } from './block-store';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
 import type { CoreLimits } from './limits';
@@ -222,6 +223,34 @@ export class Volume implements VolumeFile {
       this.cache.markForResend(block);
       this.flusher.enqueue(block);
     });
+  }
+
+  /**
+   * After a final flush that failed: stops uploading and writes every dirty
+   * block to the local copy, so that `--resume` or `ebs-fuse complete` can send
+   * it. Says how many blocks were kept and how many could not be (no room, or a
+   * block written in part whose other bytes are held nowhere).
+   */
+  async preserveDirty(): Promise<{ keptBlocks: number; lostBlocks: number }> {
+    await this.flusher.stop(CLOSE_WAIT_MS);
+    let keptBlocks = 0;
+    let lostBlocks = 0;
+    for (const block of [...this.cache.values()]) {
+      if (!block.isDirty) continue;
+      const kept = await this.locks.with(block.index, async () => {
+        try {
+          if (!block.baseMerged) this.cache.mergeBase(block, await this.store.readBlock(block.index, 'write'));
+        } catch {
+          return false;
+        }
+        const body = block.data ?? ZERO_BLOCK;
+        return this.store.preserve(block.index, sha256Digest(body), body);
+      });
+      if (kept) keptBlocks += 1;
+      else lostBlocks += 1;
+    }
+    await this.store.syncCopies();
+    return { keptBlocks, lostBlocks };
   }
 
   /** Stops uploading (in-flight PUTs end first, bounded) and closes the files. */

@@ -140,7 +140,7 @@ describe('reliability: permanent failures give EIO fast, one clear line, and kee
       assert.equal(result.stdout.trim().split('\n').pop(), `${mount.snapshotId} error`);
       assert.match(result.stderr, new RegExp(`state is kept in (\\S+${mount.snapshotId})`));
       // The data stays on this machine, in the state directory.
-      await access(path.join(context.scratch, 'state', mount.snapshotId, 'journal.log'));
+      await access(path.join(context.scratch, 'state', mount.snapshotId, 'blocks.journal'));
     });
   }
 });
