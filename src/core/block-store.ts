@@ -34,12 +34,6 @@ export type CopyPlan = 'before' | 'after' | 'none';
 export const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE_BYTES);
 export const ZERO_DIGEST = sha256Digest(ZERO_BLOCK);
 
-/**
- * Copy writes in flight at most before copies made after an ack are skipped:
- * that many waiting means the disk (or the page cache's write-back) is behind,
- * and these copies must never hold up the uploads.
- */
-const COPY_AFTER_WRITES_MAX = 16;
 /** The journal is compacted once it is this many times its compacted size... */
 const COMPACT_RATIO = 2;
 /** ...and at least this large. */
@@ -247,11 +241,11 @@ export class BlockStore {
 
   /**
    * A copy of acknowledged content, made only when a slot is free or a `whole`
-   * copy may give way, and skipped while the disk is behind: it serves later
-   * reads, never the crash guarantees, so it must not slow the uploads.
+   * copy may give way, and skipped while the disk is behind (local-copy.ts):
+   * it serves later reads, never the crash guarantees, so it must not slow the uploads.
    */
   async copyAfterAck(blockIndex: number, digest: Buffer, body: Buffer): Promise<void> {
-    if (this.localCopy.writesInFlight >= COPY_AFTER_WRITES_MAX) return;
+    if (this.localCopy.isBehind) return;
     const slot = await this.localCopy.allocate('whole', this.isBusy);
     if (slot === undefined || !(await this.localCopy.write(slot, body))) return;
     if (!this.acked.get(blockIndex)?.equals(digest)) {

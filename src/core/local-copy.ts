@@ -30,6 +30,8 @@ const AUTO_RESERVE_RATIO = 0.1;
 /** How long a free-space figure is trusted before statfs is asked again. */
 const STATFS_TRUSTED_MS = 1000;
 const FILE_NAME = 'local-copy.img';
+/** A copy write slower than this means the disk (or the page cache's write-back) is behind. */
+const SLOW_WRITE_MS = 100;
 
 interface Entry {
   slot: number;
@@ -54,6 +56,7 @@ export class LocalCopy {
   /** Slots the file extends over; it never shrinks while the state lives. */
   private slotCount: number;
   private writesInFlightCount = 0;
+  private lastWriteMs = 0;
   private unsynced = false;
   private freeSpace?: { bytes: number; reserveBytes: number; atMs: number };
   private handle?: Promise<fs.FileHandle>;
@@ -88,8 +91,9 @@ export class LocalCopy {
     return this.slotCount * BLOCK_SIZE_BYTES;
   }
 
-  get writesInFlight(): number {
-    return this.writesInFlightCount;
+  /** True while the last copy write took longer than SLOW_WRITE_MS and more are waiting. */
+  get isBehind(): boolean {
+    return this.lastWriteMs > SLOW_WRITE_MS && this.writesInFlightCount > 0;
   }
 
   holds(blockIndex: number): boolean {
@@ -140,6 +144,7 @@ export class LocalCopy {
   /** Writes a block into a slot from allocate(); false (the slot freed) when the disk refused. */
   async write(slot: number, data: Buffer): Promise<boolean> {
     this.writesInFlightCount += 1;
+    const startedMs = Date.now();
     try {
       const handle = await this.open();
       let written = 0;
@@ -149,6 +154,7 @@ export class LocalCopy {
       }
       this.bytesWritten += written;
       this.unsynced = true;
+      this.lastWriteMs = Date.now() - startedMs;
       return true;
     } catch {
       this.release(slot);

@@ -312,7 +312,10 @@ export class Volume implements VolumeFile {
     }
     for (;;) {
       const pending = targets.filter(({ block, generation }) => block.ackedGeneration < generation);
-      if (pending.length === 0) {
+      // An upload that carried the data may still be writing its local copy:
+      // wait for it, so that the sync below makes that copy's record durable too.
+      const copying = targets.some(({ block, generation }) => block.uploading && block.uploadGeneration <= generation);
+      if (pending.length === 0 && !copying) {
         await this.syncJournal();
         this.lastUploadError = undefined;
         return;
