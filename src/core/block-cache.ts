@@ -28,9 +28,10 @@
  * - A block created by a partial write holds only the bytes written (writtenRanges)
  *   until its base content (local copy, parent or zeros) is merged in, so a
  *   block that ends up fully overwritten never reads its base at all.
- * - `streamEndBytes` follows one generation's writes: it stays on while they
- *   arrive as large writes in order from the block's start, so an upload can tell
- *   a block written whole by a stream from one written in pieces.
+ * - `generationRanges` follows what one generation's writes covered, so an
+ *   upload can tell a block written whole (a stream: `dd`, `cp`, file data, in
+ *   writes of any size) from one written only in part (file-system metadata:
+ *   bitmaps, inode tables, directories, a superblock), which the local copy keeps first.
  * - At most one upload of a block is in flight (`uploading`).
  * - Memory: block buffers, whether held by the cache or only by an in-flight
  *   upload after a copy-on-write, never exceed the capacity; a writer that needs
@@ -40,11 +41,10 @@ import { Mutex } from 'async-mutex';
 import { LRUCache } from 'lru-cache';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { FileOperationError } from './file-errors';
-import type { CopyKind } from './local-copy';
 import { ChangeSignal } from './signal';
 
-/** A write at least this large counts as part of a stream (the kernel sends at most 128 KiB at once). */
-export const STREAM_WRITE_MIN_BYTES = 64 * 1024;
+/** Ranges tracked per block for generationRanges; past this the block counts as written in pieces. */
+const GENERATION_RANGES_MAX = 64;
 
 export interface UploadFailure {
   /** Orders failures against the start of an fsync (a clock's millisecond cannot). */
@@ -56,7 +56,8 @@ export interface UploadFailure {
 export interface UploadView {
   data: Buffer | null;
   generation: number;
-  kind: CopyKind;
+  /** How the block was written since the last upload began. */
+  written: 'whole' | 'pieces';
 }
 
 export class CachedBlock {
@@ -73,8 +74,8 @@ export class CachedBlock {
   dataSharedWithUpload = false;
   /** A flush wants at least this generation acknowledged. */
   flushWantedGeneration = 0;
-  /** End of the in-order stream of large writes since the last upload began; null once broken. */
-  streamEndBytes: number | null = 0;
+  /** What writes covered since the last upload began; null once too scattered to track. */
+  generationRanges: Array<[number, number]> | null = [];
   lastFailure?: UploadFailure;
 
   constructor(readonly index: number) {}
@@ -217,15 +218,15 @@ export class BlockCache {
 
   /**
    * Records a write of [inBlock, inBlock + length) already copied into the
-   * buffer: clean → dirty, uploading → dirty-uploading. `streamed` says the
-   * write that carried it was a large one.
+   * buffer: clean → dirty, uploading → dirty-uploading.
    */
-  noteWritten(block: CachedBlock, inBlock: number, length: number, streamed: boolean): void {
-    if (!block.baseMerged && addWrittenRange(block, inBlock, inBlock + length)) {
+  noteWritten(block: CachedBlock, inBlock: number, length: number): void {
+    if (!block.baseMerged && coversWhole((block.writtenRanges = addRange(block.writtenRanges, inBlock, inBlock + length)))) {
       block.writtenRanges = [];
       block.baseMerged = true;
     }
-    block.streamEndBytes = streamed && block.streamEndBytes === inBlock ? inBlock + length : null;
+    const covered = block.generationRanges && addRange(block.generationRanges, inBlock, inBlock + length);
+    block.generationRanges = covered && covered.length <= GENERATION_RANGES_MAX ? covered : null;
     this.noteChanged(block);
   }
 
@@ -252,7 +253,7 @@ export class BlockCache {
     block.dataSharedWithUpload = false;
     block.baseMerged = true;
     block.writtenRanges = [];
-    block.streamEndBytes = null;
+    block.generationRanges = null;
     this.noteChanged(block);
   }
 
@@ -268,9 +269,9 @@ export class BlockCache {
     block.uploading = true;
     block.uploadGeneration = block.writeGeneration;
     block.dataSharedWithUpload = block.data !== null;
-    const kind: CopyKind = block.streamEndBytes === BLOCK_SIZE_BYTES ? 'whole' : 'pieces';
-    block.streamEndBytes = 0;
-    return { data: block.data, generation: block.writeGeneration, kind };
+    const written = block.generationRanges && coversWhole(block.generationRanges) ? 'whole' : 'pieces';
+    block.generationRanges = [];
+    return { data: block.data, generation: block.writeGeneration, written };
   }
 
   /** The service acknowledged `generation`: uploading → clean, or dirty-uploading stays dirty. */
@@ -375,16 +376,18 @@ export class BlockCache {
   }
 }
 
-/** Records [start, end) as written; true once the ranges cover the whole block. */
-function addWrittenRange(block: CachedBlock, start: number, end: number): boolean {
+/** Sorted, disjoint ranges with [start, end) added. */
+function addRange(ranges: Array<[number, number]>, start: number, end: number): Array<[number, number]> {
   const merged: Array<[number, number]> = [];
   let next: [number, number] = [start, end];
-  for (const range of block.writtenRanges) {
+  for (const range of ranges) {
     if (range[1] < next[0] || range[0] > next[1]) merged.push(range);
     else next = [Math.min(range[0], next[0]), Math.max(range[1], next[1])];
   }
   merged.push(next);
-  merged.sort((a, b) => a[0] - b[0]);
-  block.writtenRanges = merged;
-  return merged.length === 1 && merged[0][0] === 0 && merged[0][1] === BLOCK_SIZE_BYTES;
+  return merged.sort((a, b) => a[0] - b[0]);
+}
+
+function coversWhole(ranges: Array<[number, number]>): boolean {
+  return ranges.length === 1 && ranges[0][0] === 0 && ranges[0][1] === BLOCK_SIZE_BYTES;
 }

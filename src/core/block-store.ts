@@ -193,22 +193,32 @@ export class BlockStore {
 
   // ---- one upload, step by step (the flusher) ----
 
-  /** Whether and when this content gets a copy; `kind` says how the block was written. */
-  copyPlan(blockIndex: number, digest: Buffer, kind: CopyKind): CopyPlan {
-    if (!this.localCopy.enabled || digest.equals(ZERO_DIGEST)) return 'none';
-    if (this.localCopy.heldDigest(blockIndex)?.equals(digest)) return 'none';
-    // A block written in pieces is likely to be read or rewritten in part again,
-    // and its copy made before the PUT lets a resume send it again exactly.
-    return kind === 'pieces' ? 'before' : 'after';
+  /**
+   * Whether and when this content gets a copy, and of which class: `written`
+   * says how the block was written since its last upload.
+   */
+  copyPlan(blockIndex: number, digest: Buffer, written: 'whole' | 'pieces'): { plan: CopyPlan; kind: CopyKind } {
+    // A block sent before and written again is file-system metadata or a hot
+    // spot, the likeliest to be read or rewritten in part once more, however it
+    // was written this time; a block written in part comes next.
+    const kind: CopyKind = this.wasAttempted(blockIndex) ? 'rewritten' : written === 'whole' ? 'whole' : 'pieces';
+    if (!this.copyWanted(blockIndex, digest)) return { plan: 'none', kind };
+    // A copy made before the PUT lets a resume send a block written in part
+    // again exactly; one written whole is copied after its ack, off the upload's path.
+    return { plan: written === 'whole' ? 'after' : 'before', kind };
+  }
+
+  private copyWanted(blockIndex: number, digest: Buffer): boolean {
+    return this.localCopy.enabled && !digest.equals(ZERO_DIGEST) && !this.localCopy.heldDigest(blockIndex)?.equals(digest);
   }
 
   /**
    * Makes the intent durable, then (with plan 'before') writes the copy; the
    * PUT may go out once this resolves. Resolves with the slot written, or NO_SLOT.
    */
-  async announce(blockIndex: number, digest: Buffer, body: Buffer, plan: CopyPlan): Promise<number> {
+  async announce(blockIndex: number, digest: Buffer, body: Buffer, copy: { plan: CopyPlan; kind: CopyKind }): Promise<number> {
     this.uploading.add(blockIndex);
-    let slot = plan === 'before' ? ((await this.localCopy.allocate('pieces', this.isBusy)) ?? NO_SLOT) : NO_SLOT;
+    let slot = copy.plan === 'before' ? ((await this.localCopy.allocate(copy.kind, this.isBusy)) ?? NO_SLOT) : NO_SLOT;
     this.intents.set(blockIndex, { digest, slot });
     try {
       await this.journal.recordIntent(blockIndex, digest, slot);
@@ -244,15 +254,15 @@ export class BlockStore {
    * copy may give way, and skipped while the disk is behind (local-copy.ts):
    * it serves later reads, never the crash guarantees, so it must not slow the uploads.
    */
-  async copyAfterAck(blockIndex: number, digest: Buffer, body: Buffer): Promise<void> {
+  async copyAfterAck(blockIndex: number, digest: Buffer, body: Buffer, kind: CopyKind): Promise<void> {
     if (this.localCopy.isBehind) return;
-    const slot = await this.localCopy.allocate('whole', this.isBusy);
+    const slot = await this.localCopy.allocate(kind, this.isBusy);
     if (slot === undefined || !(await this.localCopy.write(slot, body))) return;
     if (!this.acked.get(blockIndex)?.equals(digest)) {
       this.localCopy.release(slot);
       return;
     }
-    this.localCopy.commit(blockIndex, slot, digest, 'whole');
+    this.localCopy.commit(blockIndex, slot, digest, kind);
     this.journal.recordCopy(blockIndex, digest, slot);
   }
 
@@ -262,7 +272,7 @@ export class BlockStore {
    * False when no slot could be had or written.
    */
   async preserve(blockIndex: number, digest: Buffer, body: Buffer): Promise<boolean> {
-    const slot = await this.localCopy.allocate('pieces', this.isBusy);
+    const slot = await this.localCopy.allocate('rewritten', this.isBusy);
     if (slot === undefined) return false;
     this.intents.set(blockIndex, { digest, slot });
     try {
@@ -272,7 +282,7 @@ export class BlockStore {
       return false;
     }
     if (!(await this.localCopy.write(slot, body))) return false;
-    this.localCopy.commit(blockIndex, slot, digest, 'pieces');
+    this.localCopy.commit(blockIndex, slot, digest, 'rewritten');
     return true;
   }
 

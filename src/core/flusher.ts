@@ -5,9 +5,7 @@
 import { sha256Digest } from '../ebs/checksum';
 import type { SnapshotClient } from '../ebs/client';
 import type { BlockCache, BlockLocks, CachedBlock } from './block-cache';
-import type { CopyKind } from './local-copy';
 import { ZERO_BLOCK, ZERO_DIGEST, type BlockStore } from './block-store';
-import { NO_SLOT } from './journal';
 import { ChangeSignal } from './signal';
 
 export interface FlusherOptions {
@@ -139,7 +137,7 @@ export class Flusher {
     if (!taken) return;
     const { block, view } = taken;
     try {
-      await this.send(block, view.data ?? ZERO_BLOCK, view.data === null, view.kind, view.generation);
+      await this.send(block, view.data ?? ZERO_BLOCK, view.data === null, view.written, view.generation);
     } catch (error) {
       this.fail(block, error);
     } finally {
@@ -150,7 +148,7 @@ export class Flusher {
     if (block.lastFailure === undefined && block.isDirty && block.flushWantedGeneration > block.ackedGeneration) this.enqueue(block);
   }
 
-  private async send(block: CachedBlock, body: Buffer, knownZero: boolean, kind: CopyKind, generation: number): Promise<void> {
+  private async send(block: CachedBlock, body: Buffer, knownZero: boolean, written: 'whole' | 'pieces', generation: number): Promise<void> {
     const { cache, store } = this.options;
     const index = block.index;
     const isZero = knownZero || body.equals(ZERO_BLOCK);
@@ -161,8 +159,8 @@ export class Flusher {
       return;
     }
     const digest = isZero ? ZERO_DIGEST : sha256Digest(body);
-    const plan = store.copyPlan(index, digest, kind);
-    const slot = await store.announce(index, digest, body, plan);
+    const copy = store.copyPlan(index, digest, written);
+    const slot = await store.announce(index, digest, body, copy);
     try {
       await this.options.client.putSnapshotBlock({
         snapshotId: this.options.snapshotId,
@@ -175,13 +173,13 @@ export class Flusher {
       store.putFailed(slot);
       throw error;
     }
-    store.acknowledged(index, digest, slot, kind);
+    store.acknowledged(index, digest, slot, copy.kind);
     cache.acknowledge(block, generation);
     this.lastPutAckMs = Date.now();
     this.blocksUploaded += 1;
     // The ack is already visible to fsync; the block stays `uploading` (not
     // evictable, writes copy first) only while this copy is written.
-    if (plan === 'after' && slot === NO_SLOT) await store.copyAfterAck(index, digest, body);
+    if (copy.plan === 'after') await store.copyAfterAck(index, digest, body, copy.kind);
   }
 
   private fail(block: CachedBlock, error: unknown): void {

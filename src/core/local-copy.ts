@@ -4,12 +4,14 @@
 // find it here; a block kept nowhere cannot be read (block-store.ts).
 //
 // One file of 512 KiB slots. Which blocks stay (docs/SEMANTICS.md, "The local copy"):
-// - two classes, each in least-recently-used order: `pieces` (written in small
-//   or scattered writes: file-system metadata, the blocks most likely to be read
-//   or partly rewritten) and `whole` (written whole by a stream of large writes);
-// - a new copy takes a free slot, else the oldest `whole` copy's slot; a
-//   `pieces` copy may then take the oldest `pieces` copy's slot; a `whole` copy
-//   never displaces a `pieces` one;
+// - three classes, each in least-recently-used order, kept in this order of
+//   preference: `rewritten` (written in pieces again after an upload: file-system
+//   metadata such as superblocks, bitmaps, inode tables and directories, the
+//   blocks most likely to be read or partly rewritten once more), `pieces`
+//   (written in small or scattered writes once) and `whole` (written whole as
+//   part of a stream of large in-order writes: file data, an image being copied);
+// - a new copy takes a free slot, else the slot of the least recently used copy
+//   of the least preferred class that is not preferred over its own;
 // - a slot being written, or whose block is being uploaded, is never taken.
 // The budget is fixed (--disk-cache-size) or `auto`: the file grows only while
 // its file system keeps the reserve free, so a copy never fills the disk. A
@@ -19,7 +21,14 @@ import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 
-export type CopyKind = 'pieces' | 'whole';
+export type CopyKind = 'whole' | 'pieces' | 'rewritten';
+
+/** The classes a copy of each kind may displace, least preferred first. */
+const DISPLACEABLE: Record<CopyKind, CopyKind[]> = {
+  whole: ['whole'],
+  pieces: ['whole', 'pieces'],
+  rewritten: ['whole', 'pieces', 'rewritten'],
+};
 
 /** `auto`: free space in the directory's file system less the reserve (autoReserveBytes). */
 export type DiskBudget = number | 'auto';
@@ -49,7 +58,7 @@ export function autoReserveBytes(fileSystemBytes: number): number {
 export class LocalCopy {
   private readonly byBlock = new Map<number, Entry>();
   /** Per class, block indexes from least to most recently used (Map order). */
-  private readonly lru: Record<CopyKind, Map<number, Entry>> = { pieces: new Map(), whole: new Map() };
+  private readonly lru: Record<CopyKind, Map<number, Entry>> = { whole: new Map(), pieces: new Map(), rewritten: new Map() };
   private readonly freeSlots = new Set<number>();
   /** Slots handed out by allocate() and not yet committed or released. */
   private readonly reservedSlots = new Set<number>();
@@ -127,7 +136,7 @@ export class LocalCopy {
     if (slot !== undefined) this.freeSlots.delete(slot);
     if (slot === undefined && (await this.mayGrow())) slot = this.slotCount++;
     if (slot === undefined) {
-      for (const victimKind of kind === 'whole' ? (['whole'] as const) : (['whole', 'pieces'] as const)) {
+      for (const victimKind of DISPLACEABLE[kind]) {
         for (const [blockIndex, entry] of this.lru[victimKind]) {
           if (isBusy(blockIndex)) continue;
           this.remove(blockIndex);

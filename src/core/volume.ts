@@ -2,7 +2,7 @@
 // cache, the flusher and the block store. docs/SEMANTICS.md is its contract.
 import { sha256Digest } from '../ebs/checksum';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient } from '../ebs/client';
-import { BlockCache, BlockLocks, STREAM_WRITE_MIN_BYTES, type CachedBlock } from './block-cache';
+import { BlockCache, BlockLocks, type CachedBlock } from './block-cache';
 import { blockSegments } from './block-segments';
 import { BlockStore, ZERO_BLOCK } from './block-store';
 import { FileOperationError } from './file-errors';
@@ -103,9 +103,8 @@ export class Volume implements VolumeFile {
       throw new FileOperationError('ENOSPC', `write at ${offsetBytes} is at or past the end of the volume (${this.sizeBytes} bytes)`);
     }
     const end = Math.min(this.sizeBytes, offsetBytes + data.length);
-    const streamed = data.length >= STREAM_WRITE_MIN_BYTES;
     for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
-      await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count), streamed);
+      await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count));
     }
     this.flusher.writeBackIfOverHighWater();
     return end - offsetBytes;
@@ -124,7 +123,7 @@ export class Volume implements VolumeFile {
     if (lengthBytes % BLOCK_SIZE_BYTES !== 0) {
       const index = firstWhole - 1;
       const inBlock = lengthBytes - index * BLOCK_SIZE_BYTES;
-      await this.writeBlockRange(index, inBlock, Buffer.alloc(BLOCK_SIZE_BYTES - inBlock), false);
+      await this.writeBlockRange(index, inBlock, Buffer.alloc(BLOCK_SIZE_BYTES - inBlock));
     }
     // Only blocks that may hold data need zeroing; the rest already read as zeros.
     const candidates = new Set<number>(this.store.knownBlocks());
@@ -280,7 +279,7 @@ export class Volume implements VolumeFile {
     (await this.store.readRange(index, inBlock, count)).copy(out, outOffset);
   }
 
-  private async writeBlockRange(index: number, inBlock: number, source: Buffer, streamed: boolean): Promise<void> {
+  private async writeBlockRange(index: number, inBlock: number, source: Buffer): Promise<void> {
     await this.locks.with(index, async () => {
       let block = this.cache.get(index);
       const isNew = !block;
@@ -297,7 +296,7 @@ export class Volume implements VolumeFile {
         throw error;
       }
       source.copy(block.data!, inBlock);
-      this.cache.noteWritten(block, inBlock, source.length, streamed);
+      this.cache.noteWritten(block, inBlock, source.length);
     });
   }
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
-import { BlockCache, STREAM_WRITE_MIN_BYTES, type CachedBlock } from '../../src/core/block-cache';
+import { BlockCache, type CachedBlock } from '../../src/core/block-cache';
 import { FileOperationError } from '../../src/core/file-errors';
 
 const B = BLOCK_SIZE_BYTES;
@@ -19,10 +19,10 @@ function makeCache(capacityBlocks = 4, writerWaitTimeoutMs = 200): { cache: Bloc
   return { cache, writebacks };
 }
 
-async function written(cache: BlockCache, index: number, pieces: Array<[number, number]> = [[0, B]], streamed = true): Promise<CachedBlock> {
+async function written(cache: BlockCache, index: number, pieces: Array<[number, number]> = [[0, B]]): Promise<CachedBlock> {
   const block = cache.get(index) ?? cache.insert(index);
   await cache.makeWritable(block, false);
-  for (const [start, length] of pieces) cache.noteWritten(block, start, length, streamed);
+  for (const [start, length] of pieces) cache.noteWritten(block, start, length);
   return block;
 }
 
@@ -46,7 +46,7 @@ describe('core: block cache (the state table and its transitions)', () => {
     await cache.makeWritable(block, false);
     assert.notEqual(block.data, view.data, 'the upload keeps its own buffer');
     assert.equal(cache.buffersInUse, 2);
-    cache.noteWritten(block, 0, 10, false);
+    cache.noteWritten(block, 0, 10);
     cache.acknowledge(block, view.generation);
     cache.endUpload(block, view.data);
     assert.equal(block.isDirty, true);
@@ -63,17 +63,25 @@ describe('core: block cache (the state table and its transitions)', () => {
     assert.throws(() => cache.beginUpload(other), /clean or not merged/);
   });
 
-  it('tells a block streamed whole from one written in pieces, per upload', async () => {
-    const { cache } = makeCache();
+  it('tells a block written whole from one written only in part, per upload', async () => {
+    const { cache } = makeCache(8);
     const quarter = B / 4;
     const streamed = await written(cache, 1, [[0, quarter], [quarter, quarter], [2 * quarter, quarter], [3 * quarter, quarter]]);
-    assert.equal(cache.beginUpload(streamed).kind, 'whole');
+    assert.equal(cache.beginUpload(streamed).written, 'whole');
     const outOfOrder = await written(cache, 2, [[quarter, quarter], [0, quarter], [2 * quarter, 2 * quarter]]);
-    assert.equal(cache.beginUpload(outOfOrder).kind, 'pieces');
-    const small = await written(cache, 3, Array.from({ length: B / 4096 }, (_, at) => [at * 4096, 4096] as [number, number]), false);
-    assert.equal(cache.beginUpload(small).kind, 'pieces', `writes under ${STREAM_WRITE_MIN_BYTES} bytes are pieces`);
-    const partial = await written(cache, 4, [[0, quarter]]);
-    assert.equal(cache.beginUpload(partial).kind, 'pieces', 'a stream that ends inside the block');
+    assert.equal(cache.beginUpload(outOfOrder).written, 'whole', 'in any order');
+    const small = await written(cache, 3, Array.from({ length: B / 4096 }, (_, at) => [at * 4096, 4096] as [number, number]));
+    assert.equal(cache.beginUpload(small).written, 'whole', 'in writes of any size');
+    const partial = await written(cache, 4, [[0, quarter], [2 * quarter, quarter]]);
+    assert.equal(cache.beginUpload(partial).written, 'pieces', 'writes that leave part of the block');
+    const scattered = await written(cache, 5, Array.from({ length: 65 }, (_, at) => [at * 8192, 4096] as [number, number]));
+    assert.equal(cache.beginUpload(scattered).written, 'pieces', 'too scattered to track');
+    // The next generation starts afresh: a small write after an upload is a block written in part.
+    const view = { data: streamed.data, generation: streamed.writeGeneration };
+    cache.acknowledge(streamed, view.generation);
+    cache.endUpload(streamed, view.data);
+    cache.noteWritten(streamed, 0, 4096);
+    assert.equal(cache.beginUpload(streamed).written, 'pieces');
   });
 
   it('merges the base into the bytes not written, once the written ranges are known', async () => {
@@ -81,7 +89,7 @@ describe('core: block cache (the state table and its transitions)', () => {
     const block = cache.insert(1);
     await cache.makeWritable(block, true);
     block.data!.fill(9, 100, 200);
-    cache.noteWritten(block, 100, 100, false);
+    cache.noteWritten(block, 100, 100);
     assert.equal(block.baseMerged, false);
     assert.ok(block.isRangeWritten(120, 180));
     cache.mergeBase(block, Buffer.alloc(B, 1));

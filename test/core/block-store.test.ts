@@ -90,7 +90,7 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
     assert.match(lines.join('\n'), /block 3 .* is held nowhere: it was being uploaded when an earlier mount stopped/);
     assert.deepEqual(store.completionFigures(), { changedBlocksCount: 2 });
     // Written and acknowledged again: the content is known once more.
-    const slot = await store.announce(3, digestOf(9), block(9), 'none');
+    const slot = await store.announce(3, digestOf(9), block(9), { plan: 'none', kind: 'whole' });
     store.acknowledged(3, digestOf(9), slot, 'whole');
     store.uploadEnded(3);
     const figures = store.completionFigures();
@@ -117,25 +117,28 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
 
   it('keeps a copy made before the PUT, replaces it on the next ack, and drops it when new content has none', async () => {
     const { store } = await open();
+    assert.deepEqual(store.copyPlan(5, digestOf(1), 'pieces'), { plan: 'before', kind: 'pieces' });
     const first = await store.announce(5, digestOf(1), block(1), store.copyPlan(5, digestOf(1), 'pieces'));
     assert.notEqual(first, NO_SLOT);
     store.acknowledged(5, digestOf(1), first, 'pieces');
     store.uploadEnded(5);
     assert.ok((await store.readRange(5, 0, 4))!.equals(Buffer.alloc(4, 1)));
-    assert.equal(store.copyPlan(5, digestOf(2), 'whole'), 'after');
-    const second = await store.announce(5, digestOf(2), block(2), 'after');
+    assert.deepEqual(store.copyPlan(5, digestOf(3), 'pieces'), { plan: 'before', kind: 'rewritten' }, 'written in pieces again after an upload');
+    assert.deepEqual(store.copyPlan(5, digestOf(2), 'whole'), { plan: 'after', kind: 'rewritten' });
+    assert.deepEqual(store.copyPlan(6, digestOf(2), 'whole'), { plan: 'after', kind: 'whole' });
+    const second = await store.announce(5, digestOf(2), block(2), { plan: 'after', kind: 'rewritten' });
     store.acknowledged(5, digestOf(2), second, 'whole');
     assert.equal(store.base(5), 'nowhere', 'the old copy no longer holds the block');
-    await store.copyAfterAck(5, digestOf(2), block(2));
+    await store.copyAfterAck(5, digestOf(2), block(2), 'rewritten');
     store.uploadEnded(5);
     assert.ok((await store.readRange(5, 0, 4))!.equals(Buffer.alloc(4, 2)));
-    assert.equal(store.copyPlan(5, ZERO_DIGEST, 'pieces'), 'none', 'zeros are remembered, not copied');
+    assert.equal(store.copyPlan(5, ZERO_DIGEST, 'pieces').plan, 'none', 'zeros are remembered, not copied');
   });
 
   it('with a budget of 0 keeps no copy at all', async () => {
     const { store } = await open(0);
-    assert.equal(store.copyPlan(5, digestOf(1), 'pieces'), 'none');
-    assert.equal(await store.announce(5, digestOf(1), block(1), 'before'), NO_SLOT);
+    assert.equal(store.copyPlan(5, digestOf(1), 'pieces').plan, 'none');
+    assert.equal(await store.announce(5, digestOf(1), block(1), { plan: 'before', kind: 'pieces' }), NO_SLOT);
     store.acknowledged(5, digestOf(1), NO_SLOT, 'pieces');
     store.uploadEnded(5);
     assert.equal(store.base(5), 'nowhere');
@@ -160,7 +163,7 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
       await Promise.all(
         Array.from({ length: 1000 }, async (_, blockIndex) => {
           const digest = digests[(round + blockIndex) % 200];
-          const slot = await store.announce(blockIndex, digest, body, 'none');
+          const slot = await store.announce(blockIndex, digest, body, { plan: 'none', kind: 'whole' });
           store.acknowledged(blockIndex, digest, slot, 'whole');
           store.uploadEnded(blockIndex);
         }),

@@ -68,6 +68,17 @@ describe('core: local copy', () => {
     assert.equal(await copy.allocate('whole', notBusy), undefined);
   });
 
+  it('a rewritten copy displaces whole and pieces copies before another rewritten one; they never displace it', async () => {
+    const copy = open(2 * B);
+    await keep(copy, 1, 'rewritten');
+    await keep(copy, 2, 'pieces');
+    await keep(copy, 3, 'rewritten'); // displaces 2
+    assert.deepEqual([1, 2, 3].map((index) => copy.holds(index)), [true, false, true]);
+    assert.equal(await copy.allocate('pieces', notBusy), undefined);
+    await keep(copy, 4, 'rewritten'); // displaces 1, the least recently used
+    assert.deepEqual([1, 3, 4].map((index) => copy.holds(index)), [false, true, true]);
+  });
+
   it('never takes the slot of a block that is being uploaded', async () => {
     const copy = open(1 * B);
     await keep(copy, 1, 'whole');
