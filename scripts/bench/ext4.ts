@@ -101,7 +101,7 @@ export async function makeTree(root: string, fileCount: number, fileSizeMaxBytes
 }
 
 /** mkfs.ext4, loop mount, cp -a, umount; resolves with the seconds it took. */
-async function fileSystemWorkload(cleanup: Cleanup, image: string, inner: string, tree: string): Promise<number> {
+export async function fileSystemWorkload(cleanup: Cleanup, image: string, inner: string, tree: string): Promise<number> {
   const startNs = process.hrtime.bigint();
   await mkdir(inner, { recursive: true });
   const detachLoops = registerLoopBacking(cleanup, image);

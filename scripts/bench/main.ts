@@ -16,10 +16,11 @@ import { CLI_PATH, REPO_ROOT } from './lib/paths';
 import { run } from './lib/proc';
 import { GIB, MIB } from './lib/stats';
 import { renderReport, type Results, type Settings } from './report';
+import { renderLocalCopy, runLocalCopy, type LocalCopyResult } from './local-copy';
 import { runSparse } from './sparse';
 import { runThroughput } from './throughput';
 
-const GROUPS = ['throughput', 'ext4', 'sparse', 'diagnostics'] as const;
+const GROUPS = ['throughput', 'ext4', 'sparse', 'local-copy', 'diagnostics'] as const;
 type Group = (typeof GROUPS)[number];
 
 function usage(): string {
@@ -34,6 +35,8 @@ function usage(): string {
     '  BENCH_SPARSE_MIB=1024        dd size of baseline 6',
     '  BENCH_SPARSE_GIB=16384       the large volume of baseline 6 (compared with 1 GiB)',
     '  BENCH_SPARSE_ROUNDS=3        runs per volume size in baseline 6',
+    '  BENCH_LOCAL_COPY_MIB=1024    dd size of baseline 7 (the local copy)',
+    '  BENCH_LOCAL_COPY_ROUNDS=3    paired rounds of baseline 7 (its ext4 part copies BENCH_EXT4_FILES files)',
     '  BENCH_LOAD_MIB=1024          bytes the local-ebs load generator sends',
     '  BENCH_LOAD_CONCURRENCY=64    its PUTs in flight',
     `  BENCH_ONLY=${GROUPS.join(',')}`,
@@ -96,6 +99,8 @@ async function main(): Promise<number> {
     sparseVolumesGiB: [1, integerSetting('BENCH_SPARSE_GIB', 16384, 2, 65536)],
     sparseRounds: integerSetting('BENCH_SPARSE_ROUNDS', 3, 1, 50),
     loadBytes: integerSetting('BENCH_LOAD_MIB', 1024, 16, 65536) * MIB,
+    localCopyBytes: integerSetting('BENCH_LOCAL_COPY_MIB', 1024, 16, 65536) * MIB,
+    localCopyRounds: integerSetting('BENCH_LOCAL_COPY_ROUNDS', 3, 1, 20),
     loadConcurrency: integerSetting('BENCH_LOAD_CONCURRENCY', 64, 1, 1024),
   };
   if (settings.sparseBytes > settings.sparseVolumesGiB[0] * GIB) throw new Error('BENCH_SPARSE_MIB must fit in the 1 GiB volume');
@@ -148,6 +153,7 @@ async function main(): Promise<number> {
   const scratch = await mkdtemp(path.join(scratchParent, 'ebs-fuse-bench-'));
   cleanup.add(`remove ${scratch}`, () => rm(scratch, { recursive: true, force: true }));
 
+  let localCopy: LocalCopyResult | undefined;
   try {
     // `ebs-fuse upload --help` would print the program's help even without the command: read the command list.
     const help = await run(cleanup, process.execPath, [CLI_PATH, '--help'], { allowFailure: true, cwd: REPO_ROOT, timeoutMs: 30_000 });
@@ -158,7 +164,7 @@ async function main(): Promise<number> {
     const binaries = await buildNullfs(cleanup);
 
     const dataFile = path.join(scratch, 'random.bin');
-    const dataBytes = Math.max(settings.dataBytes, settings.sparseBytes, settings.loadBytes);
+    const dataBytes = Math.max(settings.dataBytes, settings.sparseBytes, settings.loadBytes, settings.localCopyBytes);
     log(`writing ${dataBytes / MIB} MiB of random data`);
     await createRandomFile(dataFile, dataBytes);
     results.nonZeroBlocks = await countNonZeroBlocks(dataFile, settings.dataBytes);
@@ -202,6 +208,19 @@ async function main(): Promise<number> {
         log,
       });
     }
+    if (groups.has('local-copy')) {
+      log(`baseline 7: the local copy, ${settings.localCopyRounds} paired rounds`);
+      localCopy = await runLocalCopy(cleanup, {
+        scratch,
+        dataFile,
+        dataBytes: settings.localCopyBytes,
+        rounds: settings.localCopyRounds,
+        ext4Files: settings.ext4Files,
+        ext4FileSizeMaxBytes: settings.ext4FileSizeMaxBytes,
+        ext4VolumeGiB: settings.ext4VolumeGiB,
+        log,
+      });
+    }
     if (groups.has('diagnostics')) {
       log('diagnostics');
       results.diagnostics = await runDiagnostics(cleanup, {
@@ -222,8 +241,9 @@ async function main(): Promise<number> {
 
   results.machine.loadAfter = os.loadavg();
   results.machine.elapsedSeconds = (Date.now() - startedAtMs) / 1000;
-  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
+  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy }, null, 2)}\n`);
   process.stdout.write(`${renderReport(results)}\n`);
+  if (localCopy) process.stdout.write(`\n${renderLocalCopy(localCopy)}\n`);
   return 0;
 }
 

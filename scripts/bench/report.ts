@@ -34,6 +34,8 @@ export interface Settings {
   sparseRounds: number;
   loadBytes: number;
   loadConcurrency: number;
+  localCopyBytes: number;
+  localCopyRounds: number;
 }
 
 export interface Results {

@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
 import type { DiskBudget } from '../core/local-copy';
 import { openReadOnlySnapshot, SnapshotSession } from '../core/session';
-import type { VolumeFile } from '../core/volume-file';
+import type { VolumeFile, VolumeStats } from '../core/volume-file';
 import type { StartSnapshotParams } from '../ebs/client';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from '../ebs/connection';
 import { describeError, UserError } from '../errors';
@@ -109,6 +109,16 @@ export function registerMountCommand(program: Command): void {
     // fuse-native keeps a libuv handle alive after an external umount; end explicitly.
     process.exit(exitCode);
   });
+}
+
+/** What the mount wrote to local disk, against what was written through it: the price of the local copy. */
+function localDiskLine(stats: VolumeStats): string {
+  const mib = (bytes: number): string => (bytes / 1048576).toFixed(1);
+  return (
+    `local disk: ${mib(stats.localCopyBytesWritten + stats.journalBytesWritten)} MiB written to the state directory ` +
+    `(block copies ${mib(stats.localCopyBytesWritten)} MiB, journal ${mib(stats.journalBytesWritten)} MiB) ` +
+    `for ${mib(stats.bytesWritten)} MiB written through the mount`
+  );
 }
 
 function plural(count: number, noun: string): string {
@@ -417,6 +427,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   try {
     const result = await session.finish({ complete: settings.complete, timeoutMs: FINISH_TIMEOUT_MS });
     statusLines.stop();
+    log(localDiskLine(session.stats()));
     process.stdout.write(`${snapshotId} ${result.status}\n`);
     if (!settings.complete) {
       log(`${snapshotId} left pending as asked; complete it later with: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}`);

@@ -53,6 +53,7 @@ export interface BlockStoreStats {
   localCopyFileBytes: number;
   localCopyBytesWritten: number;
   journalBytes: number;
+  journalBytesWritten: number;
   heldNowhereErrors: number;
   unsettledBlocks: number;
 }
@@ -244,7 +245,7 @@ export class BlockStore {
     let ackSlot = slot;
     if (slot !== NO_SLOT) this.localCopy.commit(blockIndex, slot, digest, kind);
     else if (this.localCopy.heldDigest(blockIndex)?.equals(digest)) ackSlot = this.localCopy.heldSlot(blockIndex)!;
-    else this.localCopy.drop(blockIndex);
+    else this.localCopy.retire(blockIndex);
     this.journal.recordAck(blockIndex, digest, ackSlot);
     this.compactIfLarge();
   }
@@ -313,7 +314,15 @@ export class BlockStore {
 
   /** Makes every acknowledgement so far durable (the local copy first). */
   async sync(): Promise<void> {
-    await this.journal.sync();
+    const retired = this.localCopy.takeRetired();
+    try {
+      await this.journal.sync();
+    } catch (error) {
+      this.localCopy.keepRetired(retired);
+      throw error;
+    }
+    // The acks that retired these copies are durable now: their slots may be reused.
+    this.localCopy.reuseRetired(retired);
   }
 
   stats(): BlockStoreStats {
@@ -322,6 +331,7 @@ export class BlockStore {
       localCopyFileBytes: this.localCopy.fileBytes,
       localCopyBytesWritten: this.localCopy.bytesWritten,
       journalBytes: this.journal.sizeBytes,
+      journalBytesWritten: this.journal.bytesWritten,
       heldNowhereErrors: this.heldNowhereErrors,
       unsettledBlocks: this.unsettled.size,
     };

@@ -72,6 +72,8 @@ export class Journal {
   /** Commits and compactions run one at a time, in this chain. */
   private running?: Promise<void>;
   private backgroundSync?: Promise<void>;
+  /** Bytes written to the file since open, compactions included, for the benchmarks. */
+  bytesWritten = 0;
 
   private constructor(
     private readonly directory: string,
@@ -183,6 +185,7 @@ export class Journal {
       const handle = await fs.open(temporary, 'w', 0o600);
       try {
         await writeFully(handle, Buffer.concat(records), 0);
+        this.bytesWritten += records.length * RECORD_BYTES;
         await handle.datasync();
         await fs.rename(temporary, file);
         await fsyncDirectory(this.directory);
@@ -259,6 +262,7 @@ export class Journal {
       if (acks.length > 0) await this.beforeAcks();
       const bytes = Buffer.concat([...intents, ...acks]);
       await writeFully(this.handle, bytes, this.sizeBytesValue);
+      this.bytesWritten += bytes.length;
       await this.handle.datasync();
       this.sizeBytesValue += bytes.length;
       this.durableSeq.intent += intents.length;

@@ -39,8 +39,14 @@ const AUTO_RESERVE_RATIO = 0.1;
 /** How long a free-space figure is trusted before statfs is asked again. */
 const STATFS_TRUSTED_MS = 1000;
 const FILE_NAME = 'local-copy.img';
-/** A copy write slower than this means the disk (or the page cache's write-back) is behind. */
-const SLOW_WRITE_MS = 100;
+/**
+ * Copy writes that take this long on average mean the disk is behind (the page
+ * cache throttling its writers): a write to the page cache takes well under a
+ * millisecond, and a loaded event loop or thread pool adds tens, not hundreds.
+ */
+const SLOW_WRITE_AVERAGE_MS = 500;
+/** Weight of the newest write in that average. */
+const WRITE_TIME_WEIGHT = 0.2;
 
 interface Entry {
   slot: number;
@@ -62,10 +68,16 @@ export class LocalCopy {
   private readonly freeSlots = new Set<number>();
   /** Slots handed out by allocate() and not yet committed or released. */
   private readonly reservedSlots = new Set<number>();
+  /**
+   * Slots of copies superseded by newer content whose ack may not be durable
+   * yet: until it is, a crash leaves the old ack in the journal, and its copy
+   * must still be there to settle the block (block-store.ts). Freed by reuseRetired().
+   */
+  private retiredSlots: number[] = [];
   /** Slots the file extends over; it never shrinks while the state lives. */
   private slotCount: number;
   private writesInFlightCount = 0;
-  private lastWriteMs = 0;
+  private averageWriteMs = 0;
   private unsynced = false;
   private freeSpace?: { bytes: number; reserveBytes: number; atMs: number };
   private handle?: Promise<fs.FileHandle>;
@@ -100,9 +112,9 @@ export class LocalCopy {
     return this.slotCount * BLOCK_SIZE_BYTES;
   }
 
-  /** True while the last copy write took longer than SLOW_WRITE_MS and more are waiting. */
+  /** True while copy writes take over SLOW_WRITE_AVERAGE_MS on average and more are waiting. */
   get isBehind(): boolean {
-    return this.lastWriteMs > SLOW_WRITE_MS && this.writesInFlightCount > 0;
+    return this.averageWriteMs > SLOW_WRITE_AVERAGE_MS && this.writesInFlightCount > 0;
   }
 
   holds(blockIndex: number): boolean {
@@ -121,7 +133,7 @@ export class LocalCopy {
   /** Takes a replayed slot as the block's copy, to be verified on first read; false when the slot is taken. */
   adopt(blockIndex: number, slot: number, digest: Buffer): boolean {
     if (!this.freeSlots.delete(slot)) return false;
-    this.drop(blockIndex);
+    this.retire(blockIndex);
     this.insert(blockIndex, { slot, digest, kind: 'pieces', verified: false });
     return true;
   }
@@ -163,7 +175,7 @@ export class LocalCopy {
       }
       this.bytesWritten += written;
       this.unsynced = true;
-      this.lastWriteMs = Date.now() - startedMs;
+      this.averageWriteMs += WRITE_TIME_WEIGHT * (Date.now() - startedMs - this.averageWriteMs);
       return true;
     } catch {
       this.release(slot);
@@ -173,11 +185,33 @@ export class LocalCopy {
     }
   }
 
-  /** The written slot becomes the block's copy; the copy it replaces is freed. */
+  /** The written slot becomes the block's copy; the copy it replaces is retired. */
   commit(blockIndex: number, slot: number, digest: Buffer, kind: CopyKind): void {
     if (!this.reservedSlots.delete(slot)) throw new Error(`commit of slot ${slot}, which was not allocated`);
-    this.drop(blockIndex);
+    this.retire(blockIndex);
     this.insert(blockIndex, { slot, digest, kind, verified: true });
+  }
+
+  /** The block's content changed without a new copy: its copy no longer holds it, but stays until reuseRetired(). */
+  retire(blockIndex: number): void {
+    const entry = this.remove(blockIndex);
+    if (entry) this.retiredSlots.push(entry.slot);
+  }
+
+  /** Slots retired so far; after the acks that retired them are durable, give them to reuseRetired(). */
+  takeRetired(): number[] {
+    const slots = this.retiredSlots;
+    this.retiredSlots = [];
+    return slots;
+  }
+
+  reuseRetired(slots: number[]): void {
+    for (const slot of slots) this.freeSlots.add(slot);
+  }
+
+  /** Gives back slots from takeRetired() whose acks did not become durable. */
+  keepRetired(slots: number[]): void {
+    this.retiredSlots.push(...slots);
   }
 
   /** Gives back a slot from allocate() that holds nothing of use. */
@@ -185,8 +219,8 @@ export class LocalCopy {
     if (this.reservedSlots.delete(slot)) this.freeSlots.add(slot);
   }
 
-  /** Forgets the block's copy (its content changed without a new copy). */
-  drop(blockIndex: number): void {
+  /** Forgets a copy that does not hold what it should (it failed its hash). */
+  private drop(blockIndex: number): void {
     const entry = this.remove(blockIndex);
     if (entry) this.freeSlots.add(entry.slot);
   }

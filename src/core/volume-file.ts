@@ -38,8 +38,10 @@ export interface VolumeStats {
   /** Blocks kept in the local copy, and the bytes its file takes (at most the budget). */
   localCopyBlocks: number;
   localCopyFileBytes: number;
-  /** Bytes written to the local copy since the mount started. */
+  /** Bytes written through the mount, to the local copy, and to the journal, since the mount started. */
+  bytesWritten: number;
   localCopyBytesWritten: number;
+  journalBytesWritten: number;
   journalBytes: number;
   /** Reads and partial writes that failed because their block is held nowhere. */
   heldNowhereErrors: number;

@@ -40,6 +40,7 @@ export class Volume implements VolumeFile {
   private readonly flusher: Flusher;
   private lastUploadError?: string;
   private readonly log: (line: string) => void;
+  private bytesWritten = 0;
 
   /**
    * Opens the volume over its state directory. A journal left by an earlier
@@ -107,6 +108,7 @@ export class Volume implements VolumeFile {
       await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count));
     }
     this.flusher.writeBackIfOverHighWater();
+    this.bytesWritten += end - offsetBytes;
     return end - offsetBytes;
   }
 
@@ -166,7 +168,9 @@ export class Volume implements VolumeFile {
       lastUploadError: this.lastUploadError,
       localCopyBlocks: stored.localCopyBlocks,
       localCopyFileBytes: stored.localCopyFileBytes,
+      bytesWritten: this.bytesWritten,
       localCopyBytesWritten: stored.localCopyBytesWritten,
+      journalBytesWritten: stored.journalBytesWritten,
       journalBytes: stored.journalBytes,
       heldNowhereErrors: stored.heldNowhereErrors,
       unsettledBlocks: stored.unsettledBlocks,

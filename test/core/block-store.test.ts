@@ -135,6 +135,23 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
     assert.equal(store.copyPlan(5, ZERO_DIGEST, 'pieces').plan, 'none', 'zeros are remembered, not copied');
   });
 
+  it('keeps a superseded copy until the ack that superseded it is durable, so a crash before that still settles the block', async () => {
+    const first = await open(1 * B);
+    const slot = await first.store.announce(5, digestOf(1), block(1), { plan: 'before', kind: 'pieces' });
+    first.store.acknowledged(5, digestOf(1), slot, 'pieces');
+    first.store.uploadEnded(5);
+    await first.store.sync();
+    // New content streamed whole: acknowledged, not yet durable; the only slot must not be reused for block 6.
+    const second = await first.store.announce(5, digestOf(2), block(2), { plan: 'after', kind: 'rewritten' });
+    first.store.acknowledged(5, digestOf(2), second, 'rewritten');
+    first.store.uploadEnded(5);
+    await first.store.announce(6, digestOf(3), block(3), { plan: 'before', kind: 'pieces' });
+    // The process dies here (its handles are closed only after the test).
+    const { store, resend } = await open(1 * B);
+    assert.deepEqual(resend, [5, 6]);
+    assert.ok((await store.readBlock(5, 'read'))!.equals(block(1)), 'the old content, from its copy');
+  });
+
   it('with a budget of 0 keeps no copy at all', async () => {
     const { store } = await open(0);
     assert.equal(store.copyPlan(5, digestOf(1), 'pieces').plan, 'none');

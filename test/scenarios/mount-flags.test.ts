@@ -40,6 +40,8 @@ const CASES: FlagCase[] = [
   { name: '--timeout out of range', args: ['MNT', '--size', '1', '--timeout', '5'], message: /^--timeout must be from 10 to 4320, not 5$/ },
   { name: 'bad --cache-size', args: ['MNT', '--size', '1', '--cache-size', 'lots'], message: /^--cache-size must be a size such as 256MiB/ },
   { name: '--cache-size too small', args: ['MNT', '--size', '1', '--cache-size', '1MiB'], message: /^--cache-size must be at least 16MiB/ },
+  { name: 'bad --disk-cache-size', args: ['MNT', '--size', '1', '--disk-cache-size', '-1'], message: /^--disk-cache-size must be a size such as 256MiB or 2GiB, not "-1"$/ },
+  { name: '--disk-cache-size with a unit unknown', args: ['MNT', '--size', '1', '--disk-cache-size', '5 parsecs'], message: /^--disk-cache-size must be a size such as 256MiB/ },
   { name: '--upload-concurrency 0', args: ['MNT', '--size', '1', '--upload-concurrency', '0'], message: /^--upload-concurrency must be from 1 to/ },
   { name: '--file-name with a slash', args: ['MNT', '--size', '1', '--file-name', 'a/b'], message: /^--file-name must be a plain file name/ },
   { name: 'mountpoint missing', args: ['MNT', '--size', '1'], mountpoint: 'missing', message: /does not exist; create it with: mkdir -p / },

@@ -23,12 +23,14 @@ export interface MountSettings {
   server?: LocalEbs;
   /** Passed as --cache-size (product) or CACHE_SIZE (null mount); default: the product's default. */
   cacheSize?: string;
-  /** Where the state directory (read-back store, journal) goes; default: scratch. */
+  /** Where the state directory (journal, local copy) goes; default: scratch. */
   stateParent?: string;
   /** Flags for node itself, e.g. --cpu-prof. */
   nodeFlags?: string[];
   /** Null mount only: false makes its client acknowledge without hashing. */
   nullClientVerifies?: boolean;
+  /** More flags for `ebs-fuse mount` (product only), e.g. --disk-cache-size. */
+  extraArgs?: string[];
 }
 
 export interface Finished {
@@ -40,6 +42,7 @@ export interface Finished {
   rusage: Rusage;
   /** The null mount's own JSON line (puts, distinctBlocks, fuse counters). */
   report?: { puts: number; distinctBlocks: number; fuse: { writeCalls: number; largestWriteBytes: number } };
+  stderr: string;
 }
 
 export class RunningMount {
@@ -62,6 +65,7 @@ export class RunningMount {
     if (settings.server) {
       const args = [...(settings.nodeFlags ?? []), CLI_PATH, 'mount', mountpoint, '--size', String(settings.volumeSizeGiB), '--endpoint', settings.server.endpoint, '--state-dir', stateDir];
       if (settings.cacheSize) args.push('--cache-size', settings.cacheSize);
+      args.push(...(settings.extraArgs ?? []));
       tracked = spawnTracked(cleanup, `ebs-fuse mount (${settings.name})`, process.execPath, args, {
         cwd: REPO_ROOT,
         env: settings.server.cliEnvironment(),
@@ -106,6 +110,7 @@ export class RunningMount {
       endedAtNs,
       rusage: await this.process.rusage(),
       report: reportLine ? (JSON.parse(reportLine) as Finished['report']) : undefined,
+      stderr: this.process.stderr(),
     };
   }
 }
