@@ -113,7 +113,7 @@ export function registerMountCommand(program: Command): void {
 
 /** What the mount wrote to local disk, against what was written through it: the price of the local copy. */
 function localDiskLine(stats: VolumeStats): string {
-  const mib = (bytes: number): string => (bytes / 1048576).toFixed(1);
+  const mib = (bytes: number): string => (bytes / 1048576).toFixed(2);
   return (
     `local disk: ${mib(stats.localCopyBytesWritten + stats.journalBytesWritten)} MiB written to the state directory ` +
     `(block copies ${mib(stats.localCopyBytesWritten)} MiB, journal ${mib(stats.journalBytesWritten)} MiB) ` +
