@@ -8,7 +8,7 @@ import path from 'node:path';
 import { autoReserveBytes } from '../../src/core/local-copy';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { isMountPoint } from '../../src/fuse/mountinfo';
-import { createZeroImage, expectEnded, LoopDevices, mustRun, ScenarioContext, sh, waitForLoopDetached, GIB, MIB } from './support';
+import { checkExt4Tree, copyTreeIntoExt4, createZeroImage, expectEnded, LoopDevices, mustRun, ScenarioContext, sh, GIB, MIB } from './support';
 
 const STATE_FS_BYTES = 256 * MIB;
 /** snapshot.json, the lock, the start-up probe and the journal (45 bytes a record) beside the block copies. */
@@ -106,30 +106,12 @@ describe('scenario: the local copy within its budget', function () {
     assert.ok(treeBytes > 200 * MIB, `the tree has ${treeBytes} bytes`);
 
     const mount = await context.mount(4, ['--disk-cache-size', EXT4_BUDGET, '--cache-size', '64MiB']);
-    loops.files.push(mount.filePath);
-    await mustRun('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=0', mount.filePath], { timeoutMs: 180_000 });
-    const inner = context.file('inner');
-    await mkdir(inner);
-    loops.mountpoints.push(inner);
-    await mustRun('mount', ['-o', 'loop', mount.filePath, inner]);
-    await mustRun('cp', ['-a', tree, path.join(inner, 'tree')], { timeoutMs: 300_000 });
-    await mustRun('umount', [inner]);
-    await waitForLoopDetached(mount.filePath);
+    await copyTreeIntoExt4(context, loops, mount.filePath, tree, 'nodiscard,lazy_itable_init=0');
     const result = await mount.stop('SIGINT');
     expectEnded(result, mount.snapshotId);
     assert.doesNotMatch(result.stderr, /held nowhere/);
-
-    const image = context.file('ext4-downloaded.img');
-    loops.files.push(image);
-    await context.download(mount.snapshotId, image);
-    const fsck = await sh('e2fsck', ['-fn', image], { timeoutMs: 180_000 });
+    const { fsck, diff } = await checkExt4Tree(context, loops, mount.snapshotId, tree);
     assert.equal(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
-    const check = context.file('ext4-check');
-    await mkdir(check);
-    loops.mountpoints.push(check);
-    await mustRun('mount', ['-o', 'loop,ro', image, check]);
-    const diff = await sh('diff', ['-r', '--no-dereference', tree, path.join(check, 'tree')], { timeoutMs: 180_000 });
-    await mustRun('umount', [check]);
     assert.equal(diff.code, 0, `diff -r: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);
   });
 

@@ -5,7 +5,7 @@ import { strict as assert } from 'node:assert';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { LoopDevices, ScenarioContext, expectEnded, mustRun, sh, waitForLoopDetached, MIB } from './support';
+import { LoopDevices, ScenarioContext, checkExt4Tree, copyTreeIntoExt4, expectEnded, MIB } from './support';
 
 const DIRECTORIES = 30;
 const FILES_PER_DIRECTORY = 100;
@@ -53,31 +53,12 @@ describe('scenario: mkfs.ext4 and a file tree on the mounted file', function () 
     assert.ok(treeBytes > 20 * MIB);
 
     const mount = await context.mount(1);
-    loops.files.push(mount.filePath);
-    await mustRun('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', mount.filePath], { timeoutMs: 120_000 });
-    const inner = context.file('inner');
-    await mkdir(inner);
-    loops.mountpoints.push(inner);
-    await mustRun('mount', ['-o', 'loop', mount.filePath, inner]);
-    await mustRun('cp', ['-a', tree, path.join(inner, 'tree')], { timeoutMs: 120_000 });
-    await mustRun('umount', [inner]);
-    await waitForLoopDetached(mount.filePath);
-
+    await copyTreeIntoExt4(context, loops, mount.filePath, tree);
     const result = await mount.stop('SIGINT');
     expectEnded(result, mount.snapshotId);
 
-    const image = context.file('downloaded.img');
-    loops.files.push(image);
-    assert.ok((await context.download(mount.snapshotId, image)) > 0);
-    const fsck = await sh('e2fsck', ['-fn', image], { timeoutMs: 120_000 });
+    const { fsck, diff } = await checkExt4Tree(context, loops, mount.snapshotId, tree);
     assert.equal(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
-
-    const check = context.file('check');
-    await mkdir(check);
-    loops.mountpoints.push(check);
-    await mustRun('mount', ['-o', 'loop,ro', image, check]);
-    const diff = await sh('diff', ['-r', tree, path.join(check, 'tree')], { timeoutMs: 120_000 });
-    await mustRun('umount', [check]);
     assert.equal(diff.code, 0, `diff -r: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);
   });
 });

@@ -192,3 +192,31 @@ export class LoopDevices {
     }
   }
 }
+
+/** mkfs.ext4 on the mounted file, a loop mount, `cp -a` of `tree` into it, umount, and the loop device detached. */
+export async function copyTreeIntoExt4(context: ScenarioContext, loops: LoopDevices, filePath: string, tree: string, mkfsExtended = 'nodiscard'): Promise<void> {
+  loops.files.push(filePath);
+  await mustRun('mkfs.ext4', ['-q', '-F', '-E', mkfsExtended, filePath], { timeoutMs: 180_000 });
+  const inner = context.file(`inner-${path.basename(path.dirname(filePath))}`);
+  await mkdir(inner);
+  loops.mountpoints.push(inner);
+  await mustRun('mount', ['-o', 'loop', filePath, inner]);
+  await mustRun('cp', ['-a', tree, path.join(inner, 'tree')], { timeoutMs: 300_000 });
+  await mustRun('umount', [inner]);
+  await waitForLoopDetached(filePath);
+}
+
+/** Downloads the completed snapshot; returns e2fsck -fn's result and diff -r's of `tree` against its copy in the image. */
+export async function checkExt4Tree(context: ScenarioContext, loops: LoopDevices, snapshotId: string, tree: string): Promise<{ fsck: CommandResult; diff: CommandResult }> {
+  const image = context.file(`${snapshotId}-ext4.img`);
+  loops.files.push(image);
+  await context.download(snapshotId, image);
+  const fsck = await sh('e2fsck', ['-fn', image], { timeoutMs: 180_000 });
+  const check = context.file(`${snapshotId}-check`);
+  await mkdir(check);
+  loops.mountpoints.push(check);
+  await mustRun('mount', ['-o', 'loop,ro', image, check]);
+  const diff = await sh('diff', ['-r', '--no-dereference', tree, path.join(check, 'tree')], { timeoutMs: 180_000 });
+  await mustRun('umount', [check]);
+  return { fsck, diff };
+}
