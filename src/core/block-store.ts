@@ -123,10 +123,6 @@ export class BlockStore {
     return resend.sort((a, b) => a - b);
   }
 
-  get parent(): SnapshotReader | undefined {
-    return this.options.parent;
-  }
-
   /** Where a block that is not in memory reads from. */
   base(blockIndex: number): BlockBase {
     if (this.localCopy.holds(blockIndex)) return 'copy';

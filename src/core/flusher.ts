@@ -47,10 +47,6 @@ export class Flusher {
     return this.inFlight;
   }
 
-  get queuedBlocks(): number {
-    return this.queue.size;
-  }
-
   /** Asks for the block's current generation to be uploaded. */
   enqueue(block: CachedBlock): void {
     block.flushWantedGeneration = Math.max(block.flushWantedGeneration, block.writeGeneration);

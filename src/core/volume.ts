@@ -34,7 +34,6 @@ export interface VolumeOptions {
 export class Volume implements VolumeFile {
   readonly sizeBytes: number;
   readonly readOnly = false;
-  private readonly blockCount: number;
   private readonly locks = new BlockLocks();
   private readonly cache: BlockCache;
   private readonly flusher: Flusher;
@@ -65,8 +64,7 @@ export class Volume implements VolumeFile {
     private readonly store: BlockStore,
     log: (line: string) => void,
   ) {
-    this.blockCount = options.volumeSizeGiB * BLOCKS_PER_GIB;
-    this.sizeBytes = this.blockCount * BLOCK_SIZE_BYTES;
+    this.sizeBytes = options.volumeSizeGiB * BLOCKS_PER_GIB * BLOCK_SIZE_BYTES;
     this.log = log;
     const capacityBlocks = Math.max(2, Math.floor(options.limits.cacheSizeBytes / BLOCK_SIZE_BYTES));
     this.cache = new BlockCache({
