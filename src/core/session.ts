@@ -6,7 +6,7 @@
 //   lock            the pid of the process using the state
 //   blocks.journal  intents and acknowledgements of PUTs, and local-copy slots (journal.ts)
 //   local-copy.img  the local copy of uploaded blocks, within --disk-cache-size (local-copy.ts)
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
 import { writeFileAtomic } from '../durable-file';
@@ -81,6 +81,10 @@ export class SnapshotSession {
     const stateDirectory = path.join(tuning.stateDir, snapshotId);
     const state = await readState(stateDirectory, snapshotId);
     if (state.status === 'completed') throw new UserError(`${snapshotId} is already completed; there is nothing to resume`);
+    // The journal of versions before the local copy: its records mean something else.
+    if (existsSync(path.join(stateDirectory, 'journal.log'))) {
+      throw new UserError(`the state of ${snapshotId} in ${stateDirectory} was written by an earlier ebs-fuse (journal.log); resume or complete it with that version`);
+    }
     return SnapshotSession.open(client, stateDirectory, state, tuning);
   }
 

@@ -87,6 +87,16 @@ describe('core: session (journal, resume, complete)', () => {
     });
   }
 
+  it('refuses, in one line, a state an earlier version wrote', async () => {
+    const service = new MemorySnapshotClient();
+    const session = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, tuning);
+    await session.close();
+    writeFileSync(path.join(stateDir, session.snapshotId, 'journal.log'), '');
+    await assert.rejects(SnapshotSession.resume(service, session.snapshotId, tuning), (error: Error) => {
+      return error instanceof UserError && /was written by an earlier ebs-fuse \(journal\.log\); resume or complete it with that version$/.test(error.message);
+    });
+  });
+
   it('refuses to resume an unknown or a completed snapshot, and one another live process holds', async () => {
     const service = new MemorySnapshotClient();
     await assert.rejects(SnapshotSession.resume(service, 'snap-0123456789abcdef0', tuning), (error: Error) => {
