@@ -439,6 +439,7 @@ export function renderReport(results: Results): string {
     }
   }
 
-  sections.push(`### Targets\n\n${table(['target', 'measured', 'verdict'], targets.map((t) => [t.name, t.measured, verdict(t.met)]))}`);
+  // BENCH_ONLY may leave no group with a target (local-copy prints its own verdicts).
+  if (targets.length > 0) sections.push(`### Targets\n\n${table(['target', 'measured', 'verdict'], targets.map((t) => [t.name, t.measured, verdict(t.met)]))}`);
   return sections.join('\n\n');
 }
