@@ -247,8 +247,8 @@ export class BlockStore {
   }
 
   /**
-   * A copy of acknowledged content, made only when a slot is free or a `whole`
-   * copy may give way, and skipped while the disk is behind (local-copy.ts):
+   * A copy of acknowledged content, made only when its class can have a slot
+   * (local-copy.ts), and skipped while the disk is behind:
    * it serves later reads, never the crash guarantees, so it must not slow the uploads.
    */
   async copyAfterAck(blockIndex: number, digest: Buffer, body: Buffer, kind: CopyKind): Promise<void> {
