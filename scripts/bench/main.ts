@@ -17,10 +17,11 @@ import { run } from './lib/proc';
 import { GIB, MIB } from './lib/stats';
 import { renderReport, type Results, type Settings } from './report';
 import { renderLocalCopy, runLocalCopy, type LocalCopyResult } from './local-copy';
+import { renderPeer, runPeer, type PeerResult } from './peer';
 import { runSparse } from './sparse';
 import { runThroughput } from './throughput';
 
-const GROUPS = ['throughput', 'ext4', 'sparse', 'local-copy', 'diagnostics'] as const;
+const GROUPS = ['throughput', 'ext4', 'sparse', 'local-copy', 'peer', 'diagnostics'] as const;
 type Group = (typeof GROUPS)[number];
 
 function usage(): string {
@@ -37,6 +38,8 @@ function usage(): string {
     '  BENCH_SPARSE_ROUNDS=3        runs per volume size in baseline 6',
     '  BENCH_LOCAL_COPY_MIB=1024    dd size of baseline 7 (the local copy)',
     '  BENCH_LOCAL_COPY_ROUNDS=3    paired rounds of baseline 7 (its ext4 part copies BENCH_EXT4_FILES files)',
+    '  BENCH_PEER_MIB=512           file size of baseline 8 (the mount against a 16-thread boto3 uploader)',
+    '  BENCH_PEER_ROUNDS=3          paired rounds of baseline 8',
     '  BENCH_LOAD_MIB=1024          bytes the local-ebs load generator sends',
     '  BENCH_LOAD_CONCURRENCY=64    its PUTs in flight',
     `  BENCH_ONLY=${GROUPS.join(',')}`,
@@ -101,6 +104,8 @@ async function main(): Promise<number> {
     loadBytes: integerSetting('BENCH_LOAD_MIB', 1024, 16, 65536) * MIB,
     localCopyBytes: integerSetting('BENCH_LOCAL_COPY_MIB', 1024, 16, 65536) * MIB,
     localCopyRounds: integerSetting('BENCH_LOCAL_COPY_ROUNDS', 3, 1, 20),
+    peerBytes: integerSetting('BENCH_PEER_MIB', 512, 16, 65536) * MIB,
+    peerRounds: integerSetting('BENCH_PEER_ROUNDS', 3, 1, 20),
     loadConcurrency: integerSetting('BENCH_LOAD_CONCURRENCY', 64, 1, 1024),
   };
   if (settings.sparseBytes > settings.sparseVolumesGiB[0] * GIB) throw new Error('BENCH_SPARSE_MIB must fit in the 1 GiB volume');
@@ -154,6 +159,7 @@ async function main(): Promise<number> {
   cleanup.add(`remove ${scratch}`, () => rm(scratch, { recursive: true, force: true }));
 
   let localCopy: LocalCopyResult | undefined;
+  let peer: PeerResult | undefined;
   try {
     // `ebs-fuse upload --help` would print the program's help even without the command: read the command list.
     const help = await run(cleanup, process.execPath, [CLI_PATH, '--help'], { allowFailure: true, cwd: REPO_ROOT, timeoutMs: 30_000 });
@@ -221,6 +227,13 @@ async function main(): Promise<number> {
         log,
       });
     }
+    if (groups.has('peer')) {
+      log(`baseline 8: the mount against a 16-thread boto3 uploader, ${settings.peerRounds} paired rounds`);
+      // Its own file of exactly the size, so that both read the same bytes and no more.
+      const peerFile = path.join(scratch, 'peer.bin');
+      await createRandomFile(peerFile, settings.peerBytes);
+      peer = await runPeer(cleanup, { scratch, dataFile: peerFile, dataBytes: settings.peerBytes, rounds: settings.peerRounds, log });
+    }
     if (groups.has('diagnostics')) {
       log('diagnostics');
       results.diagnostics = await runDiagnostics(cleanup, {
@@ -241,9 +254,10 @@ async function main(): Promise<number> {
 
   results.machine.loadAfter = os.loadavg();
   results.machine.elapsedSeconds = (Date.now() - startedAtMs) / 1000;
-  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy }, null, 2)}\n`);
+  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy, peer }, null, 2)}\n`);
   process.stdout.write(`${renderReport(results)}\n`);
   if (localCopy) process.stdout.write(`\n${renderLocalCopy(localCopy)}\n`);
+  if (peer) process.stdout.write(`\n${renderPeer(peer)}\n`);
   return 0;
 }
 

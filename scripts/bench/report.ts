@@ -36,6 +36,8 @@ export interface Settings {
   loadConcurrency: number;
   localCopyBytes: number;
   localCopyRounds: number;
+  peerBytes: number;
+  peerRounds: number;
 }
 
 export interface Results {
