@@ -5,6 +5,15 @@ import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 
+/** Writes all of `bytes` at `positionBytes` (a write may take fewer bytes than asked). */
+export async function writeFully(handle: fsp.FileHandle, bytes: Buffer, positionBytes: number): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, written, bytes.length - written, positionBytes + written);
+    written += bytesWritten;
+  }
+}
+
 export async function fsyncDirectory(directory: string): Promise<void> {
   const handle = await fsp.open(directory, 'r');
   try {

@@ -25,13 +25,13 @@ import { FileOperationError } from './file-errors';
 import { Journal, NO_SLOT, RECORD_BYTES, type CompactBlock, type JournalReplay } from './journal';
 import { LocalCopy, type CopyKind, type DiskBudget } from './local-copy';
 import type { SnapshotReader } from './snapshot-reader';
+import { ZERO_BLOCK } from './transfer';
 
 export type BlockBase = 'zeros' | 'copy' | 'parent' | 'nowhere';
 
 /** When the copy of a block is written: before its PUT (crash-exact), after its ack, or not at all. */
 export type CopyPlan = 'before' | 'after' | 'none';
 
-export const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE_BYTES);
 export const ZERO_DIGEST = sha256Digest(ZERO_BLOCK);
 
 /** The journal is compacted once it is this many times its compacted size... */
@@ -140,25 +140,22 @@ export class BlockStore {
 
   /** `count` bytes at `inBlock` of a block not in memory; EIO when it is held nowhere. */
   async readRange(blockIndex: number, inBlock: number, count: number): Promise<Buffer> {
-    for (;;) {
-      const base = this.base(blockIndex);
-      if (base === 'zeros') return Buffer.alloc(count);
-      if (base === 'parent') return this.options.parent!.readRange(blockIndex, inBlock, count);
-      if (base === 'nowhere') throw this.heldNowhere(blockIndex, 'read');
-      // A copy that fails its check is dropped: ask again where the block is.
-      const bytes = await this.localCopy.readRange(blockIndex, inBlock, count);
-      if (bytes) return bytes;
-    }
+    return (await this.readBase(blockIndex, inBlock, count, 'read')) ?? Buffer.alloc(count);
   }
 
   /** The whole base of a block (null for zeros), to merge under partial writes; EIO when held nowhere. */
-  async readBlock(blockIndex: number, purpose: 'read' | 'write'): Promise<Buffer | null> {
+  readBlock(blockIndex: number, purpose: 'read' | 'write'): Promise<Buffer | null> {
+    return this.readBase(blockIndex, 0, BLOCK_SIZE_BYTES, purpose);
+  }
+
+  private async readBase(blockIndex: number, inBlock: number, count: number, purpose: 'read' | 'write'): Promise<Buffer | null> {
     for (;;) {
       const base = this.base(blockIndex);
       if (base === 'zeros') return null;
-      if (base === 'parent') return this.options.parent!.readBlock(blockIndex);
+      if (base === 'parent') return this.options.parent!.readRange(blockIndex, inBlock, count);
       if (base === 'nowhere') throw this.heldNowhere(blockIndex, purpose);
-      const bytes = await this.localCopy.readRange(blockIndex, 0, BLOCK_SIZE_BYTES);
+      // A copy that fails its check is dropped: ask again where the block is.
+      const bytes = await this.localCopy.readRange(blockIndex, inBlock, count);
       if (bytes) return bytes;
     }
   }

@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
+import { writeFully } from '../durable-file';
 import { describeError, UserError } from '../errors';
 import { forEachBounded, GIB_BYTES, InOrder, isZeroBlock, LIST_PAGE_SIZE_MAX, newTransferStats, SnapshotBlockList, type TransferStats } from './transfer';
 
@@ -134,14 +135,6 @@ async function checkTarget(target: string, force: boolean): Promise<void> {
   }
   if (!stat.isFile()) throw new UserError(`${target} exists and is not a regular file; download writes a regular file`);
   if (!force) throw new UserError(`${target} already exists; pass --force to replace it`);
-}
-
-async function writeFully(handle: fs.FileHandle, data: Buffer, positionBytes: number): Promise<void> {
-  let written = 0;
-  while (written < data.length) {
-    const { bytesWritten } = await handle.write(data, written, data.length - written, positionBytes + written);
-    written += bytesWritten;
-  }
 }
 
 /**

@@ -5,8 +5,9 @@
 import { sha256Digest } from '../ebs/checksum';
 import type { SnapshotClient } from '../ebs/client';
 import type { BlockCache, BlockLocks, CachedBlock } from './block-cache';
-import { ZERO_BLOCK, ZERO_DIGEST, type BlockStore } from './block-store';
+import { ZERO_DIGEST, type BlockStore } from './block-store';
 import { ChangeSignal } from './signal';
+import { isZeroBlock, ZERO_BLOCK } from './transfer';
 
 export interface FlusherOptions {
   client: SnapshotClient;
@@ -133,7 +134,7 @@ export class Flusher {
     if (!taken) return;
     const { block, view } = taken;
     try {
-      await this.send(block, view.data ?? ZERO_BLOCK, view.data === null, view.written, view.generation);
+      await this.send(block, view.data ?? ZERO_BLOCK, view.written, view.generation);
     } catch (error) {
       this.fail(block, error);
     } finally {
@@ -144,10 +145,10 @@ export class Flusher {
     if (block.lastFailure === undefined && block.isDirty && block.flushWantedGeneration > block.ackedGeneration) this.enqueue(block);
   }
 
-  private async send(block: CachedBlock, body: Buffer, knownZero: boolean, written: 'whole' | 'pieces', generation: number): Promise<void> {
+  private async send(block: CachedBlock, body: Buffer, written: 'whole' | 'pieces', generation: number): Promise<void> {
     const { cache, store } = this.options;
     const index = block.index;
-    const isZero = knownZero || body.equals(ZERO_BLOCK);
+    const isZero = isZeroBlock(body);
     if (this.options.zeroSkipAllowed && isZero && !store.wasAttempted(index) && !this.zeroSkipExempt.delete(index)) {
       // Never sent and all zeros: the snapshot already reads zeros there.
       this.zeroBlocksSkipped += 1;

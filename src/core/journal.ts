@@ -21,7 +21,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { fsyncDirectory } from '../durable-file';
+import { fsyncDirectory, writeFully } from '../durable-file';
 
 export const RECORD_BYTES = 45;
 const CRC_COVERED_BYTES = 41;
@@ -292,12 +292,4 @@ function encode(type: number, blockIndex: number, slot: number, digest: Buffer):
   digest.copy(record, 9);
   record.writeUInt32LE(crc32(record.subarray(0, CRC_COVERED_BYTES)), CRC_COVERED_BYTES);
   return record;
-}
-
-async function writeFully(handle: fs.FileHandle, bytes: Buffer, positionBytes: number): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, written, bytes.length - written, positionBytes + written);
-    written += bytesWritten;
-  }
 }

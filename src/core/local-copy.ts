@@ -19,6 +19,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
+import { writeFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
@@ -167,13 +168,8 @@ export class LocalCopy {
     this.writesInFlightCount += 1;
     const startedMs = Date.now();
     try {
-      const handle = await this.open();
-      let written = 0;
-      while (written < data.length) {
-        const { bytesWritten } = await handle.write(data, written, data.length - written, slot * BLOCK_SIZE_BYTES + written);
-        written += bytesWritten;
-      }
-      this.bytesWritten += written;
+      await writeFully(await this.open(), data, slot * BLOCK_SIZE_BYTES);
+      this.bytesWritten += data.length;
       this.unsynced = true;
       this.averageWriteMs += WRITE_TIME_WEIGHT * (Date.now() - startedMs - this.averageWriteMs);
       return true;

@@ -4,11 +4,12 @@ import { sha256Digest } from '../ebs/checksum';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient } from '../ebs/client';
 import { BlockCache, BlockLocks, type CachedBlock } from './block-cache';
 import { blockSegments } from './block-segments';
-import { BlockStore, ZERO_BLOCK } from './block-store';
+import { BlockStore } from './block-store';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
 import type { CoreLimits } from './limits';
 import type { SnapshotReader } from './snapshot-reader';
+import { ZERO_BLOCK } from './transfer';
 import type { VolumeFile, VolumeStats } from './volume-file';
 
 /** How long close() lets in-flight uploads finish. */
@@ -154,7 +155,6 @@ export class Volume implements VolumeFile {
   }
 
   stats(): VolumeStats {
-    const stored = this.store.stats();
     return {
       dirtyBlocks: this.cache.dirtyCount,
       uploadingBlocks: this.flusher.uploadsInFlight,
@@ -164,14 +164,8 @@ export class Volume implements VolumeFile {
       distinctBlocksPut: this.store.acknowledgedCount,
       retries: this.options.retryCount?.() ?? 0,
       lastUploadError: this.lastUploadError,
-      localCopyBlocks: stored.localCopyBlocks,
-      localCopyFileBytes: stored.localCopyFileBytes,
       bytesWritten: this.bytesWritten,
-      localCopyBytesWritten: stored.localCopyBytesWritten,
-      journalBytesWritten: stored.journalBytesWritten,
-      journalBytes: stored.journalBytes,
-      heldNowhereErrors: stored.heldNowhereErrors,
-      unsettledBlocks: stored.unsettledBlocks,
+      ...this.store.stats(),
     };
   }
 
