@@ -127,8 +127,10 @@ export class Flusher {
         return { block, view: cache.beginUpload(block) };
       });
     } catch (error) {
-      // beginUpload's invariants: a bug, to be seen, not swallowed.
-      this.options.onUploadFailed(index, (error as Error).message);
+      // beginUpload's invariants: a bug, carried by the block so that fsync reports it.
+      const block = cache.peek(index);
+      if (block) this.fail(block, error);
+      else this.options.onUploadFailed(index, (error as Error).message);
       return;
     }
     if (!taken) return;
