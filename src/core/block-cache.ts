@@ -88,6 +88,11 @@ export class CachedBlock {
     return !this.uploading && !this.isDirty;
   }
 
+  /** Every byte was written since the last upload began: a stream passed over it, and it is likely done. */
+  get writtenWholeSinceUpload(): boolean {
+    return this.generationRanges !== null && coversWhole(this.generationRanges);
+  }
+
   /** True when [start, end) lies inside one written range. */
   isRangeWritten(start: number, end: number): boolean {
     return this.writtenRanges.some(([from, to]) => from <= start && end <= to);
@@ -269,7 +274,7 @@ export class BlockCache {
     block.uploading = true;
     block.uploadGeneration = block.writeGeneration;
     block.dataSharedWithUpload = block.data !== null;
-    const written = block.generationRanges && coversWhole(block.generationRanges) ? 'whole' : 'pieces';
+    const written = block.writtenWholeSinceUpload ? 'whole' : 'pieces';
     block.generationRanges = [];
     return { data: block.data, generation: block.writeGeneration, written };
   }

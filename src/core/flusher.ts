@@ -69,19 +69,24 @@ export class Flusher {
   }
 
   /**
-   * Queues up to `count` dirty blocks (at most one upload window): first the
-   * least recently used whose content is complete, then those still waiting for
-   * their base (the merge reads it). A block whose base is held nowhere is left
-   * for fsync to report: uploading it cannot succeed until it is written whole.
+   * Queues up to `count` dirty blocks (at most one upload window), least
+   * recently used first within each tier:
+   * 1. written whole since their last upload: a stream has passed over them
+   *    (dd, cp, a random writer's finished block), so they are the least likely
+   *    to be written again, and uploading them early costs no second PUT;
+   * 2. other blocks whose content is complete (base merged);
+   * 3. blocks still waiting for their base (the merge reads it).
+   * A block whose base is held nowhere is left for fsync to report: uploading
+   * it cannot succeed until it is written whole.
    */
   writeBack(count = this.options.concurrency): void {
     let wanted = Math.min(count, this.options.concurrency - this.inFlight - this.queue.size);
-    for (const completeOnly of [true, false]) {
+    for (const tier of [1, 2, 3]) {
       for (const block of this.options.cache.leastRecentFirst()) {
         if (wanted <= 0) return;
         if (!block.isDirty || block.uploading || this.queue.has(block.index)) continue;
-        if (completeOnly !== block.baseMerged) continue;
-        if (!block.baseMerged && this.options.store.base(block.index) === 'nowhere') continue;
+        if (writeBackTier(block) !== tier) continue;
+        if (tier === 3 && this.options.store.base(block.index) === 'nowhere') continue;
         this.enqueue(block);
         wanted -= 1;
       }
@@ -193,4 +198,9 @@ export class Flusher {
     const done = this.blocksUploaded;
     return Math.min(100, Math.floor((100 * done) / Math.max(1, done + this.options.cache.dirtyCount)));
   }
+}
+
+function writeBackTier(block: CachedBlock): 1 | 2 | 3 {
+  if (!block.baseMerged) return 3;
+  return block.writtenWholeSinceUpload ? 1 : 2;
 }

@@ -28,7 +28,10 @@ export const DEFAULT_LIMITS: CoreLimits = {
   // Well under the FUSE adapter's write timeout (src/fuse), so a stalled writer
   // gets EIO from us rather than ETIMEDOUT from fuse-native.
   writerWaitTimeoutMs: 30_000,
-  dirtyHighWaterRatio: 0.5,
+  // A quarter of the cache stays for clean blocks and uploads in flight, so a
+  // writer rarely waits; at one half, 64 KiB random writes over data that fit in
+  // the cache cost 1.2 PUTs per block instead of 1.0 (docs/BENCHMARKS.md).
+  dirtyHighWaterRatio: 0.75,
   writtenRangesPerBlockMax: 64,
   diskCacheSizeBytes: 'auto',
 };
