@@ -20,8 +20,11 @@ import { renderLocalCopy, runLocalCopy, type LocalCopyResult } from './local-cop
 import { renderPeer, runPeer, type PeerResult } from './peer';
 import { runSparse } from './sparse';
 import { runThroughput } from './throughput';
+import { renderGoals } from './goals';
+import { renderLatency, runLatency, type LatencyResult } from './latency';
+import { renderRandomWrites, runRandomWrites, type RandomResult } from './random-writes';
 
-const GROUPS = ['throughput', 'ext4', 'sparse', 'local-copy', 'peer', 'diagnostics'] as const;
+const GROUPS = ['throughput', 'ext4', 'sparse', 'local-copy', 'peer', 'latency', 'random', 'diagnostics'] as const;
 type Group = (typeof GROUPS)[number];
 
 function usage(): string {
@@ -39,7 +42,13 @@ function usage(): string {
     '  BENCH_LOCAL_COPY_MIB=1024    dd size of baseline 7 (the local copy)',
     '  BENCH_LOCAL_COPY_ROUNDS=3    paired rounds of baseline 7 (its ext4 part copies BENCH_EXT4_FILES files)',
     '  BENCH_PEER_MIB=512           file size of baseline 8 (the mount against a 16-thread boto3 uploader)',
-    '  BENCH_PEER_ROUNDS=3          paired rounds of baseline 8',
+    '  BENCH_PEER_ROUNDS=3          paired rounds of baseline 8 (each also runs the mount with --local)',
+    '  BENCH_LATENCY_MIB=256        bytes of each run of baseline 9 (upload and mount under latency)',
+    '  BENCH_LATENCY_MS=50,100      the PUT latencies of baseline 9 (each also runs without)',
+    '  BENCH_LATENCY_CONCURRENCY=16,64,128   the --upload-concurrency settings of baseline 9',
+    '  BENCH_RANDOM_MIB=272         the range fio writes in baseline 10',
+    '  BENCH_RANDOM_CACHE_MIB=32,64,128,256,512   the --cache-size settings of baseline 10',
+    '  BENCH_RANDOM_JOBS=1,5        the fio job counts of baseline 10',
     '  BENCH_LOAD_MIB=1024          bytes the local-ebs load generator sends',
     '  BENCH_LOAD_CONCURRENCY=64    its PUTs in flight',
     `  BENCH_ONLY=${GROUPS.join(',')}`,
@@ -57,6 +66,16 @@ function integerSetting(name: string, fallback: number, minimum: number, maximum
   const value = Number(text);
   if (!Number.isInteger(value) || value < minimum || value > maximum) throw new Error(`${name} must be an integer from ${minimum} to ${maximum}, not "${text}"`);
   return value;
+}
+
+function integerListSetting(name: string, fallback: number[], minimum: number, maximum: number): number[] {
+  const text = process.env[name];
+  if (text === undefined || text === '') return fallback;
+  const values = text.split(',').map((item) => Number(item.trim()));
+  if (values.length === 0 || values.some((value) => !Number.isInteger(value) || value < minimum || value > maximum)) {
+    throw new Error(`${name} must be a comma-separated list of integers from ${minimum} to ${maximum}, not "${text}"`);
+  }
+  return values;
 }
 
 function log(line: string): void {
@@ -107,6 +126,12 @@ async function main(): Promise<number> {
     peerBytes: integerSetting('BENCH_PEER_MIB', 512, 16, 65536) * MIB,
     peerRounds: integerSetting('BENCH_PEER_ROUNDS', 3, 1, 20),
     loadConcurrency: integerSetting('BENCH_LOAD_CONCURRENCY', 64, 1, 1024),
+    latencyBytes: integerSetting('BENCH_LATENCY_MIB', 256, 16, 65536) * MIB,
+    latenciesMs: integerListSetting('BENCH_LATENCY_MS', [50, 100], 1, 60_000),
+    latencyConcurrencies: integerListSetting('BENCH_LATENCY_CONCURRENCY', [16, 64, 128], 1, 1024),
+    randomBytes: integerSetting('BENCH_RANDOM_MIB', 272, 16, 65536) * MIB,
+    randomCacheSizesMiB: integerListSetting('BENCH_RANDOM_CACHE_MIB', [32, 64, 128, 256, 512], 16, 65536),
+    randomJobCounts: integerListSetting('BENCH_RANDOM_JOBS', [1, 5], 1, 64),
   };
   if (settings.sparseBytes > settings.sparseVolumesGiB[0] * GIB) throw new Error('BENCH_SPARSE_MIB must fit in the 1 GiB volume');
   const groups = new Set<Group>(
@@ -160,6 +185,8 @@ async function main(): Promise<number> {
 
   let localCopy: LocalCopyResult | undefined;
   let peer: PeerResult | undefined;
+  let latency: LatencyResult | undefined;
+  let random: RandomResult | undefined;
   try {
     // `ebs-fuse upload --help` would print the program's help even without the command: read the command list.
     const help = await run(cleanup, process.execPath, [CLI_PATH, '--help'], { allowFailure: true, cwd: REPO_ROOT, timeoutMs: 30_000 });
@@ -234,6 +261,29 @@ async function main(): Promise<number> {
       await createRandomFile(peerFile, settings.peerBytes);
       peer = await runPeer(cleanup, { scratch, dataFile: peerFile, dataBytes: settings.peerBytes, rounds: settings.peerRounds, log });
     }
+    if (groups.has('latency')) {
+      log(`baseline 9: under latency ${settings.latenciesMs.join(', ')} ms at ${settings.latencyConcurrencies.join(', ')} in flight`);
+      const latencyFile = path.join(scratch, 'latency.bin');
+      await createRandomFile(latencyFile, settings.latencyBytes);
+      latency = await runLatency(cleanup, {
+        scratch,
+        dataFile: latencyFile,
+        dataBytes: settings.latencyBytes,
+        latenciesMs: settings.latenciesMs,
+        concurrencies: settings.latencyConcurrencies,
+        log,
+      });
+    }
+    if (groups.has('random')) {
+      log(`baseline 10: fio random writes over ${settings.randomBytes / MIB} MiB, caches ${settings.randomCacheSizesMiB.join(', ')} MiB`);
+      random = await runRandomWrites(cleanup, {
+        scratch,
+        rangeBytes: settings.randomBytes,
+        cacheSizesMiB: settings.randomCacheSizesMiB,
+        jobCounts: settings.randomJobCounts,
+        log,
+      });
+    }
     if (groups.has('diagnostics')) {
       log('diagnostics');
       results.diagnostics = await runDiagnostics(cleanup, {
@@ -254,10 +304,13 @@ async function main(): Promise<number> {
 
   results.machine.loadAfter = os.loadavg();
   results.machine.elapsedSeconds = (Date.now() - startedAtMs) / 1000;
-  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy, peer }, null, 2)}\n`);
+  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy, peer, latency, random }, null, 2)}\n`);
   process.stdout.write(`${renderReport(results)}\n`);
   if (localCopy) process.stdout.write(`\n${renderLocalCopy(localCopy)}\n`);
   if (peer) process.stdout.write(`\n${renderPeer(peer)}\n`);
+  if (latency) process.stdout.write(`\n${renderLatency(latency, settings.latencyBytes)}\n`);
+  if (random) process.stdout.write(`\n${renderRandomWrites(random)}\n`);
+  process.stdout.write(`\n${renderGoals({ results, peer, latency, random })}\n`);
   return 0;
 }
 

@@ -38,6 +38,12 @@ export interface Settings {
   localCopyRounds: number;
   peerBytes: number;
   peerRounds: number;
+  latencyBytes: number;
+  latenciesMs: number[];
+  latencyConcurrencies: number[];
+  randomBytes: number;
+  randomCacheSizesMiB: number[];
+  randomJobCounts: number[];
 }
 
 export interface Results {
@@ -60,7 +66,7 @@ interface Target {
 
 const RSS_HEADROOM_BYTES = 150 * MIB;
 
-function table(header: string[], rows: string[][]): string {
+export function table(header: string[], rows: string[][]): string {
   const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`];
   for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
   return lines.join('\n');
@@ -70,7 +76,7 @@ function spread(values: number[], digits: number): string {
   return values.length > 1 ? `${fixed(min(values), digits)}–${fixed(max(values), digits)}` : '';
 }
 
-function cpuSeconds(usage: Rusage): number {
+export function cpuSeconds(usage: Rusage): number {
   return usage.userCpuSeconds + usage.systemCpuSeconds;
 }
 
@@ -86,13 +92,13 @@ function signedSeconds(value: number): string {
   return `${value >= 0 ? '+' : '−'}${fixed(Math.abs(value), 2)} s`;
 }
 
-function verdict(met: boolean | undefined): string {
+export function verdict(met: boolean | undefined): string {
   if (met === undefined) return 'not measured';
   return met ? 'met' : 'NOT met';
 }
 
 /** Median of a per-round ratio, and its range. */
-function pairedRatio(rounds: ThroughputRound[], numerator: (round: ThroughputRound) => number | undefined, denominator: (round: ThroughputRound) => number | undefined): number[] {
+export function pairedRatio(rounds: ThroughputRound[], numerator: (round: ThroughputRound) => number | undefined, denominator: (round: ThroughputRound) => number | undefined): number[] {
   const ratios: number[] = [];
   for (const round of rounds) {
     const top = numerator(round);

@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Cleanup } from './cleanup';
-import type { LocalEbs } from './local-ebs';
+import { environmentWithoutAws, type LocalEbs } from './local-ebs';
 import { registerFuseMountpoint } from './mounts';
 import { describeExit, spawnTracked, type Rusage, type Tracked } from './proc';
 import { BENCH_DIR, CLI_PATH, REPO_ROOT } from './paths';
@@ -19,8 +19,10 @@ export interface MountSettings {
   name: string;
   scratch: string;
   volumeSizeGiB: number;
-  /** The product against this server; absent: the null-client mount. */
+  /** The product against this server; absent (and no localDataDir): the null-client mount. */
   server?: LocalEbs;
+  /** The product with `--local DIR`: local-ebs embedded in the mount's own process. */
+  localDataDir?: string;
   /** Passed as --cache-size (product) or CACHE_SIZE (null mount); default: the product's default. */
   cacheSize?: string;
   /** Where the state directory (journal, local copy) goes; default: scratch. */
@@ -62,13 +64,14 @@ export class RunningMount {
     const unregisterMountpoint = registerFuseMountpoint(cleanup, mountpoint);
     const rusageFile = path.join(settings.scratch, `${settings.name}.rusage.json`);
     let tracked: Tracked;
-    if (settings.server) {
-      const args = [...(settings.nodeFlags ?? []), CLI_PATH, 'mount', mountpoint, '--size', String(settings.volumeSizeGiB), '--endpoint', settings.server.endpoint, '--state-dir', stateDir];
+    if (settings.server || settings.localDataDir) {
+      const target = settings.server ? ['--endpoint', settings.server.endpoint] : ['--local', settings.localDataDir!];
+      const args = [...(settings.nodeFlags ?? []), CLI_PATH, 'mount', mountpoint, '--size', String(settings.volumeSizeGiB), ...target, '--state-dir', stateDir];
       if (settings.cacheSize) args.push('--cache-size', settings.cacheSize);
       args.push(...(settings.extraArgs ?? []));
       tracked = spawnTracked(cleanup, `ebs-fuse mount (${settings.name})`, process.execPath, args, {
         cwd: REPO_ROOT,
-        env: settings.server.cliEnvironment(),
+        env: settings.server ? settings.server.cliEnvironment() : environmentWithoutAws(),
         rusageFile,
       });
     } else {

@@ -28,7 +28,8 @@ export class LocalEbs {
     private readonly removeDataDir: () => Promise<void>,
   ) {}
 
-  static async start(cleanup: Cleanup, scratch: string, name: string): Promise<LocalEbs> {
+  /** `faults`: a --faults spec such as latency=50ms. */
+  static async start(cleanup: Cleanup, scratch: string, name: string, options: { faults?: string } = {}): Promise<LocalEbs> {
     const dataDir = path.join(scratch, `${name}-local-ebs`);
     await mkdir(dataDir, { recursive: true });
     const removeDataDir = cleanup.add(`remove ${dataDir}`, () => rm(dataDir, { recursive: true, force: true }));
@@ -40,7 +41,7 @@ export class LocalEbs {
       cleanup,
       `local-ebs (${name})`,
       process.execPath,
-      [CLI_PATH, 'local-ebs', '--host', '127.0.0.1', '--port', '0', '--data', dataDir, '--access-key-id', credentials.accessKeyId, '--secret-access-key', credentials.secretAccessKey],
+      [CLI_PATH, 'local-ebs', '--host', '127.0.0.1', '--port', '0', '--data', dataDir, '--access-key-id', credentials.accessKeyId, '--secret-access-key', credentials.secretAccessKey, ...(options.faults ? ['--faults', options.faults] : [])],
       { cwd: REPO_ROOT, rusageFile: path.join(scratch, `${name}-local-ebs.rusage.json`) },
     );
     const line = await server.waitForLine(0, START_TIMEOUT_MS);
@@ -54,10 +55,8 @@ export class LocalEbs {
 
   /** The environment for `ebs-fuse` children: these credentials and nothing of the caller's AWS setup. */
   cliEnvironment(): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = {};
-    for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('AWS_')) env[key] = value;
     return {
-      ...env,
+      ...environmentWithoutAws(),
       AWS_REGION: 'us-east-1',
       AWS_CONFIG_FILE: '/dev/null',
       AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
@@ -105,4 +104,9 @@ export class LocalEbs {
 /** PutSnapshotBlock requests the server counted between two readings. */
 export function putsBetween(before: LocalEbsStats, after: LocalEbsStats): number {
   return (after.requests.PutSnapshotBlock ?? 0) - (before.requests.PutSnapshotBlock ?? 0);
+}
+
+/** This process's environment without any AWS_ setting: nothing of the caller's AWS setup leaks into a child. */
+export function environmentWithoutAws(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('AWS_')));
 }

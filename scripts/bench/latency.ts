@@ -1,0 +1,111 @@
+// Baseline 9: throughput under service latency. local-ebs adds a fixed delay to
+// every PutSnapshotBlock (--faults latency=Nms) while `ebs-fuse upload` and the
+// mount (dd bs=1M conv=fsync, to the completed snapshot) run at several
+// --upload-concurrency settings, each on a fresh server; the same runs without
+// latency are the reference. Goal 4 of the performance issue: each reaches
+// ≥ 0.8 × min(its own rate without latency, concurrency × 512 KiB / latency).
+import type { Cleanup } from './lib/cleanup';
+import { dd } from './lib/data';
+import { RunningMount, runUpload } from './lib/ebs-fuse';
+import { LocalEbs } from './lib/local-ebs';
+import { fixed, GIB, megabytesPerSecond, median, MIB } from './lib/stats';
+
+const BLOCK_BYTES = 512 * 1024;
+const TIMEOUT_MS = 15 * 60_000;
+export const LATENCY_GOAL_RATIO = 0.8;
+
+export interface LatencySettings {
+  scratch: string;
+  /** A file of exactly dataBytes random bytes. */
+  dataFile: string;
+  dataBytes: number;
+  latenciesMs: number[];
+  concurrencies: number[];
+  log: (line: string) => void;
+}
+
+export type LatencyPath = 'upload' | 'mount';
+
+export interface LatencySample {
+  path: LatencyPath;
+  latencyMs: number;
+  concurrency: number;
+  megabytesPerSecond: number;
+}
+
+export interface LatencyResult {
+  samples: LatencySample[];
+}
+
+export async function runLatency(cleanup: Cleanup, settings: LatencySettings): Promise<LatencyResult> {
+  const samples: LatencySample[] = [];
+  for (const latencyMs of [0, ...settings.latenciesMs]) {
+    for (const concurrency of settings.concurrencies) {
+      for (const path of ['upload', 'mount'] as const) {
+        if (cleanup.interrupted) throw new Error('interrupted');
+        const name = `latency-${path}-${latencyMs}-${concurrency}`;
+        const server = await LocalEbs.start(cleanup, settings.scratch, name, latencyMs > 0 ? { faults: `latency=${latencyMs}ms,ops=put` } : {});
+        const seconds = path === 'upload' ? await upload(cleanup, settings, server, name, concurrency) : await mount(cleanup, settings, server, name, concurrency);
+        await server.stop();
+        const sample = { path, latencyMs, concurrency, megabytesPerSecond: megabytesPerSecond(settings.dataBytes, seconds) };
+        settings.log(`latency ${latencyMs} ms, ${concurrency} in flight: ${path} ${fixed(sample.megabytesPerSecond, 0)} MB/s`);
+        samples.push(sample);
+      }
+    }
+  }
+  return { samples };
+}
+
+async function upload(cleanup: Cleanup, settings: LatencySettings, server: LocalEbs, name: string, concurrency: number): Promise<number> {
+  const result = await runUpload(cleanup, server, settings.scratch, name, settings.dataFile, ['--upload-concurrency', String(concurrency)]);
+  return result.seconds;
+}
+
+async function mount(cleanup: Cleanup, settings: LatencySettings, server: LocalEbs, name: string, concurrency: number): Promise<number> {
+  const running = await RunningMount.start(cleanup, {
+    name,
+    scratch: settings.scratch,
+    volumeSizeGiB: Math.max(1, Math.ceil(settings.dataBytes / GIB)),
+    server,
+    extraArgs: ['--upload-concurrency', String(concurrency)],
+  });
+  const startNs = process.hrtime.bigint();
+  await dd(cleanup, { input: settings.dataFile, output: running.filePath, blockSizeBytes: MIB, count: Math.ceil(settings.dataBytes / MIB), conv: 'fsync', timeoutMs: TIMEOUT_MS });
+  const finished = await running.finish();
+  return Number(finished.endedAtNs - startNs) / 1e9;
+}
+
+/** What goal 4 asks of one run: ≥ 0.8 × min(the same path and concurrency without latency, the concurrency bound). */
+export function latencyBoundMBps(result: LatencyResult, sample: LatencySample): number {
+  const reference = result.samples.find((s) => s.path === sample.path && s.concurrency === sample.concurrency && s.latencyMs === 0)!;
+  const concurrencyBound = (sample.concurrency * BLOCK_BYTES) / 1e6 / (sample.latencyMs / 1000);
+  return Math.min(reference.megabytesPerSecond, concurrencyBound);
+}
+
+/** Each run under latency as a share of its bound; the goal holds when every share is ≥ 0.8. */
+export function latencyShares(result: LatencyResult): Array<LatencySample & { boundMBps: number; share: number }> {
+  return result.samples
+    .filter((s) => s.latencyMs > 0)
+    .map((s) => {
+      const boundMBps = latencyBoundMBps(result, s);
+      return { ...s, boundMBps, share: s.megabytesPerSecond / boundMBps };
+    });
+}
+
+export function renderLatency(result: LatencyResult, dataBytes: number): string {
+  const rows = latencyShares(result).map(
+    (s) =>
+      `| ${s.path} | ${s.latencyMs} | ${s.concurrency} | ${fixed(s.megabytesPerSecond, 0)} | ${fixed(result.samples.find((r) => r.path === s.path && r.concurrency === s.concurrency && r.latencyMs === 0)!.megabytesPerSecond, 0)} | ` +
+      `${fixed((s.concurrency * BLOCK_BYTES) / 1e6 / (s.latencyMs / 1000), 0)} | ${fixed(s.share, 2)} |`,
+  );
+  const shares = latencyShares(result).map((s) => s.share);
+  return [
+    `## 9. Under service latency: ${dataBytes / MIB} MiB, local-ebs --faults latency=N ms on every PUT, fresh server per run`,
+    '',
+    '| path | latency ms | in flight | MB/s | MB/s without latency | concurrency × 512 KiB / latency, MB/s | share of the bound |',
+    '|---|---|---|---|---|---|---|',
+    ...rows,
+    '',
+    `- Goal: every run ≥ ${LATENCY_GOAL_RATIO} × min(without latency, the concurrency bound): lowest share ${fixed(Math.min(...shares), 2)}, median ${fixed(median(shares), 2)}`,
+  ].join('\n');
+}
