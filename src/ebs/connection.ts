@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { UserError } from '../errors';
-import { readRunningLocalEbs, startLocalEbs } from '../local-ebs/server';
+import { startEmbeddedLocalEbs } from '../local-ebs/embedded';
+import { readRunningLocalEbs } from '../local-ebs/server';
 import { AwsSnapshotClient, type AwsCredentials } from './aws-client';
 import { RetryingSnapshotClient, type RetryingSnapshotClientOptions } from './retry';
 
@@ -186,7 +187,7 @@ async function openLocal(options: ConnectionOptions, tuning: ConnectionTuning): 
   };
   let server;
   try {
-    server = await startLocalEbs({ dataDir, host: '127.0.0.1', port: 0, ...credentials, log: tuning.log });
+    server = await startEmbeddedLocalEbs({ dataDir, ...credentials }, tuning.log);
   } catch (error) {
     if (error instanceof UserError) throw error;
     const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
@@ -198,7 +199,7 @@ async function openLocal(options: ConnectionOptions, tuning: ConnectionTuning): 
   let closing: Promise<void> | undefined;
   return {
     client,
-    endpointDescription: `${server.endpoint} (local-ebs in this process, data in ${dataDir})`,
+    endpointDescription: `${server.endpoint} (local-ebs in this process, on its own thread, data in ${dataDir})`,
     close: () => {
       closing ??= (async () => {
         client.close();

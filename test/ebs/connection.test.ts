@@ -133,7 +133,7 @@ describe('connection options', function () {
     it('with no server for DIR, runs one in-process; the next command with DIR sees the same snapshots', async () => {
       const dataDir = path.join(scratch, 'embedded');
       const first = await open({ local: dataDir });
-      assert.match(first.endpointDescription, /^http:\/\/127\.0\.0\.1:\d+ \(local-ebs in this process, data in .*embedded\)$/);
+      assert.match(first.endpointDescription, /^http:\/\/127\.0\.0\.1:\d+ \(local-ebs in this process, on its own thread, data in .*embedded\)$/);
       assert.equal(readRunningLocalEbs(dataDir)?.pid, process.pid);
       const { snapshotId } = await first.client.startSnapshot({ volumeSizeGiB: 1 });
       await first.client.putSnapshotBlock({ snapshotId, blockIndex: 1, data: block, checksumBase64: sha256Base64(block) });
