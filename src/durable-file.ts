@@ -44,3 +44,21 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   }
   await fsyncDirectory(path.dirname(file));
 }
+
+/**
+ * `mkdir -p`, one level at a time from the root. Node's own recursive mkdir
+ * never returns when a parent refuses new entries with ENOENT (a path under
+ * /proc): this one fails with that error.
+ */
+export async function makeDirectories(directory: string, mode = 0o700): Promise<void> {
+  const absolute = path.resolve(directory);
+  const levels: string[] = [];
+  for (let at = absolute; at !== path.dirname(at); at = path.dirname(at)) levels.unshift(at);
+  for (const level of levels) {
+    try {
+      await fsp.mkdir(level, { mode });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+  }
+}

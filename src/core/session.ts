@@ -9,7 +9,7 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
-import { writeFileAtomic } from '../durable-file';
+import { makeDirectories, writeFileAtomic } from '../durable-file';
 import { UserError } from '../errors';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
 import { ReadOnlyVolume } from './read-only-volume';
@@ -67,7 +67,7 @@ export class SnapshotSession {
     const stateDirectory = path.join(tuning.stateDir, started.snapshotId);
     const state: StateRecord = { snapshotId: started.snapshotId, volumeSizeGiB: started.volumeSizeGiB, params, status: 'pending' };
     try {
-      await fs.mkdir(stateDirectory, { recursive: true, mode: 0o700 });
+      await makeDirectories(stateDirectory);
       await fs.chmod(stateDirectory, 0o700);
       await writeFileAtomic(path.join(stateDirectory, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`, 0o600);
     } catch (error) {

@@ -17,7 +17,7 @@ import { EbsService, LOCAL_OWNER_ID } from './service';
 import { SigV4Verifier, UNSIGNED_PAYLOAD, percentDecode, type SignedRequest } from './sigv4';
 import { SnapshotStore } from './store';
 import { TokenSigner } from './tokens';
-import { writeFileAtomic } from '../durable-file';
+import { makeDirectories, writeFileAtomic } from '../durable-file';
 import {
   validateBlockIndexText,
   validateBlockToken,
@@ -375,7 +375,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   const serverFile = path.join(dataDir, SERVER_FILE);
 
   try {
-    await fsp.mkdir(dataDir, { recursive: true, mode: 0o700 });
+    await makeDirectories(dataDir);
   } catch (error) {
     throw new UserError(`cannot create the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
   }

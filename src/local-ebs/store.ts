@@ -19,7 +19,7 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { encodeRecords, replayLog, type BlockRecord } from './block-log';
-import { fsyncDirectory, writeFileAtomic } from '../durable-file';
+import { fsyncDirectory, makeDirectories, writeFileAtomic } from '../durable-file';
 import { SNAPSHOT_ID_PATTERN, type Tag } from './validation';
 
 // The callback API on plain descriptors: FileHandle objects cost the event loop
@@ -283,9 +283,9 @@ export class SnapshotStore {
   }
 
   private async recover(): Promise<void> {
-    await fsp.mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+    await makeDirectories(this.dataDir);
     await this.checkFormat();
-    await fsp.mkdir(this.snapshotsDir, { recursive: true, mode: 0o700 });
+    await makeDirectories(this.snapshotsDir);
     for (const name of await fsp.readdir(this.snapshotsDir)) {
       if (!SNAPSHOT_ID_PATTERN.test(name)) continue;
       const snapshot = await this.loadSnapshot(name);

@@ -152,6 +152,16 @@ describe('connection options', function () {
       assert.ok((await second.client.getSnapshotBlock(snapshotId, 1, page.blocks[0].blockToken)).equals(block));
     });
 
+    it('a data directory that cannot be made (under /proc, where Node\'s recursive mkdir never returns) fails in one line', async () => {
+      const started = Date.now();
+      await assert.rejects(
+        open({ local: '/proc/ebs-fuse-no-such-dir/data' }),
+        (error: Error) =>
+          error instanceof UserError && !error.message.includes('\n') && error.message.startsWith('cannot create the local-ebs data directory /proc/ebs-fuse-no-such-dir/data: ENOENT'),
+      );
+      assert.ok(Date.now() - started < 10_000);
+    });
+
     it('a bare --local uses ./.ebs-local of the working directory', async () => {
       const cwd = process.cwd();
       const dir = mkdtempSync(path.join(scratch, 'cwd-'));
