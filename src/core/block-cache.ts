@@ -78,8 +78,6 @@ export class CachedBlock {
   flushWantedGeneration = 0;
   /** What writes covered since the last upload began; null once too scattered to track. */
   generationRanges: Array<[number, number]> | null = [];
-  /** Every write since the last upload began started at 0 or within what was already written: a stream's order. */
-  inStreamOrderSinceUpload = true;
   lastFailure?: UploadFailure;
 
   constructor(readonly index: number) {}
@@ -95,11 +93,6 @@ export class CachedBlock {
   /** Every byte was written since the last upload began: a stream passed over it, and it is likely done. */
   get writtenWholeSinceUpload(): boolean {
     return this.generationRanges !== null && coversWhole(this.generationRanges);
-  }
-
-  /** Written whole, front to back, since the last upload began (dd, cp, a file's data through a loop device). */
-  get streamedWholeSinceUpload(): boolean {
-    return this.inStreamOrderSinceUpload && this.writtenWholeSinceUpload;
   }
 
   /** True when [start, end) lies inside one written range. */
@@ -239,9 +232,6 @@ export class BlockCache {
       block.writtenRanges = [];
       block.baseMerged = true;
     }
-    const before = block.generationRanges;
-    const appends = before !== null && (before.length === 0 ? inBlock === 0 : before.length === 1 && before[0][0] === 0 && inBlock <= before[0][1]);
-    if (!appends) block.inStreamOrderSinceUpload = false;
     const covered = block.generationRanges && addRange(block.generationRanges, inBlock, inBlock + length);
     block.generationRanges = covered && covered.length <= GENERATION_RANGES_MAX ? covered : null;
     this.noteChanged(block);
@@ -271,7 +261,6 @@ export class BlockCache {
     block.baseMerged = true;
     block.writtenRanges = [];
     block.generationRanges = null;
-    block.inStreamOrderSinceUpload = false;
     this.noteChanged(block);
   }
 
@@ -289,7 +278,6 @@ export class BlockCache {
     block.dataSharedWithUpload = block.data !== null;
     const written = block.writtenWholeSinceUpload ? 'whole' : 'pieces';
     block.generationRanges = [];
-    block.inStreamOrderSinceUpload = true;
     return { data: block.data, generation: block.writeGeneration, written };
   }
 
