@@ -31,9 +31,7 @@
  * - `generationRanges` follows what one generation's writes covered, so an
  *   upload can tell a block written whole (a stream: `dd`, `cp`, file data, in
  *   writes of any size) from one written only in part (file-system metadata:
- *   bitmaps, inode tables, directories, a superblock), which the local copy keeps first;
- *   `inStreamOrderSinceUpload` says whether those writes came front to back, and
- *   the flusher sends a block streamed whole at once (flusher.ts, uploadIfStreamed).
+ *   bitmaps, inode tables, directories, a superblock), which the local copy keeps first.
  * - At most one upload of a block is in flight (`uploading`).
  * - Memory: block buffers, whether held by the cache or only by an in-flight
  *   upload after a copy-on-write, never exceed the capacity; a writer that needs
