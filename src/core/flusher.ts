@@ -81,15 +81,26 @@ export class Flusher {
    */
   writeBack(count = this.options.concurrency): void {
     let wanted = Math.min(count, this.options.concurrency - this.inFlight - this.queue.size);
-    for (const tier of [1, 2, 3]) {
-      for (const block of this.options.cache.leastRecentFirst()) {
-        if (wanted <= 0) return;
-        if (!block.isDirty || block.uploading || this.queue.has(block.index)) continue;
-        if (writeBackTier(block) !== tier) continue;
-        if (tier === 3 && this.options.store.base(block.index) === 'nowhere') continue;
+    // One pass over the cache (this runs after every write above the high-water
+    // mark): tier 1 is queued as found, tiers 2 and 3 are kept, in LRU order, for after.
+    const later: [CachedBlock[], CachedBlock[]] = [[], []];
+    for (const block of this.options.cache.leastRecentFirst()) {
+      if (wanted <= 0) return;
+      if (!block.isDirty || block.uploading || this.queue.has(block.index)) continue;
+      const tier = writeBackTier(block);
+      if (tier === 1) {
         this.enqueue(block);
         wanted -= 1;
+        continue;
       }
+      if (tier === 3 && this.options.store.base(block.index) === 'nowhere') continue;
+      const kept = later[tier - 2];
+      if (kept.length < wanted) kept.push(block);
+    }
+    for (const block of [...later[0], ...later[1]]) {
+      if (wanted <= 0) return;
+      this.enqueue(block);
+      wanted -= 1;
     }
   }
 
