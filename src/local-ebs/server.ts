@@ -259,10 +259,6 @@ function increment(counter: Record<string, number>, key: string): void {
   counter[key] = (counter[key] ?? 0) + 1;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** The body, read up to a cap; `digest` is set for PUT bodies, hashed once. */
 interface Body {
   data: Buffer;
@@ -522,6 +518,17 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     rawQuery: string,
     method: string,
   ): Promise<void> => {
+    const arrivedAtMs = performance.now();
+    // A latency fault sets when the answer is due: the request's work (body, hash,
+    // store) runs at once and counts toward the delay, as a service's own work counts
+    // toward its latency, and the wait holds no body buffer, so it limits no concurrency.
+    let answerNotBeforeMs: number | undefined;
+    const whenDue = (act: () => void): void => {
+      const waitMs = answerNotBeforeMs === undefined ? 0 : answerNotBeforeMs - performance.now();
+      if (waitMs <= 0) act();
+      else setTimeout(act, waitMs).unref();
+    };
+    const answer = (reply: Reply): void => whenDue(() => send(reply));
     let body: Body;
     try {
       body = await readBody(request, capBytes, pooled);
@@ -547,7 +554,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       }
 
       if (operation === 'AdminStats') {
-        send(jsonReply(200, snapshotStats(stats, sockets.size)));
+        answer(jsonReply(200, snapshotStats(stats, sockets.size)));
         return;
       }
       if (operation === 'AdminFaults') {
@@ -559,12 +566,12 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
           throw error;
         }
         log(`local-ebs: faults set to "${spec}"`);
-        send(jsonReply(200, { faults: spec }));
+        answer(jsonReply(200, { faults: spec }));
         return;
       }
       if (operation === 'AdminExpire') {
         const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
-        send(jsonReply(200, { SnapshotId: snapshotId, Status: await service.expireSnapshot(snapshotId) }));
+        answer(jsonReply(200, { SnapshotId: snapshotId, Status: await service.expireSnapshot(snapshotId) }));
         return;
       }
 
@@ -573,7 +580,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         const delayMs = faults.latencyMs(operation);
         if (delayMs !== undefined) {
           increment(stats.faultsInjected, 'latency');
-          if (delayMs > 0) await sleep(delayMs);
+          if (delayMs > 0) answerNotBeforeMs = arrivedAtMs + delayMs;
         }
         const fault = faults.draw(operation);
         if (fault === 'deny') {
@@ -588,7 +595,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         }
         if (fault === 'reset') {
           increment(stats.faultsInjected, 'reset');
-          request.socket.destroy();
+          whenDue(() => request.socket.destroy());
           return;
         }
         if (fault === '500') {
@@ -613,7 +620,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
           } catch {
             throw validationError('INVALID_PARAMETER_VALUE', 'The request body is not valid JSON.');
           }
-          send(jsonReply(201, await service.startSnapshot(validateStartSnapshot(parsed))));
+          answer(jsonReply(201, await service.startSnapshot(validateStartSnapshot(parsed))));
           return;
         }
         case 'PutSnapshotBlock': {
@@ -634,13 +641,13 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
             throw validationError('INVALID_PARAMETER_VALUE', 'The x-amz-Checksum does not match the SHA-256 of the block data.');
           }
           await service.putSnapshotBlock(snapshotId, blockIndex, digest, body.data);
-          send(jsonReply(201, {}, { 'x-amz-Checksum': putHeaders.checksumBase64, 'x-amz-Checksum-Algorithm': 'SHA256' }));
+          answer(jsonReply(201, {}, { 'x-amz-Checksum': putHeaders.checksumBase64, 'x-amz-Checksum-Algorithm': 'SHA256' }));
           return;
         }
         case 'CompleteSnapshot': {
           const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
           const input = validateCompleteHeaders(header);
-          send(jsonReply(202, { Status: await service.completeSnapshot(snapshotId, input) }));
+          answer(jsonReply(202, { Status: await service.completeSnapshot(snapshotId, input) }));
           return;
         }
         case 'GetSnapshotBlock': {
@@ -654,7 +661,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
             data = Buffer.from(data);
             data[0] ^= 0xff;
           }
-          send({
+          answer({
             status: 200,
             headers: {
               'Content-Type': 'application/octet-stream',
@@ -668,23 +675,23 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         }
         case 'ListSnapshotBlocks': {
           const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
-          send(jsonReply(200, await service.listSnapshotBlocks(snapshotId, validatePage(query))));
+          answer(jsonReply(200, await service.listSnapshotBlocks(snapshotId, validatePage(query))));
           return;
         }
         case 'ListChangedBlocks': {
           const secondId = validateSnapshotId(decodeLabel(matched.labels[0]), 'SecondSnapshotId');
           const firstText = query.get('firstSnapshotId');
           const firstId = firstText === undefined ? undefined : validateSnapshotId(firstText, 'FirstSnapshotId');
-          send(jsonReply(200, await service.listChangedBlocks(secondId, firstId, validatePage(query))));
+          answer(jsonReply(200, await service.listChangedBlocks(secondId, firstId, validatePage(query))));
           return;
         }
       }
     } catch (error) {
       if (error instanceof EbsApiError) {
-        send(errorReply(error));
+        answer(errorReply(error));
       } else {
         log(`local-ebs: ${operation} request ${requestId} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-        send(errorReply(internalError()));
+        answer(errorReply(internalError()));
       }
     }
   };

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
+import { AwsSnapshotClient } from '../../src/ebs/aws-client';
 import { sha256Base64 } from '../../src/ebs/checksum';
 import { parseFaultSpec } from '../../src/local-ebs/faults';
 import { expireLocalEbsSnapshot, getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
@@ -144,6 +145,31 @@ describe('local-ebs faults seen by a client', function () {
     await faults('');
     const stats = await getLocalEbsStats(server.endpoint, server.credentials);
     assert.ok((stats.faultsInjected.latency ?? 0) >= 2);
+  });
+
+  it('latency: the delay runs beside the work and holds no body buffer, so more PUTs than the server keeps bodies for are all answered within about one delay', async () => {
+    // Above local-ebs's 256 PUT bodies in memory: were the delay to hold a body, the
+    // PUTs past 256 would wait a whole delay for a buffer and answer after two.
+    const puts = 300;
+    const latencyMs = 4000;
+    const id = await start();
+    const wide = new AwsSnapshotClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxSockets: puts, requestTimeoutMs: 60_000 });
+    try {
+      await faults(`latency=${latencyMs}ms,ops=put`);
+      const startedMs = performance.now();
+      const answeredMs = await Promise.all(
+        Array.from({ length: puts }, async (_, index) => {
+          await wide.putSnapshotBlock({ snapshotId: id, blockIndex: index, data, checksumBase64: sha256Base64(data) });
+          return performance.now() - startedMs;
+        }),
+      );
+      await faults('');
+      const slowestMs = Math.max(...answeredMs);
+      assert.ok(Math.min(...answeredMs) >= latencyMs - 10, `the first PUT was answered after ${Math.min(...answeredMs).toFixed(0)} ms`);
+      assert.ok(slowestMs < 2 * latencyMs, `the last of ${puts} PUTs was answered after ${slowestMs.toFixed(0)} ms`);
+    } finally {
+      wide.close();
+    }
   });
 
   it('rate: PutSnapshotBlock above N per second per snapshot gets RequestThrottledException RESOURCE_LEVEL_THROTTLE', async () => {
