@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings a fresh Debian machine (Node 20, root) to the point where ebs-fuse runs:
-# system packages that are missing, node_modules, the fuse-native patch and the build.
+# system packages that are missing, node_modules, the extents helper and the build.
 # Idempotent and quiet when everything is already there, so `npm start` and
 # `npm test` can call it every time.
 #   scripts/setup.sh          what `ebs-fuse mount` needs
@@ -73,10 +73,6 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   log "installing node_modules (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
-
-# fuse-native passes a fixed whitelist of mount options and lacks big_writes and
-# max_write, so the kernel would send 4 KiB writes. native/patches adds them.
-npx --no-install patch-package --patch-dir native/patches >/dev/null
 
 # native/build/extents: SEEK_DATA/SEEK_HOLE for `ebs-fuse upload` (Node's fs has no lseek).
 # Without it, upload still works but reads holes as data.

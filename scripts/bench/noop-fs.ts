@@ -10,7 +10,7 @@
 // line (write calls and the largest write seen) and exits.
 import type Fuse from 'fuse-native';
 import type { VolumeFile } from '../../src/core/volume-file';
-import { FuseMount, loadFuseNative, MAX_WRITE_BYTES } from '../../src/fuse/fuse-mount';
+import { FuseMount, loadFuseNative } from '../../src/fuse/fuse-mount';
 
 const FILE_NAME = 'null';
 /** 16 TiB, like the C null file system. */
@@ -65,7 +65,7 @@ async function runRaw(mountpoint: string): Promise<WriteCounters> {
     truncate: (_path, _size, cb) => cb(0),
     ftruncate: (_path, _fd, _size, cb) => cb(0),
   };
-  const fuse = new FuseConstructor(mountpoint, operations, { bigWrites: true, maxWrite: MAX_WRITE_BYTES, timeout: false, force: false, mkdir: false });
+  const fuse = new FuseConstructor(mountpoint, operations, { timeout: false, force: false, mkdir: false });
   await new Promise<void>((resolve, reject) => fuse.mount((error) => (error ? reject(error) : resolve())));
   process.stdout.write(`READY ${mountpoint}/${FILE_NAME}\n`);
   await waitForSignal();

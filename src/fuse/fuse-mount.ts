@@ -62,17 +62,32 @@ let loadedFuse: FuseClass | undefined;
 
 /**
  * Loads fuse-native on first use, so that a missing libfuse.so.2 becomes an
- * error the CLI can explain instead of a crash at start-up.
+ * error the CLI can explain instead of a crash at start-up. What it returns
+ * mounts with big_writes and max_write, which fuse-native's fixed list of
+ * mount options lacks: without them the kernel sends 4 KiB writes.
  */
 export function loadFuseNative(): FuseClass {
   if (loadedFuse) return loadedFuse;
+  let Base: FuseClass;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    loadedFuse = require('fuse-native') as FuseClass;
+    Base = require('fuse-native') as FuseClass;
   } catch (error) {
     const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
     throw new FuseUnavailableError(`fuse-native failed to load (${reason})`);
   }
+  // The override below is only called if fuse-native still builds its options here;
+  // a release without it would mount silently with 4 KiB writes.
+  if (typeof (Base.prototype as unknown as { _fuseOptions?: unknown })._fuseOptions !== 'function') {
+    throw new FuseUnavailableError('this fuse-native release has no _fuseOptions() to add big_writes to; install fuse-native 2.2.x');
+  }
+  loadedFuse = class LargeWriteFuse extends Base {
+    protected override _fuseOptions(): string {
+      const options = super._fuseOptions();
+      const added = `big_writes,max_write=${MAX_WRITE_BYTES}`;
+      return options === '' ? `-o${added}` : `${options},${added}`;
+    }
+  };
   return loadedFuse;
 }
 
@@ -125,8 +140,6 @@ export class FuseMount {
     this.mountpoint = realpathSync(options.mountpoint);
     this.filePath = `${this.mountpoint}/${options.fileName}`;
     const fuseOptions: FuseOptions = {
-      bigWrites: true,
-      maxWrite: MAX_WRITE_BYTES,
       timeout: { ...FUSE_OP_TIMEOUTS_MS },
       fsname: 'ebs-fuse',
       subtype: 'ebs-fuse',

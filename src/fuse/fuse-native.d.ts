@@ -74,10 +74,6 @@ declare module 'fuse-native' {
     subtype?: string;
     attrTimeout?: number;
     entryTimeout?: number;
-    /** Added by native/patches: `-o big_writes`. */
-    bigWrites?: boolean;
-    /** Added by native/patches: `-o max_write=N`. */
-    maxWrite?: number;
   }
   }
 
@@ -87,6 +83,8 @@ declare module 'fuse-native' {
     mount(cb: (error: Error | null) => void): void;
     unmount(cb: (error: Error | null) => void): void;
     static unmount(mountpoint: string, cb: (error: Error | null) => void): void;
+    /** The `-o` argument handed to libfuse ('' for none): built from the options, overridable. */
+    protected _fuseOptions(): string;
     static readonly EPERM: number;
     static readonly ENOENT: number;
     static readonly EIO: number;
