@@ -74,18 +74,8 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
-# native/build/extents: SEEK_DATA/SEEK_HOLE for `ebs-fuse upload` (Node's fs has no lseek).
-# Without it, upload still works but reads holes as data.
-if [ ! -x native/build/extents ] || [ native/extents/extents.c -nt native/build/extents ]; then
-  if command -v gcc >/dev/null 2>&1; then
-    mkdir -p native/build
-    # Build under a temporary name so a concurrent run never sees half a binary.
-    gcc -O2 -Wall -Wextra -Werror -o "native/build/extents.tmp.$$" native/extents/extents.c
-    mv -f "native/build/extents.tmp.$$" native/build/extents
-  else
-    log "gcc is missing: ebs-fuse upload will read holes as data (apt-get install gcc, then rerun)"
-  fi
-fi
+# native/build/extents: SEEK_DATA/SEEK_HOLE for `ebs-fuse upload` (also built on npm install).
+EXTENTS_CFLAGS=-Werror sh native/build-extents.sh
 
 log "building"
 npx --no-install tsc -p tsconfig.json

@@ -1,6 +1,9 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { describeError } from './errors';
+import { libfuseVersion } from './fuse/fuse-mount';
 import { registerLocalEbsCommand } from './commands/local-ebs';
 import { registerMountCommand } from './commands/mount';
 import { registerCompleteCommand } from './commands/complete';
@@ -10,14 +13,26 @@ import { registerUploadCommand } from './commands/upload';
 const program = new Command('ebs-fuse')
   .description('A pending Amazon EBS snapshot as one writable file, over FUSE')
   .option('--verbose', 'print stack traces with errors')
+  .option('-V, --version', 'print the versions of ebs-fuse, Node.js and libfuse, then exit')
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
+
+program.on('option:version', () => {
+  process.stdout.write(`${versionLine()}\n`);
+  process.exit(0);
+});
 
 registerMountCommand(program);
 registerUploadCommand(program);
 registerDownloadCommand(program);
 registerCompleteCommand(program);
 registerLocalEbsCommand(program);
+
+/** Its own package.json: ../package.json from both src/ and dist/. */
+function versionLine(): string {
+  const { version } = JSON.parse(readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string };
+  return `ebs-fuse ${version} (Node.js ${process.version}, libfuse ${libfuseVersion()})`;
+}
 
 function isVerbose(): boolean {
   return process.argv.includes('--verbose');

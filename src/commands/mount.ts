@@ -13,7 +13,7 @@ import type { VolumeFile, VolumeStats } from '../core/volume-file';
 import type { StartSnapshotParams } from '../ebs/client';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from '../ebs/connection';
 import { describeError, UserError } from '../errors';
-import { FuseMount, FuseUnavailableError, loadFuseNative } from '../fuse/fuse-mount';
+import { FuseMount, FuseUnavailableError, loadFuseNative, type FuseMountStats } from '../fuse/fuse-mount';
 import { isMountPoint } from '../fuse/mountinfo';
 import {
   addSnapshotOptions,
@@ -396,6 +396,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   } catch (error) {
     log(`${describeError(error)}; ${session ? 'flushing' : 'ending'} anyway`);
   }
+  log(kernelRequestsLine(fuseMount.stats()));
 
   if (!session) {
     process.stdout.write(`${snapshotId} completed\n`);
@@ -456,6 +457,14 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   for (const signal of UNMOUNT_SIGNALS) process.off(signal, onSignalDuringFlush);
   await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
   return exitCode;
+}
+
+/** What the kernel sent: the write size shows whether big_writes took effect. */
+function kernelRequestsLine(stats: FuseMountStats): string {
+  return (
+    `kernel requests: ${stats.writeCalls} writes (${stats.writeBytes} bytes, largest ${stats.largestWriteBytes}), ` +
+    `${stats.readCalls} reads, ${stats.fsyncCalls} fsyncs, ${stats.flushCalls} flushes`
+  );
 }
 
 /**

@@ -25,8 +25,10 @@ import {
 import { describeError, UserError } from '../errors';
 import { forEachBounded, GIB_BYTES, InOrder, isZeroBlock, newTransferStats, SnapshotBlockList, ZERO_BLOCK, type TransferStats } from './transfer';
 
-/** Where scripts/setup.sh builds the extents helper (same from dist/core and src/core). */
+/** Where native/build-extents.sh builds the extents helper (same from dist/core and src/core). */
 export const DEFAULT_EXTENTS_HELPER = path.resolve(__dirname, '..', '..', 'native', 'build', 'extents');
+const EXTENTS_HELPER_MISSING_WHY =
+  'it is built on install only where a C compiler exists (apt-get install gcc, then run native/build-extents.sh in the ebs-fuse package)';
 /** Extents per helper call: bounds its output (and our memory) for a fragmented file. */
 const EXTENTS_PER_CALL = 4096;
 const EXTENTS_HELPER_TIMEOUT_MS = 60_000;
@@ -345,16 +347,18 @@ class UploadRun {
     let start = 0;
     while (start < size) {
       let listing: ExtentListing;
+      let helperMissing = false;
       try {
         listing = await listExtents(this.settings.helper, this.source.path, start);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-        this.settings.log(`${this.settings.helper} is missing (run scripts/setup.sh to build it): reading every byte of ${this.source.path}, holes too`);
+        this.settings.log(`${this.settings.helper} is missing: ${EXTENTS_HELPER_MISSING_WHY}; reading every byte of ${this.source.path}, holes too`);
         listing = { sizeBytes: size, extents: [], holesUnsupported: true };
+        helperMissing = true;
       }
       if (listing.holesUnsupported) {
         this.holesDetected = false;
-        if (this.source.kind === 'file') this.settings.log(`${this.source.path}'s filesystem cannot tell holes (no SEEK_DATA): reading every byte`);
+        if (this.source.kind === 'file' && !helperMissing) this.settings.log(`${this.source.path}'s filesystem cannot tell holes (no SEEK_DATA): reading every byte`);
         yield { offsetBytes: start, lengthBytes: size - start };
         return;
       }
@@ -429,7 +433,7 @@ export async function inspectSource(filePath: string, helper = DEFAULT_EXTENTS_H
     listing = await listExtents(helper, filePath, 0);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new UserError(`${helper} is missing, which finds the size of a block device: run scripts/setup.sh (it needs gcc)`);
+      throw new UserError(`${helper} is missing, which finds the size of a block device: ${EXTENTS_HELPER_MISSING_WHY}`);
     }
     throw error;
   }

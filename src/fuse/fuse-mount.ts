@@ -3,7 +3,7 @@
 // negative codes, keeps the table of open handles, and nothing else; every
 // decision about data lives in the core.
 import { execFile } from 'node:child_process';
-import { constants as fsConstants, realpathSync } from 'node:fs';
+import { constants as fsConstants, readFileSync, realpathSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type Fuse from 'fuse-native';
 
@@ -89,6 +89,25 @@ export function loadFuseNative(): FuseClass {
     }
   };
   return loadedFuse;
+}
+
+/**
+ * The version of the libfuse that fuse-native loaded, from the file this process
+ * mapped (libfuse.so.2 links to libfuse.so.2.9.9), or why there is none.
+ */
+export function libfuseVersion(): string {
+  try {
+    loadFuseNative();
+  } catch (error) {
+    return `not loadable: ${error instanceof Error ? error.message : String(error)}`;
+  }
+  const mapped = readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .map((line) => line.slice(line.indexOf('/')))
+    .find((file) => /\/libfuse\.so/.test(file));
+  if (mapped === undefined) return 'unknown (libfuse is not mapped)';
+  const version = /libfuse\.so\.(\d+(?:\.\d+)*)$/.exec(realpathSync(mapped));
+  return version ? version[1] : `unknown (${mapped})`;
 }
 
 export interface FuseMountOptions {

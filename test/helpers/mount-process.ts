@@ -72,6 +72,8 @@ export interface MountProcessOptions {
   /** More flags, e.g. ['--cache-size', '32MiB']. */
   args?: string[];
   env?: NodeJS.ProcessEnv;
+  /** The program and its first arguments; default node and this checkout's dist/cli.js. */
+  command?: string[];
 }
 
 export class MountProcess {
@@ -113,8 +115,9 @@ export class MountProcess {
   }
 
   static async start(options: MountProcessOptions): Promise<MountProcess> {
+    const [program, ...leading] = options.command ?? [process.execPath, CLI_PATH];
     const args = [
-      CLI_PATH,
+      ...leading,
       'mount',
       options.mountpoint,
       ...(options.sizeGiB === undefined ? [] : ['--size', String(options.sizeGiB)]),
@@ -124,7 +127,7 @@ export class MountProcess {
       options.stateDir,
       ...(options.args ?? []),
     ];
-    const child = spawn(process.execPath, args, {
+    const child = spawn(program, args, {
       env: options.env ?? cliEnvironment(options.endpoint),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
