@@ -8,6 +8,8 @@ import { registerLocalEbsCommand } from './commands/local-ebs';
 import { registerMountCommand } from './commands/mount';
 import { registerCompleteCommand } from './commands/complete';
 import { registerDownloadCommand } from './commands/download';
+import { registerStatusCommand } from './commands/status';
+import { registerUnmountCommand } from './commands/unmount';
 import { registerUploadCommand } from './commands/upload';
 
 const program = new Command('ebs-fuse')
@@ -23,6 +25,8 @@ program.on('option:version', () => {
 });
 
 registerMountCommand(program);
+registerUnmountCommand(program);
+registerStatusCommand(program);
 registerUploadCommand(program);
 registerDownloadCommand(program);
 registerCompleteCommand(program);

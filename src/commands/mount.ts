@@ -10,7 +10,7 @@ import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
 import type { DiskBudget } from '../core/local-copy';
 import { openReadOnlySnapshot, SnapshotSession } from '../core/session';
 import type { VolumeFile, VolumeStats } from '../core/volume-file';
-import type { StartSnapshotParams } from '../ebs/client';
+import type { SnapshotStatus, StartSnapshotParams } from '../ebs/client';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from '../ebs/connection';
 import { describeError, UserError } from '../errors';
 import { FuseMount, FuseUnavailableError, loadFuseNative, type FuseMountStats } from '../fuse/fuse-mount';
@@ -25,6 +25,8 @@ import {
   snapshotParams,
   type SnapshotOptionValues,
 } from './options';
+import { backgroundLogFile, defaultLogFile, redirectOutputToLog, runInBackground } from './background';
+import { MountRecordFile, type MountProgress } from './mount-record';
 import { startFlushProgress, startStatusLines, type Reporter } from './progress';
 
 export const DEFAULT_FILE_NAME = 'snapshot.img';
@@ -58,6 +60,8 @@ interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
   uploadConcurrency: string;
   stateDir?: string;
   complete: boolean;
+  background?: boolean;
+  logFile?: string;
 }
 
 interface ValidatedMount {
@@ -74,7 +78,7 @@ export function registerMountCommand(program: Command): void {
   const command = program
     .command('mount')
     .argument('<mountpoint>', 'an existing, empty directory')
-    .description('start a snapshot and mount it as MOUNTPOINT/snapshot.img; Ctrl-C or `umount MOUNTPOINT` completes it')
+    .description('start a snapshot and mount it as MOUNTPOINT/snapshot.img; Ctrl-C, `umount MOUNTPOINT` or `ebs-fuse unmount MOUNTPOINT` completes it')
     .option('--size <gib>', 'volume size in GiB (1-65536) of a new snapshot; the file is exactly this large')
     .option('--resume <snapshot-id>', 'continue a pending snapshot that an earlier mount on this machine left (from --state-dir)')
     .option('--snapshot-id <snapshot-id>', 'with --read-only: mount this completed snapshot')
@@ -92,11 +96,21 @@ export function registerMountCommand(program: Command): void {
     )
     .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_UPLOAD_CONCURRENCY))
     .option('--state-dir <dir>', 'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)')
-    .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it');
+    .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it')
+    .option('--background', 'return once the file can be written, leaving the mount running; end it with `ebs-fuse unmount MOUNTPOINT`')
+    .option('--log-file <file>', 'with --background: where the mount logs (default STATE_DIR/logs/MOUNTPOINT-HASH.log; 8 MiB, then one older file)');
   addConnectionOptions(command);
   command.action(async (mountpoint: string, flags: MountFlags) => {
     let exitCode: number;
     try {
+      const childLogFile = backgroundLogFile();
+      if (flags.logFile !== undefined && !flags.background && childLogFile === undefined) throw new UserError('--log-file applies only with --background');
+      if (flags.background) {
+        const stateDir = path.resolve(flags.stateDir ?? defaultStateDir());
+        const logFile = path.resolve(flags.logFile ?? defaultLogFile(stateDir, path.resolve(mountpoint)));
+        process.exit(await runInBackground(process.argv.slice(2).filter((arg) => arg !== '--background'), logFile, mountpoint));
+      }
+      if (childLogFile !== undefined) redirectOutputToLog(childLogFile);
       exitCode = await runMount(mountpoint, flags);
     } catch (error) {
       // Reported here rather than by cli.ts: a failed FUSE mount may leave a libuv handle that would keep the process alive.
@@ -380,6 +394,19 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   // The signal handlers go in before the line is out: whoever reads it may send SIGINT at once,
   // and without a handler that would kill the process and leave a dead mount.
   const unmountRequested = waitForUnmountRequest(fuseMount, externallyUnmounted);
+  const progress = (): MountProgress => mountProgress(session?.stats(), fuseMount.stats());
+  const record = MountRecordFile.create({
+    mountpoint: fuseMount.mountpoint,
+    filePath: fuseMount.filePath,
+    snapshotId,
+    readOnly: !session,
+    complete: settings.complete,
+    endpoint: opened.endpointDescription,
+    ...(session ? { stateDir: settings.stateDir } : {}),
+    ...(backgroundLogFile() ? { logFile: backgroundLogFile() } : {}),
+    progress: progress(),
+  }, log);
+  record.keepUpdated(progress);
   process.stdout.write(`${snapshotId} ${fuseMount.filePath}\n`);
   const ending = !session ? 'unmount' : settings.complete ? 'complete it' : 'leave it pending';
   log(
@@ -390,6 +417,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
 
   await unmountRequested;
   statusLines.stop();
+  record.update({ phase: 'flushing', progress: progress() });
 
   try {
     await fuseMount.unmount();
@@ -400,6 +428,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
 
   if (!session) {
     process.stdout.write(`${snapshotId} completed\n`);
+    record.end('completed', 0, progress());
     await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
     return 0;
   }
@@ -419,17 +448,20 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     }
     log(`stopped before the final flush finished: ${snapshotId} stays pending and is not complete`);
     process.stdout.write(`${snapshotId} error\n`);
+    record.end('error', EXIT_INTERRUPTED, progress());
     process.exit(EXIT_INTERRUPTED);
   };
   for (const signal of UNMOUNT_SIGNALS) process.on(signal, onSignalDuringFlush);
 
   statusLines = startFlushProgress(session, process.stderr);
   let exitCode: number;
+  let endStatus: SnapshotStatus = 'error';
   try {
     const result = await session.finish({ complete: settings.complete, timeoutMs: FINISH_TIMEOUT_MS });
     statusLines.stop();
     log(localDiskLine(session.stats()));
     process.stdout.write(`${snapshotId} ${result.status}\n`);
+    endStatus = result.status;
     if (!settings.complete) {
       log(`${snapshotId} left pending as asked; complete it later with: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}`);
       exitCode = result.status === 'pending' ? 0 : 1;
@@ -455,8 +487,22 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     exitCode = 1;
   }
   for (const signal of UNMOUNT_SIGNALS) process.off(signal, onSignalDuringFlush);
+  record.end(endStatus, exitCode, progress());
   await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
   return exitCode;
+}
+
+function mountProgress(volume: VolumeStats | undefined, kernel: FuseMountStats): MountProgress {
+  return {
+    dirtyBlocks: volume?.dirtyBlocks ?? 0,
+    uploadingBlocks: volume?.uploadingBlocks ?? 0,
+    blocksUploaded: volume?.blocksUploaded ?? 0,
+    bytesUploaded: volume?.bytesUploaded ?? 0,
+    retries: volume?.retries ?? 0,
+    ...(volume?.lastUploadError ? { lastUploadError: volume.lastUploadError } : {}),
+    openHandles: kernel.openHandles,
+    largestWriteBytes: kernel.largestWriteBytes,
+  };
 }
 
 /** What the kernel sent: the write size shows whether big_writes took effect. */

@@ -1,0 +1,107 @@
+// `ebs-fuse status [MOUNTPOINT] [--json]`: the ebs-fuse mounts of this user,
+// from their records (mount-record.ts): snapshot, phase, progress and last
+// error. A mount whose process is gone without ending is listed as `died`
+// until its mountpoint is cleaned up; records of mounts that ended are removed.
+import type { Command } from 'commander';
+import { UserError } from '../errors';
+import { isMountPoint } from '../fuse/mountinfo';
+import { readRecord, readRecords, removeRecord, resolveMountpoint, stateOf, type MountRecord, type MountState } from './mount-record';
+
+interface StatusFlags {
+  json?: boolean;
+}
+
+/** One mount as `status --json` prints it. */
+export interface MountStatus {
+  mountpoint: string;
+  filePath: string;
+  snapshotId: string;
+  state: MountState;
+  pid: number;
+  readOnly: boolean;
+  complete: boolean;
+  endpoint: string;
+  stateDir?: string;
+  logFile?: string;
+  startedAt: string;
+  updatedAt: string;
+  dirtyBlocks: number;
+  uploadingBlocks: number;
+  blocksUploaded: number;
+  bytesUploaded: number;
+  retries: number;
+  openHandles: number;
+  lastError: string | null;
+}
+
+export function registerStatusCommand(program: Command): void {
+  program
+    .command('status')
+    .argument('[mountpoint]', 'only this mount')
+    .description('list running ebs-fuse mounts with their snapshot, progress and last error')
+    .option('--json', 'print a JSON array, one object per mount')
+    .action(async (mountpoint: string | undefined, flags: StatusFlags) => {
+      const mounts = mountpoint === undefined ? await allMounts() : [await oneMount(mountpoint)];
+      process.stdout.write(flags.json ? `${JSON.stringify(mounts, null, 2)}\n` : mounts.map((mount) => `${statusLine(mount)}\n`).join(''));
+    });
+}
+
+function toStatus(record: MountRecord, state: MountState): MountStatus {
+  const progress = record.progress;
+  return {
+    mountpoint: record.mountpoint,
+    filePath: record.filePath,
+    snapshotId: record.snapshotId,
+    state,
+    pid: record.pid,
+    readOnly: record.readOnly,
+    complete: record.complete,
+    endpoint: record.endpoint,
+    ...(record.stateDir ? { stateDir: record.stateDir } : {}),
+    ...(record.logFile ? { logFile: record.logFile } : {}),
+    startedAt: record.startedAt,
+    updatedAt: record.updatedAt,
+    dirtyBlocks: progress.dirtyBlocks,
+    uploadingBlocks: progress.uploadingBlocks,
+    blocksUploaded: progress.blocksUploaded,
+    bytesUploaded: progress.bytesUploaded,
+    retries: progress.retries,
+    openHandles: progress.openHandles,
+    lastError: progress.lastUploadError ?? null,
+  };
+}
+
+/** Live and died mounts; an ended record, or a died one whose mountpoint was cleaned up, is removed. */
+async function allMounts(): Promise<MountStatus[]> {
+  const mounts: MountStatus[] = [];
+  for (const record of readRecords()) {
+    const state = stateOf(record);
+    if (state === 'ended' || (state === 'died' && !(await isMountPoint(record.mountpoint)))) {
+      removeRecord(record);
+      continue;
+    }
+    mounts.push(toStatus(record, state));
+  }
+  return mounts;
+}
+
+async function oneMount(mountpointArgument: string): Promise<MountStatus> {
+  const mountpoint = resolveMountpoint(mountpointArgument);
+  const record = readRecord(mountpoint);
+  const state = record ? stateOf(record) : undefined;
+  if (!record || state === 'ended') throw new UserError(`${mountpoint} is not an ebs-fuse mount that is running`);
+  return toStatus(record, state!);
+}
+
+function statusLine(mount: MountStatus): string {
+  const parts = [
+    `${mount.mountpoint} ${mount.snapshotId} ${mount.state}${mount.readOnly ? ' (read-only)' : ''}`,
+    `${(mount.bytesUploaded / 1e6).toFixed(1)} MB uploaded`,
+    `${mount.dirtyBlocks} dirty`,
+    `${mount.uploadingBlocks} uploading`,
+    `${mount.retries} retries`,
+  ];
+  if (mount.lastError) parts.push(`last error: ${mount.lastError}`);
+  if (mount.state === 'died') parts.push(`process ${mount.pid} is gone; the snapshot stays pending (ebs-fuse mount --resume ${mount.snapshotId})`);
+  return parts.join(', ');
+}
