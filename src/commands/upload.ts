@@ -1,8 +1,9 @@
 // `ebs-fuse upload FILE`: a file or block device to a new snapshot; prints the
-// snapshot ID once it is completed.
+// snapshot ID once it is completed. `ebs-fuse upload - --size GIB` reads the
+// image from standard input instead, once, front to back.
 import type { Command } from 'commander';
 import { newTransferStats } from '../core/transfer';
-import { uploadFile } from '../core/upload';
+import { uploadFile, uploadStream, type UploadResult } from '../core/upload';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from '../ebs/connection';
 import { describeError, UserError } from '../errors';
 import { EXIT_INTERRUPTED, onInterrupt } from './interrupt';
@@ -21,9 +22,9 @@ interface UploadFlags extends SnapshotOptionValues, ConnectionOptions {
 export function registerUploadCommand(program: Command): void {
   const command = program
     .command('upload')
-    .argument('<file>', 'a file or block device')
-    .description('upload FILE (holes cost nothing) to a new snapshot, complete it, and print its ID')
-    .option('--size <gib>', "volume size in GiB; default FILE's size rounded up to whole GiB, and only larger is accepted");
+    .argument('<file>', 'a file or block device, or - for standard input (with --size)')
+    .description('upload FILE (holes cost nothing) or standard input to a new snapshot, complete it, and print its ID')
+    .option('--size <gib>', "volume size in GiB; default FILE's size rounded up to whole GiB, and only larger is accepted; required with -");
   addSnapshotOptions(command);
   command.option('--upload-concurrency <n>', 'blocks read and PUT at once', String(DEFAULT_UPLOAD_CONCURRENCY));
   addConnectionOptions(command);
@@ -38,6 +39,10 @@ function log(line: string): void {
 
 async function runUpload(file: string, flags: UploadFlags): Promise<number> {
   const volumeSizeGiB = flags.size === undefined ? undefined : parseVolumeSizeGiB(flags.size);
+  const fromStdin = file === '-';
+  if (fromStdin && volumeSizeGiB === undefined) throw new UserError('upload - needs --size GIB: the size of standard input is not known before it ends');
+  if (fromStdin && process.stdin.isTTY) throw new UserError('upload - reads the image from standard input, which is a terminal: pipe or redirect the image into it');
+  const name = fromStdin ? 'standard input' : file;
   // The size is worked out from the file; 1 only stands in while the options are checked.
   const snapshot = snapshotParams(1, flags);
   const concurrency = parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, UPLOAD_CONCURRENCY_MAX);
@@ -53,19 +58,26 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
   });
   const startedAtMs = Date.now();
   try {
-    const result = await uploadFile(opened.client, {
-      filePath: file,
-      volumeSizeGiB,
+    const common = {
       snapshot,
       concurrency,
       log,
       stats,
       signal: abort.signal,
-      onStarted: (id, gib) => {
+      onStarted: (id: string, gib: number) => {
         snapshotId = id;
-        log(`uploading ${file} to ${id} (${gib} GiB) via ${opened.endpointDescription}`);
+        log(`uploading ${name} to ${id} (${gib} GiB) via ${opened.endpointDescription}`);
       },
-    });
+    };
+    let result: UploadResult;
+    if (fromStdin) {
+      const streamed = await uploadStream(opened.client, { ...common, stream: process.stdin, name, volumeSizeGiB: volumeSizeGiB! });
+      // A pipe that ends early (its writer failed) looks like a short image: the count lets a script check.
+      log(`standard input ended after ${streamed.bytesRead} bytes`);
+      result = streamed;
+    } else {
+      result = await uploadFile(opened.client, { ...common, filePath: file, volumeSizeGiB });
+    }
     progress.stop();
     const seconds = ((Date.now() - startedAtMs) / 1000).toFixed(1);
     const parentPart = snapshot.parentSnapshotId === undefined ? '' : `, ${result.blocksEqualToParent} equal to the parent`;
@@ -84,7 +96,7 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
     progress.stop();
     if (abort.signal.aborted) throw new UserError(describeError(error), EXIT_INTERRUPTED);
     if (error instanceof UserError) throw error;
-    throw new UserError(`cannot upload ${file} via ${opened.endpointDescription}: ${describeError(error)}`);
+    throw new UserError(`cannot upload ${name} via ${opened.endpointDescription}: ${describeError(error)}`);
   } finally {
     interrupt.remove();
     await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));

@@ -6,9 +6,10 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { open, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { BLOCK_SIZE_BYTES, SnapshotApiError } from '../../src/ebs/client';
 import { MemorySnapshotClient } from '../../src/ebs/memory-client';
-import { DEFAULT_EXTENTS_HELPER, listExtents, uploadFile, type UploadOptions } from '../../src/core/upload';
+import { DEFAULT_EXTENTS_HELPER, listExtents, uploadFile, uploadStream, type UploadOptions } from '../../src/core/upload';
 import { UserError } from '../../src/errors';
 import { SeededRandom } from '../support/random';
 import { readFileBlock } from '../support/file-blocks';
@@ -261,5 +262,70 @@ describe('core: upload', () => {
     await assert.rejects(uploadFile(service, options(file, { concurrency: 2, signal: abort.signal })), /was interrupted; the snapshot stays pending/);
     assert.ok(service.callCounts.put < 64, `${service.callCounts.put} PUTs`);
     assert.equal(service.callCounts.complete, 0);
+  });
+});
+
+describe('core: upload of a stream', () => {
+  const random = new SeededRandom(7);
+  /** The bytes in chunks of an odd size, so that blocks are put together across chunks. */
+  const chunked = (bytes: Buffer, chunkBytes = 100 * 1024 + 7): Readable =>
+    Readable.from(
+      (function* () {
+        for (let at = 0; at < bytes.length; at += chunkBytes) yield bytes.subarray(at, at + chunkBytes);
+      })(),
+    );
+
+  it('sends the non-zero blocks of a stream in order, leaves a short stream\'s rest absent, and completes with LINEAR', async () => {
+    const image = Buffer.concat([random.bytes(3 * B), Buffer.alloc(2 * B), random.bytes(B + 12345)]);
+    const service = new MemorySnapshotClient();
+    const result = await uploadStream(service, { stream: chunked(image), name: 'standard input', volumeSizeGiB: 1, snapshot: {}, concurrency: 4 });
+    assert.equal(result.status, 'completed');
+    assert.equal(result.bytesRead, image.length);
+    assert.deepEqual([result.blocksPut, result.zeroBlocksSkipped, result.dataBlocksRead], [5, 2, 7]);
+    const blocks = service.snapshots.get(result.snapshotId)!.ownBlocks;
+    assert.deepEqual(sorted(blocks.keys()), [0, 1, 2, 5, 6]);
+    for (const index of [0, 1, 2, 5]) assert.ok(blocks.get(index)!.equals(image.subarray(index * B, (index + 1) * B)), `block ${index}`);
+    const last = Buffer.alloc(B);
+    image.copy(last, 0, 6 * B);
+    assert.ok(blocks.get(6)!.equals(last), 'the last, partial block is zero-filled');
+  });
+
+  it('a stream longer than the volume fails, and nothing is completed', async () => {
+    const service = new MemorySnapshotClient();
+    // Zeros cost no PUT; the byte past the end is what counts.
+    const image = Buffer.alloc(GIB + 1);
+    image[GIB] = 1;
+    await assert.rejects(
+      uploadStream(service, { stream: chunked(image, 1024 * 1024), name: 'standard input', volumeSizeGiB: 1, snapshot: {}, concurrency: 8 }),
+      (error: Error) => {
+        assert.ok(error instanceof UserError);
+        assert.match(error.message, /^standard input is longer than the volume \(1073741824 bytes, --size\); snap-\S+ was not completed .*larger --size$/);
+        return true;
+      },
+    );
+    assert.equal(service.callCounts.complete, 0);
+    assert.deepEqual([...service.snapshots.values()].map((snapshot) => snapshot.status), ['pending']);
+  });
+
+  it('reads the stream only as fast as blocks are PUT: what it holds stays bounded by the concurrency', async () => {
+    const concurrency = 4;
+    const service = new MemorySnapshotClient({ latencyMs: 5 });
+    let producedBytes = 0;
+    let mostAheadBytes = 0;
+    const chunkBytes = 64 * 1024;
+    const stream = Readable.from(
+      (function* () {
+        for (let chunk = 0; chunk < (64 * B) / chunkBytes; chunk++) {
+          mostAheadBytes = Math.max(mostAheadBytes, producedBytes - service.callCounts.put * B);
+          producedBytes += chunkBytes;
+          yield random.bytes(chunkBytes);
+        }
+      })(),
+    );
+    const result = await uploadStream(service, { stream, volumeSizeGiB: 1, snapshot: {}, concurrency });
+    assert.equal(result.blocksPut, 64);
+    // In flight, one block being filled and one read ahead, and the stream's own buffer (16 objects in object mode).
+    const boundBytes = (concurrency + 2) * B + 16 * chunkBytes;
+    assert.ok(mostAheadBytes <= boundBytes, `read ${mostAheadBytes} bytes ahead of the PUTs, more than ${boundBytes}`);
   });
 });

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { SnapshotSession } from '../../src/core/session';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
-import { cliEnvironment, runCli, type CliResult } from '../helpers/mount-process';
+import { CLI_PATH, cliEnvironment, runCli, type CliResult } from '../helpers/mount-process';
 import { createZeroImage, expectEnded, mustRun, sh, ScenarioContext, GIB, MIB } from './support';
 import { readFileBlock } from '../support/file-blocks';
 
@@ -205,6 +205,43 @@ describe('scenario: upload, download and complete against local-ebs', function (
     } finally {
       await sh('losetup', ['-d', device]);
     }
+  });
+
+  /** `… | ebs-fuse upload - ARGS`: the image arrives through a pipe, as from curl or xz. */
+  const uploadFromPipe = (producer: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    sh('bash', ['-o', 'pipefail', '-c', `${producer} | "$0" "$1" upload - "\${@:2}"`, process.execPath, CLI_PATH, ...args, '--endpoint', context.localEbs.endpoint], {
+      env: cliEnvironment(context.endpoint),
+      timeoutMs: 120_000,
+    });
+
+  it('upload - reads the image from a pipe: the downloaded snapshot equals it, zero-padded to the volume', async () => {
+    const data = context.file('piped.bin');
+    await writeFile(data, Buffer.concat([randomBytes(5 * B + 1000), Buffer.alloc(3 * B), randomBytes(B)]));
+    const before = await serverCounts();
+    const result = await uploadFromPipe(`cat '${data}'`, ['--size', '1']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /^snap-[0-9a-f]+\n$/);
+    assert.match(result.stderr, new RegExp(`standard input ended after ${(await stat(data)).size} bytes`));
+    // 10 blocks of data, of which 2 are zeros (block 5 holds the tail of the first piece).
+    assert.equal(delta(await serverCounts(), before, 'PutSnapshotBlock'), 8);
+    const copy = context.file('piped-copy.img');
+    await download(result.stdout.trim(), copy);
+    const expected = context.file('piped-expected.img');
+    await mustRun('cp', [data, expected]);
+    await mustRun('truncate', ['-s', String(GIB), expected]);
+    await mustRun('cmp', [expected, copy]);
+  });
+
+  it('upload - of a stream longer than the volume fails in one line, and nothing is completed', async () => {
+    const before = await serverCounts();
+    const result = await uploadFromPipe(`head -c ${GIB + 1} /dev/zero`, ['--size', '1']);
+    expectOneLineError(
+      { ...result, signal: null, stderr: result.stderr.split('\n').filter((line) => !line.includes('uploading standard input to')).join('\n') },
+      /^ebs-fuse: standard input is longer than the volume \(1073741824 bytes, --size\); snap-\S+ was not completed and stays pending/,
+    );
+    assert.equal(result.stdout, '');
+    assert.equal(delta(await serverCounts(), before, 'CompleteSnapshot'), 0);
+    expectOneLineError(await cli(['upload', '-']), /^ebs-fuse: upload - needs --size GIB/);
   });
 
   it('refuses --size smaller than the file, in one line, before starting a snapshot', async () => {
