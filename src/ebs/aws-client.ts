@@ -63,6 +63,14 @@ export interface AwsSnapshotClientOptions {
   nowMs?: () => number;
   /** Warnings of the HTTP layer (e.g. sockets exhausted), one line each. */
   log?: (line: string) => void;
+  /**
+   * A caller's SDK client to send through, as it is configured (its own retries
+   * run beneath ebs-fuse's); it is left open by close(). The options above that
+   * configure a client do not apply to it.
+   */
+  sdkClient?: EBSClient;
+  /** SDK settings under this client's own (a credential provider, a custom user agent…). */
+  sdkConfig?: EBSClientConfig;
 }
 
 export const DEFAULT_MAX_SOCKETS = 64;
@@ -104,6 +112,7 @@ export class AwsSnapshotClient implements SnapshotClient {
   /** The origin the last request went to, as the SDK resolved it. */
   private lastOrigin?: string;
   private closed = false;
+  private ownsSdk = true;
 
   constructor(options: AwsSnapshotClientOptions = {}) {
     const maxSockets = options.maxSockets ?? DEFAULT_MAX_SOCKETS;
@@ -122,8 +131,9 @@ export class AwsSnapshotClient implements SnapshotClient {
     this.httpAgent = new http.Agent(agentOptions);
     this.httpsAgent = new https.Agent(agentOptions);
     const config: EBSClientConfig = {
-      maxAttempts: 1,
-      requestHandler: new NodeHttpHandler({
+      ...options.sdkConfig,
+      maxAttempts: options.sdkConfig?.maxAttempts ?? 1,
+      requestHandler: options.sdkConfig?.requestHandler ?? new NodeHttpHandler({
         httpAgent: this.httpAgent,
         httpsAgent: this.httpsAgent,
         connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
@@ -139,6 +149,12 @@ export class AwsSnapshotClient implements SnapshotClient {
     if (options.endpoint !== undefined) config.endpoint = options.endpoint;
     if (options.profile !== undefined) config.profile = options.profile;
     if (options.credentials !== undefined) config.credentials = { ...options.credentials };
+    if (options.sdkClient !== undefined) {
+      // A caller's client is not changed: no middleware is added to it, so its signer hashes each body itself.
+      this.sdk = options.sdkClient;
+      this.ownsSdk = false;
+      return;
+    }
     this.sdk = new EBSClient(config);
     this.sdk.middlewareStack.add(
       (next) => async (args) => {
@@ -371,7 +387,7 @@ export class AwsSnapshotClient implements SnapshotClient {
     this.closed = true;
     for (const controller of this.inFlight) controller.abort(new AttemptAbort('closed', 0));
     this.inFlight.clear();
-    this.sdk.destroy();
+    if (this.ownsSdk) this.sdk.destroy();
     this.httpAgent.destroy();
     this.httpsAgent.destroy();
   }

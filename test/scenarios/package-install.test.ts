@@ -43,12 +43,19 @@ describe('scenario: the packed package installed with npm install -g', function 
     await context.tearDown();
   });
 
-  it('holds only what runs: dist, the extents source and its build script, SEMANTICS.md', () => {
+  it('holds only what runs: dist (code and types), the extents source and its build script, SEMANTICS.md', () => {
     assert.ok(existsSync(path.join(installedPackage, 'dist', 'cli.js')));
     for (const absent of ['src', 'test', 'scripts', 'native/nullfs', 'tsconfig.json']) {
       assert.ok(!existsSync(path.join(installedPackage, absent)), `${absent} was packed`);
     }
     assert.ok(!readdirSync(path.join(installedPackage, 'dist'), { recursive: true }).some((name) => String(name).endsWith('.map')), 'source maps were packed');
+  });
+
+  it('is a library too: require(\'ebs-fuse\') gives upload, download and mount, with their types', async () => {
+    const script = `const m = require(${JSON.stringify(installedPackage)}); console.log(['upload', 'download', 'mount'].map((name) => typeof m[name]).join(' '))`;
+    assert.equal((await mustRun(process.execPath, ['-e', script])).stdout, 'function function function\n');
+    const types = readFileSync(path.join(installedPackage, 'dist', 'index.d.ts'), 'utf8');
+    for (const name of ['upload', 'download', 'mount']) assert.match(types, new RegExp(`export declare function ${name}\\(`));
   });
 
   it('--version names the package, Node.js and libfuse versions', async () => {
