@@ -27,7 +27,7 @@ import {
 } from './options';
 import { backgroundLogFile, defaultLogFile, redirectOutputToLog, runInBackground } from './background';
 import { MountRecordFile, type MountProgress } from './mount-record';
-import { startFlushProgress, startStatusLines, type Reporter } from './progress';
+import { startFlushProgress, startMountedStatus, type Reporter } from './progress';
 
 export const DEFAULT_FILE_NAME = 'snapshot.img';
 export const DEFAULT_CACHE_SIZE = '256MiB';
@@ -413,7 +413,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     `snapshot ${snapshotId} (${target.volumeSizeGiB} GiB${session ? '' : ', read-only'}) via ${opened.endpointDescription}; ` +
       `${session ? 'write' : 'read'} ${fuseMount.filePath}, then press Ctrl-C or run \`umount ${fuseMount.mountpoint}\` to ${ending}`,
   );
-  let statusLines: Reporter = session ? startStatusLines(session, process.stderr, 'mounted') : { stop: () => undefined };
+  let statusLines: Reporter = session ? startMountedStatus(session, process.stderr) : { stop: () => undefined };
 
   await unmountRequested;
   statusLines.stop();

@@ -1,6 +1,7 @@
-// What a person sees on standard error while a mount runs: on a terminal a
-// progress bar while the final flush runs; elsewhere (logs, CI, systemd) one
-// status line every few seconds, while mounted and while flushing.
+// What a person sees on standard error while a mount runs: on a terminal one
+// live status line redrawn in place while mounted, and a progress bar while the
+// final flush runs; elsewhere (logs, CI, systemd) one status line every few
+// seconds, while mounted and while flushing.
 import { SingleBar } from 'cli-progress';
 import type { VolumeStats } from '../core/volume-file';
 
@@ -11,11 +12,16 @@ export interface StatsSource {
 export interface ProgressStream {
   write(text: string): boolean;
   isTTY?: boolean;
+  /** A terminal's width; the live line is cut to fit, so that it never wraps. */
+  columns?: number;
 }
 
 export const STATUS_LINE_INTERVAL_MS = 5000;
 export const IDLE_STATUS_LINE_INTERVAL_MS = 60_000;
 const BAR_REDRAW_INTERVAL_MS = 200;
+export const LIVE_REDRAW_INTERVAL_MS = 500;
+/** Carriage return and erase-line: the live line is redrawn where it is. */
+const ERASE_LINE = '\r\x1b[2K';
 const BYTES_PER_MB = 1e6;
 
 /** Upload speed between two samples of bytesUploaded. */
@@ -54,6 +60,71 @@ export function formatStatusLine(phase: string, stats: VolumeStats, rateMBps: nu
 
 export interface Reporter {
   stop(): void;
+}
+
+/** The live line: uploaded bytes, MB/s, dirty, in flight, retries, and the last error. */
+export function formatLiveLine(phase: string, stats: VolumeStats, rateMBps: number): string {
+  const parts = [
+    `${(stats.bytesUploaded / BYTES_PER_MB).toFixed(1)} MB uploaded`,
+    `${rateMBps.toFixed(1)} MB/s`,
+    `${stats.dirtyBlocks} dirty`,
+    `${stats.uploadingBlocks} in flight`,
+    `${stats.retries} retries`,
+  ];
+  if (stats.lastUploadError) parts.push(`last error: ${stats.lastUploadError}`);
+  return `ebs-fuse ${phase}: ${parts.join(', ')}`;
+}
+
+/** While mounted: the live line on a terminal, status lines elsewhere. */
+export function startMountedStatus(source: StatsSource, stream: ProgressStream): Reporter {
+  return stream.isTTY ? startLiveLine(source, stream, 'mounted') : startStatusLines(source, stream, 'mounted');
+}
+
+/**
+ * One line redrawn in place every intervalMs. Whatever else is written to the
+ * stream meanwhile (a log line) goes above it: the line is erased first and
+ * drawn again after. stop() erases it and gives the stream back.
+ */
+export function startLiveLine(source: StatsSource, stream: ProgressStream, phase: string, intervalMs = LIVE_REDRAW_INTERVAL_MS): Reporter {
+  const meter = new RateMeter(source.stats(), Date.now());
+  const write = stream.write.bind(stream);
+  let rateMBps = 0;
+  let lastSampleAtMs = Date.now();
+  let line = '';
+  const draw = (): void => {
+    const stats = source.stats();
+    const nowMs = Date.now();
+    // A rate over half a second jitters; sample it once a second.
+    if (nowMs - lastSampleAtMs >= 1000) {
+      rateMBps = meter.sampleMBps(stats, nowMs);
+      lastSampleAtMs = nowMs;
+    }
+    // A pseudo-terminal may report no width (0): take the classic 80 then.
+    const width = Math.max(20, (stream.columns !== undefined && stream.columns > 0 ? stream.columns : 80) - 1);
+    const full = formatLiveLine(phase, stats, rateMBps);
+    line = full.length > width ? `${full.slice(0, width - 1)}…` : full;
+    write(`${ERASE_LINE}${line}`);
+  };
+  const hadOwnWrite = Object.prototype.hasOwnProperty.call(stream, 'write');
+  const ownWrite = stream.write;
+  const interleaved = (chunk: string | Uint8Array): boolean => {
+    const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
+    const result = write(`${ERASE_LINE}${text}`);
+    if (text.endsWith('\n')) write(line);
+    return result;
+  };
+  (stream as { write: (chunk: string | Uint8Array) => boolean }).write = interleaved;
+  draw();
+  const timer = setInterval(draw, intervalMs);
+  timer.unref();
+  return {
+    stop: () => {
+      clearInterval(timer);
+      if (hadOwnWrite) stream.write = ownWrite;
+      else delete (stream as { write?: unknown }).write;
+      write(ERASE_LINE);
+    },
+  };
 }
 
 /**

@@ -12,7 +12,7 @@ import {
   parseVolumeSizeGiB,
   snapshotParams,
 } from '../../src/commands/options';
-import { formatStatusLine, startFlushProgress, startStatusLines } from '../../src/commands/progress';
+import { formatLiveLine, formatStatusLine, startFlushProgress, startLiveLine, startMountedStatus, startStatusLines } from '../../src/commands/progress';
 import type { VolumeStats } from '../../src/core/volume-file';
 
 function refusal(action: () => unknown): string {
@@ -137,6 +137,35 @@ describe('progress output', () => {
     await new Promise((resolve) => setTimeout(resolve, 150));
     reporter.stop();
     assert.equal(lines.length, 1, lines.join(''));
+  });
+
+  it('on a terminal, redraws one live line in place: uploaded, MB/s, dirty, in flight, retries, last error', async () => {
+    assert.equal(
+      formatLiveLine('mounted', stats({ lastUploadError: 'HTTP 500' }), 12.34),
+      'ebs-fuse mounted: 21.0 MB uploaded, 12.3 MB/s, 3 dirty, 2 in flight, 1 retries, last error: HTTP 500',
+    );
+    let current = stats({ bytesUploaded: 0 });
+    const written: string[] = [];
+    const terminal = { write: (text: string) => written.push(text) > 0, isTTY: true, columns: 60 };
+    const original = terminal.write;
+    const live = startLiveLine({ stats: () => current }, terminal, 'mounted', 20);
+    current = stats({ bytesUploaded: 5_000_000, dirtyBlocks: 7 });
+    await new Promise((resolve) => setTimeout(resolve, 70));
+    terminal.write('ebs-fuse: a log line\n');
+    live.stop();
+    assert.equal(terminal.write, original, 'stop() gives the stream its own write back');
+    const draws = written.filter((text) => text.startsWith('\r\x1b[2Kebs-fuse mounted: '));
+    assert.ok(draws.length >= 3, written.join('|'));
+    assert.ok(draws.some((text) => text.includes('5.0 MB uploaded') && text.includes('7 dirty')), written.join('|'));
+    assert.ok(draws.every((text) => text.length - 5 <= 59), 'cut to the terminal width');
+    const logAt = written.indexOf('\r\x1b[2Kebs-fuse: a log line\n');
+    assert.ok(logAt > 0, 'a log line erases the live line first');
+    assert.match(written[logAt + 1], /^ebs-fuse mounted: /, 'then the live line is drawn again below it');
+    assert.equal(written[written.length - 1], '\r\x1b[2K', 'stop() erases the line');
+
+    const lines: string[] = [];
+    startMountedStatus({ stats: () => current }, { write: (text) => lines.push(text) > 0, isTTY: false }).stop();
+    assert.deepEqual(lines, [], 'off a terminal no live line: the periodic status lines instead');
   });
 
   it('draws a bar of the blocks left on a terminal during the final flush', async () => {

@@ -5,6 +5,7 @@
 // not ours, a mount whose process died) gets one line and a non-zero exit. The
 // runtime directory of the mount records is the suite's own (XDG_RUNTIME_DIR).
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -118,6 +119,40 @@ describe('scenario: mount --background, status and unmount', function () {
 
     assertOneLineFailure(await cli(['unmount', mountpoint]), new RegExp(`^ebs-fuse: ${mountpoint} is not mounted$`));
     assertOneLineFailure(await cli(['status', mountpoint]), /is not an ebs-fuse mount that is running$/);
+  });
+
+  it('on a terminal a foreground mount redraws one live status line; off a terminal the log has no escape codes', async () => {
+    const mountpoint = context.file('mnt-tty');
+    await mkdir(mountpoint);
+    mountpoints.push(mountpoint);
+    const command = [process.execPath, CLI_PATH, 'mount', mountpoint, '--size', '1', '--endpoint', context.endpoint.endpoint, '--state-dir', context.file('state')].join(' ');
+    // script(1) gives the mount a pseudo-terminal as its stdout and stderr.
+    const terminal = spawn('script', ['-qfec', command, '/dev/null'], { env: cliEnvironment(context.endpoint, { XDG_RUNTIME_DIR: runtimeDir }), stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    terminal.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => terminal.on('close', resolve));
+    const killTimer = setTimeout(() => terminal.kill('SIGKILL'), COMMAND_TIMEOUT_MS);
+    try {
+      for (let attempt = 0; attempt < 300 && !/^snap-\S+ \S+snapshot\.img\r?$/m.test(output); attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+      const [snapshotId, filePath] = /^(snap-\S+) (\S+snapshot\.img)\r?$/m.exec(output)?.slice(1) ?? [];
+      assert.ok(filePath, `the mount printed its line on the terminal:\n${output}`);
+      for (const mount of await status()) pids.add(mount.pid);
+      await mustRun('dd', ['if=/dev/urandom', `of=${filePath}`, 'bs=1M', 'count=12', 'conv=notrunc,fsync', 'status=none']);
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const unmounted = await cli(['unmount', mountpoint]);
+      assert.equal(unmounted.stdout, `${snapshotId} completed\n`, unmounted.stderr);
+      assert.equal(await exited, 0);
+    } finally {
+      clearTimeout(killTimer);
+    }
+    const draws = output.split('\r\x1b[2K').filter((piece) => piece.startsWith('ebs-fuse mounted: '));
+    assert.ok(draws.length >= 3, `the live line was drawn in place several times:\n${JSON.stringify(output)}`);
+    assert.ok(
+      draws.some((piece) => /^ebs-fuse mounted: 12\.6 MB uploaded, [\d.]+ MB\/s, 0 dirty, 0 in flight, 0 retries/.test(piece)),
+      `a draw after the fsync shows the 24 blocks uploaded:\n${draws.join('\n')}`,
+    );
+    const logs = readdirSync(path.join(context.file('state'), 'logs')).map((name) => readFileSync(path.join(context.file('state'), 'logs', name), 'utf8'));
+    assert.ok(logs.length > 0 && logs.every((text) => !text.includes('\x1b')), 'background logs hold no terminal escapes');
   });
 
   it('with --no-complete, unmount prints SNAPSHOT_ID pending and exits 0', async () => {
