@@ -15,7 +15,7 @@ import { newTransferStats, type TransferStats } from './core/transfer';
 import { uploadFile, uploadStream, type UploadResult } from './core/upload';
 import type { VolumeStats } from './core/volume-file';
 import { AwsSnapshotClient } from './ebs/aws-client';
-import type { SnapshotStatus, SnapshotTag } from './ebs/client';
+import type { SnapshotStatus, StartSnapshotParams } from './ebs/client';
 import { RetryingSnapshotClient } from './ebs/retry';
 import { FuseMount } from './fuse/fuse-mount';
 
@@ -66,17 +66,12 @@ export interface Progress {
   lastError?: string;
 }
 
-/** What a new snapshot is started with, as the CLI's snapshot options. */
-export interface SnapshotOptions {
-  parentSnapshotId?: string;
-  description?: string;
-  tags?: SnapshotTag[];
-  /** Idle minutes before EBS fails the pending snapshot (10-4320, AWS's default 60). */
-  timeoutMinutes?: number;
-  encrypted?: boolean;
-  kmsKeyArn?: string;
-  clientToken?: string;
-}
+/**
+ * What a new snapshot is started with, as the CLI's snapshot options: parentSnapshotId,
+ * description, tags, timeoutMinutes (idle minutes before EBS fails it), encrypted,
+ * kmsKeyArn, clientToken.
+ */
+export type SnapshotOptions = Omit<StartSnapshotParams, 'volumeSizeGiB'>;
 
 export interface UploadOptions extends ClientOptions {
   /** A file or block device path, a Readable read once front to back, or the image's bytes. */
@@ -187,45 +182,49 @@ function volumeProgress(phase: 'mounted' | 'flushing', stats: VolumeStats, volum
   };
 }
 
-/** Uploads a file, a stream or bytes to a new snapshot and completes it. */
-export async function upload(options: UploadOptions): Promise<UploadOutcome> {
+/** Runs an upload or download with its client, stats and progress reports, closed however it ends. */
+async function transfer<T>(
+  options: ClientOptions,
+  phase: 'uploading' | 'downloading',
+  work: (client: RetryingSnapshotClient, stats: TransferStats, concurrency: number) => Promise<T>,
+): Promise<T> {
   options.signal?.throwIfAborted();
   const concurrency = checkedConcurrency(options);
   const client = openClient(options, concurrency);
   const stats = newTransferStats();
-  const reporter = reportEvery(options, () => transferProgress('uploading', stats, client));
-  const common = { snapshot: options.snapshot ?? {}, concurrency, stats, signal: options.signal, log: options.log };
+  const reporter = reportEvery(options, () => transferProgress(phase, stats, client));
   try {
-    let result: UploadResult;
-    if (typeof options.source === 'string') {
-      result = await uploadFile(client, { ...common, filePath: options.source, volumeSizeGiB: options.volumeSizeGiB });
-    } else {
-      if (options.volumeSizeGiB === undefined) throw new RangeError('volumeSizeGiB is required to upload a stream or bytes');
-      const stream = options.source instanceof Readable ? options.source : Readable.from([Buffer.from(options.source)]);
-      result = await uploadStream(client, { ...common, stream, name: options.source instanceof Readable ? 'the stream' : 'the bytes', volumeSizeGiB: options.volumeSizeGiB });
-    }
-    const { snapshotId, status, volumeSizeGiB, blocksPut, zeroBlocksSkipped, blocksEqualToParent } = result;
-    return { snapshotId, status, volumeSizeGiB, blocksPut, zeroBlocksSkipped, blocksEqualToParent };
+    return await work(client, stats, concurrency);
   } finally {
     reporter.stop();
     client.close();
   }
 }
 
+/** Uploads a file, a stream or bytes to a new snapshot and completes it. */
+export function upload(options: UploadOptions): Promise<UploadOutcome> {
+  return transfer(options, 'uploading', async (client, stats, concurrency) => {
+    const common = { snapshot: options.snapshot ?? {}, concurrency, stats, signal: options.signal, log: options.log };
+    let result: UploadResult;
+    if (typeof options.source === 'string') {
+      result = await uploadFile(client, { ...common, filePath: options.source, volumeSizeGiB: options.volumeSizeGiB });
+    } else {
+      if (options.volumeSizeGiB === undefined) throw new RangeError('volumeSizeGiB is required to upload a stream or bytes');
+      const isStream = options.source instanceof Readable;
+      const stream = options.source instanceof Readable ? options.source : Readable.from([Buffer.from(options.source)]);
+      result = await uploadStream(client, { ...common, stream, name: isStream ? 'the stream' : 'the bytes', volumeSizeGiB: options.volumeSizeGiB });
+    }
+    const { snapshotId, status, volumeSizeGiB, blocksPut, zeroBlocksSkipped, blocksEqualToParent } = result;
+    return { snapshotId, status, volumeSizeGiB, blocksPut, zeroBlocksSkipped, blocksEqualToParent };
+  });
+}
+
 /** Writes a completed snapshot to a local file, every block checked against its checksum. */
-export async function download(options: DownloadOptions): Promise<DownloadOutcome> {
-  options.signal?.throwIfAborted();
-  const concurrency = checkedConcurrency(options);
-  const client = openClient(options, concurrency);
-  const stats = newTransferStats();
-  const reporter = reportEvery(options, () => transferProgress('downloading', stats, client));
-  try {
+export function download(options: DownloadOptions): Promise<DownloadOutcome> {
+  return transfer(options, 'downloading', async (client, stats, concurrency) => {
     const result = await downloadSnapshot(client, { snapshotId: options.snapshotId, filePath: options.filePath, force: options.overwrite ?? false, concurrency, stats, signal: options.signal });
     return { snapshotId: result.snapshotId, status: 'completed', filePath: result.filePath, volumeSizeGiB: result.volumeSizeGiB, blocksFetched: result.blocksFetched };
-  } finally {
-    reporter.stop();
-    client.close();
-  }
+  });
 }
 
 /**

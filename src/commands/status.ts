@@ -5,34 +5,18 @@
 import type { Command } from 'commander';
 import { UserError } from '../errors';
 import { isMountPoint } from '../fuse/mountinfo';
-import { readRecord, readRecords, removeRecord, resolveMountpoint, stateOf, type MountRecord, type MountState } from './mount-record';
+import { readRecord, readRecords, removeRecord, resolveMountpoint, stateOf, type MountProgress, type MountRecord, type MountState } from './mount-record';
 
 interface StatusFlags {
   json?: boolean;
 }
 
-/** One mount as `status --json` prints it. */
-export interface MountStatus {
-  mountpoint: string;
-  filePath: string;
-  snapshotId: string;
-  state: MountState;
-  pid: number;
-  readOnly: boolean;
-  complete: boolean;
-  endpoint: string;
-  stateDir?: string;
-  logFile?: string;
-  startedAt: string;
-  updatedAt: string;
-  dirtyBlocks: number;
-  uploadingBlocks: number;
-  blocksUploaded: number;
-  bytesUploaded: number;
-  retries: number;
-  openHandles: number;
-  lastError: string | null;
-}
+/** One mount as `status --json` prints it: the record's fields, its progress flattened, and its state. */
+export type MountStatus = Pick<MountRecord, 'mountpoint' | 'filePath' | 'snapshotId' | 'pid' | 'readOnly' | 'complete' | 'endpoint' | 'stateDir' | 'logFile' | 'startedAt' | 'updatedAt'> &
+  Omit<MountProgress, 'lastUploadError' | 'largestWriteBytes'> & {
+    state: MountState;
+    lastError: string | null;
+  };
 
 export function registerStatusCommand(program: Command): void {
   program
@@ -47,28 +31,9 @@ export function registerStatusCommand(program: Command): void {
 }
 
 function toStatus(record: MountRecord, state: MountState): MountStatus {
-  const progress = record.progress;
-  return {
-    mountpoint: record.mountpoint,
-    filePath: record.filePath,
-    snapshotId: record.snapshotId,
-    state,
-    pid: record.pid,
-    readOnly: record.readOnly,
-    complete: record.complete,
-    endpoint: record.endpoint,
-    ...(record.stateDir ? { stateDir: record.stateDir } : {}),
-    ...(record.logFile ? { logFile: record.logFile } : {}),
-    startedAt: record.startedAt,
-    updatedAt: record.updatedAt,
-    dirtyBlocks: progress.dirtyBlocks,
-    uploadingBlocks: progress.uploadingBlocks,
-    blocksUploaded: progress.blocksUploaded,
-    bytesUploaded: progress.bytesUploaded,
-    retries: progress.retries,
-    openHandles: progress.openHandles,
-    lastError: progress.lastUploadError ?? null,
-  };
+  const { mountpoint, filePath, snapshotId, pid, readOnly, complete, endpoint, stateDir, logFile, startedAt, updatedAt } = record;
+  const { lastUploadError, largestWriteBytes: _kernelOnly, ...progress } = record.progress;
+  return { mountpoint, filePath, snapshotId, state, pid, readOnly, complete, endpoint, stateDir, logFile, startedAt, updatedAt, ...progress, lastError: lastUploadError ?? null };
 }
 
 /** Live and died mounts; an ended record, or a died one whose mountpoint was cleaned up, is removed. */
