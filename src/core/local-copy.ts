@@ -291,7 +291,11 @@ export class LocalCopy {
     if (!this.freeSpace || nowMs - this.freeSpace.atMs > STATFS_TRUSTED_MS) {
       try {
         const stats = await fs.statfs(this.directory);
-        this.freeSpace = { bytes: stats.bavail * stats.bsize, reserveBytes: autoReserveBytes(stats.blocks * stats.bsize), atMs: nowMs };
+        // Slots grown into but not yet written take no space in statfs's figure yet; with
+        // many writes in flight that would let the file overshoot the reserve by as many blocks.
+        const allocatedBytes = this.handle ? (await (await this.handle).stat()).blocks * 512 : 0;
+        const unwrittenBytes = Math.max(0, this.slotCount * BLOCK_SIZE_BYTES - allocatedBytes);
+        this.freeSpace = { bytes: stats.bavail * stats.bsize - unwrittenBytes, reserveBytes: autoReserveBytes(stats.blocks * stats.bsize), atMs: nowMs };
       } catch {
         return false;
       }
