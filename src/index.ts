@@ -212,7 +212,12 @@ export function upload(options: UploadOptions): Promise<UploadOutcome> {
       if (options.volumeSizeGiB === undefined) throw new RangeError('volumeSizeGiB is required to upload a stream or bytes');
       const isStream = options.source instanceof Readable;
       const stream = options.source instanceof Readable ? options.source : Readable.from([Buffer.from(options.source)]);
-      result = await uploadStream(client, { ...common, stream, name: isStream ? 'the stream' : 'the bytes', volumeSizeGiB: options.volumeSizeGiB });
+      result = await uploadStream(client, {
+        ...common,
+        stream,
+        name: isStream ? 'the stream' : 'the bytes',
+        volumeSizeGiB: options.volumeSizeGiB,
+      });
     }
     const { snapshotId, status, volumeSizeGiB, blocksPut, zeroBlocksSkipped, blocksEqualToParent } = result;
     return { snapshotId, status, volumeSizeGiB, blocksPut, zeroBlocksSkipped, blocksEqualToParent };
@@ -222,8 +227,21 @@ export function upload(options: UploadOptions): Promise<UploadOutcome> {
 /** Writes a completed snapshot to a local file, every block checked against its checksum. */
 export function download(options: DownloadOptions): Promise<DownloadOutcome> {
   return transfer(options, 'downloading', async (client, stats, concurrency) => {
-    const result = await downloadSnapshot(client, { snapshotId: options.snapshotId, filePath: options.filePath, force: options.overwrite ?? false, concurrency, stats, signal: options.signal });
-    return { snapshotId: result.snapshotId, status: 'completed', filePath: result.filePath, volumeSizeGiB: result.volumeSizeGiB, blocksFetched: result.blocksFetched };
+    const result = await downloadSnapshot(client, {
+      snapshotId: options.snapshotId,
+      filePath: options.filePath,
+      force: options.overwrite ?? false,
+      concurrency,
+      stats,
+      signal: options.signal,
+    });
+    return {
+      snapshotId: result.snapshotId,
+      status: 'completed',
+      filePath: result.filePath,
+      volumeSizeGiB: result.volumeSizeGiB,
+      blocksFetched: result.blocksFetched,
+    };
   });
 }
 
@@ -242,15 +260,24 @@ export async function mount(options: MountOptions): Promise<Mounted> {
   let session: SnapshotSession | undefined;
   let fuseMount: FuseMount;
   try {
-    session = await SnapshotSession.start(client, { ...options.snapshot, volumeSizeGiB: options.volumeSizeGiB }, {
-      stateDir: options.stateDir ?? defaultStateDir(),
-      cacheSizeBytes: options.cacheSizeBytes,
-      diskCacheSizeBytes: options.diskCacheSizeBytes,
-      uploadConcurrency: concurrency,
-      retryCount: () => client.retryCount,
+    session = await SnapshotSession.start(
+      client,
+      { ...options.snapshot, volumeSizeGiB: options.volumeSizeGiB },
+      {
+        stateDir: options.stateDir ?? defaultStateDir(),
+        cacheSizeBytes: options.cacheSizeBytes,
+        diskCacheSizeBytes: options.diskCacheSizeBytes,
+        uploadConcurrency: concurrency,
+        retryCount: () => client.retryCount,
+        log,
+      },
+    );
+    fuseMount = await FuseMount.mount({
+      mountpoint: options.mountpoint,
+      fileName: options.fileName ?? 'snapshot.img',
+      file: session.file,
       log,
     });
-    fuseMount = await FuseMount.mount({ mountpoint: options.mountpoint, fileName: options.fileName ?? 'snapshot.img', file: session.file, log });
   } catch (error) {
     await session?.close().catch(() => undefined);
     client.close();
@@ -266,7 +293,9 @@ export async function mount(options: MountOptions): Promise<Mounted> {
     if (ending) return ending;
     if (!(await fuseMount.waitForHandlesClosed(RELEASE_GRACE_MS))) {
       const handles = fuseMount.openHandleCount();
-      throw new Error(`${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${handles} handle${handles === 1 ? '' : 's'}); close it, then unmount again`);
+      throw new Error(
+        `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${handles} handle${handles === 1 ? '' : 's'}); close it, then unmount again`,
+      );
     }
     ending ??= (async () => {
       phase = 'flushing';
@@ -280,6 +309,10 @@ export async function mount(options: MountOptions): Promise<Mounted> {
     })();
     return ending;
   };
-  options.signal?.addEventListener('abort', () => void unmount({ complete: false }).catch((error: unknown) => log(`unmount after abort: ${String(error)}`)), { once: true });
+  options.signal?.addEventListener(
+    'abort',
+    () => void unmount({ complete: false }).catch((error: unknown) => log(`unmount after abort: ${String(error)}`)),
+    { once: true },
+  );
   return { snapshotId: opened.snapshotId, mountpoint: fuseMount.mountpoint, filePath: fuseMount.filePath, progress, unmount };
 }

@@ -35,7 +35,10 @@ describe('library: the README examples', function () {
     const file = path.join(project, `example-${name}.mts`);
     await writeFile(file, code);
     const tsx = pathToFileURL(require.resolve('tsx/esm')).href;
-    const env = cliEnvironment(context.endpoint, { AWS_ENDPOINT_URL_EBS: context.endpoint.endpoint, XDG_STATE_HOME: path.join(project, 'state') });
+    const env = cliEnvironment(context.endpoint, {
+      AWS_ENDPOINT_URL_EBS: context.endpoint.endpoint,
+      XDG_STATE_HOME: path.join(project, 'state'),
+    });
     const result = await sh(process.execPath, ['--import', tsx, file, ...args], { cwd: project, env, timeoutMs: EXAMPLE_TIMEOUT_MS });
     assert.equal(result.code, 0, `example ${name} failed:\n${result.stderr}`);
     return result;

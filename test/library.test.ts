@@ -21,8 +21,13 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 describe('library: upload, download and mount as functions', function () {
   this.timeout(120_000);
   const context = new ScenarioContext();
-  const clientConfig = () => ({ endpoint: context.endpoint.endpoint, region: 'us-east-1', credentials: { accessKeyId: context.endpoint.accessKeyId, secretAccessKey: context.endpoint.secretAccessKey } });
-  const completes = async (): Promise<number> => (await getLocalEbsStats(context.endpoint.endpoint, context.endpoint)).requests.CompleteSnapshot ?? 0;
+  const clientConfig = () => ({
+    endpoint: context.endpoint.endpoint,
+    region: 'us-east-1',
+    credentials: { accessKeyId: context.endpoint.accessKeyId, secretAccessKey: context.endpoint.secretAccessKey },
+  });
+  const completes = async (): Promise<number> =>
+    (await getLocalEbsStats(context.endpoint.endpoint, context.endpoint)).requests.CompleteSnapshot ?? 0;
 
   before(async () => {
     await context.setUp();
@@ -32,17 +37,26 @@ describe('library: upload, download and mount as functions', function () {
     await context.tearDown();
   });
 
-  it('uploads a Buffer through a caller\'s own EBSClient, which stays usable; progress ends at the volume size', async () => {
+  it("uploads a Buffer through a caller's own EBSClient, which stays usable; progress ends at the volume size", async () => {
     const sdk = new EBSClient(clientConfig());
     try {
       const image = randomBytes(3 * B + 10);
       const reports: Progress[] = [];
-      const result = await upload({ source: image, volumeSizeGiB: 1, client: sdk, onProgress: (progress) => reports.push(progress), progressIntervalMs: 10 });
+      const result = await upload({
+        source: image,
+        volumeSizeGiB: 1,
+        client: sdk,
+        onProgress: (progress) => reports.push(progress),
+        progressIntervalMs: 10,
+      });
       assert.deepEqual([result.status, result.blocksPut, result.volumeSizeGiB], ['completed', 4, 1]);
       const last = reports[reports.length - 1];
       assert.deepEqual([last.phase, last.doneBytes, last.volumeBytes, last.blocksTransferred], ['uploading', 1073741824, 1073741824, 4]);
       const listed = await sdk.send(new ListSnapshotBlocksCommand({ SnapshotId: result.snapshotId }));
-      assert.deepEqual(listed.Blocks!.map((block) => block.BlockIndex), [0, 1, 2, 3]);
+      assert.deepEqual(
+        listed.Blocks!.map((block) => block.BlockIndex),
+        [0, 1, 2, 3],
+      );
 
       const copy = context.file('buffer-copy.img');
       const downloaded = await download({ snapshotId: result.snapshotId, filePath: copy, client: sdk });
@@ -64,15 +78,26 @@ describe('library: upload, download and mount as functions', function () {
     const before = await completes();
     const already = new AbortController();
     already.abort(new Error('not wanted'));
-    await assert.rejects(upload({ source: Buffer.alloc(B, 1), volumeSizeGiB: 1, clientConfig: clientConfig(), signal: already.signal }), /not wanted/);
+    await assert.rejects(
+      upload({ source: Buffer.alloc(B, 1), volumeSizeGiB: 1, clientConfig: clientConfig(), signal: already.signal }),
+      /not wanted/,
+    );
 
     await setLocalEbsFaults(context.endpoint.endpoint, context.endpoint, 'latency=200ms,ops=put');
     try {
       const controller = new AbortController();
-      const stream = Readable.from((function* () {
-        for (let block = 0; block < 64; block++) yield randomBytes(B);
-      })());
-      const uploading = upload({ source: stream, volumeSizeGiB: 1, clientConfig: clientConfig(), concurrency: 2, signal: controller.signal });
+      const stream = Readable.from(
+        (function* () {
+          for (let block = 0; block < 64; block++) yield randomBytes(B);
+        })(),
+      );
+      const uploading = upload({
+        source: stream,
+        volumeSizeGiB: 1,
+        clientConfig: clientConfig(),
+        concurrency: 2,
+        signal: controller.signal,
+      });
       setTimeout(() => controller.abort(), 300);
       await assert.rejects(uploading, /was interrupted; the snapshot stays pending/);
     } finally {
@@ -106,8 +131,14 @@ describe('library: upload, download and mount as functions', function () {
   });
 
   it('checks options before any request', async () => {
-    await assert.rejects(upload({ source: Buffer.alloc(1), volumeSizeGiB: 1, concurrency: 0, clientConfig: clientConfig() }), /concurrency must be an integer from 1 to 1024, not 0/);
-    await assert.rejects(upload({ source: Readable.from([Buffer.alloc(1)]), clientConfig: clientConfig() }), /volumeSizeGiB is required to upload a stream or bytes/);
+    await assert.rejects(
+      upload({ source: Buffer.alloc(1), volumeSizeGiB: 1, concurrency: 0, clientConfig: clientConfig() }),
+      /concurrency must be an integer from 1 to 1024, not 0/,
+    );
+    await assert.rejects(
+      upload({ source: Readable.from([Buffer.alloc(1)]), clientConfig: clientConfig() }),
+      /volumeSizeGiB is required to upload a stream or bytes/,
+    );
     await assert.rejects(upload({ source: context.file('missing.img'), clientConfig: clientConfig() }), /missing\.img does not exist/);
   });
 });

@@ -119,7 +119,14 @@ function fitLine(what: string, points: SweepPoint[], bytes: number): SweepLine {
 async function sweepWriteSizes(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<SweepLine[]> {
   const bytes = settings.sweepBytes;
   const ddInto = async (output: string, ddBytes: number, conv: string): Promise<number> =>
-    dd(cleanup, { input: settings.dataFile, output, blockSizeBytes: ddBytes, count: Math.ceil(bytes / ddBytes), conv, timeoutMs: 10 * 60_000 });
+    dd(cleanup, {
+      input: settings.dataFile,
+      output,
+      blockSizeBytes: ddBytes,
+      count: Math.ceil(bytes / ddBytes),
+      conv,
+      timeoutMs: 10 * 60_000,
+    });
   const lines: SweepLine[] = [];
   for (const kind of ['nullfs2', 'noop-raw'] as const) {
     const mount = await mountCeiling(cleanup, kind, settings.scratch, settings.binaries);
@@ -159,7 +166,14 @@ async function profiledMount(cleanup: Cleanup, settings: DiagnosticsSettings, re
     nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${directory}`],
   });
   const startNs = process.hrtime.bigint();
-  await dd(cleanup, { input: settings.dataFile, output: mount.filePath, blockSizeBytes: 1024 * 1024, count: Math.ceil(settings.profileBytes / (1024 * 1024)), conv: 'fsync', timeoutMs: 10 * 60_000 });
+  await dd(cleanup, {
+    input: settings.dataFile,
+    output: mount.filePath,
+    blockSizeBytes: 1024 * 1024,
+    count: Math.ceil(settings.profileBytes / (1024 * 1024)),
+    conv: 'fsync',
+    timeoutMs: 10 * 60_000,
+  });
   const finished = await mount.finish();
   if (server) await server.stop();
   return {
@@ -223,10 +237,14 @@ export async function runDiagnostics(cleanup: Cleanup, settings: DiagnosticsSett
   const sha256MegabytesPerSecond = measureSha256(1024 * 1024 * 1024);
   settings.log(`diagnostics: SHA-256 ${sha256MegabytesPerSecond.toFixed(0)} MB/s on one core`);
   const load = [await runLoadGenerator(cleanup, settings)];
-  settings.log(`diagnostics: local-ebs alone: ${load[0].putsPerSecond.toFixed(0)} PUT/s (${load[0].megabytesPerSecond.toFixed(0)} MB/s) at ${load[0].concurrency} in flight`);
+  settings.log(
+    `diagnostics: local-ebs alone: ${load[0].putsPerSecond.toFixed(0)} PUT/s (${load[0].megabytesPerSecond.toFixed(0)} MB/s) at ${load[0].concurrency} in flight`,
+  );
   const sweep = await sweepWriteSizes(cleanup, settings);
   for (const line of sweep) {
-    settings.log(`diagnostics: ${line.what}: ${line.perCallMicroseconds.toFixed(0)} µs per write call + ${line.perGiBSeconds.toFixed(2)} s per GiB`);
+    settings.log(
+      `diagnostics: ${line.what}: ${line.perCallMicroseconds.toFixed(0)} µs per write call + ${line.perGiBSeconds.toFixed(2)} s per GiB`,
+    );
   }
   const profiles: ProfiledRun[] = [];
   for (const real of [false, true]) {

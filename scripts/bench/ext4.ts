@@ -84,7 +84,11 @@ export async function makeTree(root: string, fileCount: number, fileSizeMaxBytes
   let directories = 0;
   for (let file = 0; file < fileCount; file += FILES_PER_DIRECTORY) {
     const directoryIndex = file / FILES_PER_DIRECTORY;
-    const folder = path.join(root, `d${Math.floor(directoryIndex / DIRECTORIES_PER_PARENT)}`, `s${directoryIndex % DIRECTORIES_PER_PARENT}`);
+    const folder = path.join(
+      root,
+      `d${Math.floor(directoryIndex / DIRECTORIES_PER_PARENT)}`,
+      `s${directoryIndex % DIRECTORIES_PER_PARENT}`,
+    );
     await mkdir(folder, { recursive: true });
     directories += 1;
     const writes: Array<Promise<void>> = [];
@@ -128,11 +132,15 @@ export async function runExt4(cleanup: Cleanup, settings: Ext4Settings): Promise
   for (let round = 1; round <= settings.rounds; round += 1) {
     if (cleanup.interrupted) throw new Error('interrupted');
     const mount = await throughMount(cleanup, settings, treeRoot, round);
-    settings.log(`ext4 round ${round}: through the mount ${mount.wallSeconds.toFixed(1)} s, ${mount.puts} PUTs, ${mount.distinctBlocks} blocks`);
+    settings.log(
+      `ext4 round ${round}: through the mount ${mount.wallSeconds.toFixed(1)} s, ${mount.puts} PUTs, ${mount.distinctBlocks} blocks`,
+    );
     let upload: Ext4UploadSample | undefined;
     if (settings.uploadAvailable) {
       upload = await localThenUpload(cleanup, settings, treeRoot, round);
-      settings.log(`ext4 round ${round}: local image + upload ${upload.wallSeconds.toFixed(1)} s, ${upload.puts} PUTs, ${upload.nonZeroBlocks} non-zero blocks`);
+      settings.log(
+        `ext4 round ${round}: local image + upload ${upload.wallSeconds.toFixed(1)} s, ${upload.puts} PUTs, ${upload.nonZeroBlocks} non-zero blocks`,
+      );
     }
     rounds.push({ mount, upload });
   }

@@ -20,7 +20,10 @@ interface Goal {
   met: boolean | undefined;
 }
 
-const NOT_RUN = (group: string): { measured: string; met: undefined } => ({ measured: `not run (BENCH_ONLY without ${group})`, met: undefined });
+const NOT_RUN = (group: string): { measured: string; met: undefined } => ({
+  measured: `not run (BENCH_ONLY without ${group})`,
+  met: undefined,
+});
 
 export function renderGoals({ results, peer, latency, random }: GoalInputs): string {
   const goals: Goal[] = [];
@@ -29,21 +32,46 @@ export function renderGoals({ results, peer, latency, random }: GoalInputs): str
   const peerRatios = peer?.rounds.map((r) => r.mountMBps / r.peerMBps);
   goals.push({
     name: '1. mount ≥ 1.0 × a 16-thread boto3 uploader (baseline 8)',
-    ...(peerRatios ? { measured: `median ${fixed(median(peerRatios), 2)} (${peerRatios.map((r) => fixed(r, 2)).join(', ')})`, met: median(peerRatios) >= 1 } : NOT_RUN('peer')),
+    ...(peerRatios
+      ? {
+          measured: `median ${fixed(median(peerRatios), 2)} (${peerRatios.map((r) => fixed(r, 2)).join(', ')})`,
+          met: median(peerRatios) >= 1,
+        }
+      : NOT_RUN('peer')),
   });
 
-  const mountOverUpload = rounds && pairedRatio(rounds, (r) => r.mount.megabytesPerSecond, (r) => r.upload?.megabytesPerSecond);
+  const mountOverUpload =
+    rounds &&
+    pairedRatio(
+      rounds,
+      (r) => r.mount.megabytesPerSecond,
+      (r) => r.upload?.megabytesPerSecond,
+    );
   goals.push({
     name: '2. mount ≥ 0.9 × `ebs-fuse upload` (3/4)',
     ...(mountOverUpload && mountOverUpload.length > 0
-      ? { measured: `median ${fixed(median(mountOverUpload), 2)} (${mountOverUpload.map((r) => fixed(r, 2)).join(', ')})`, met: median(mountOverUpload) >= 0.9 }
+      ? {
+          measured: `median ${fixed(median(mountOverUpload), 2)} (${mountOverUpload.map((r) => fixed(r, 2)).join(', ')})`,
+          met: median(mountOverUpload) >= 0.9,
+        }
       : NOT_RUN('throughput')),
   });
 
-  const nullOverC = rounds && pairedRatio(rounds, (r) => r.nullMount.megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond);
+  const nullOverC =
+    rounds &&
+    pairedRatio(
+      rounds,
+      (r) => r.nullMount.megabytesPerSecond,
+      (r) => r.ceilings.nullfs2.megabytesPerSecond,
+    );
   goals.push({
     name: '3. null-client mount ≥ 0.75 × C libfuse 2 null file system, 128 KiB writes (2/1b)',
-    ...(nullOverC ? { measured: `median ${fixed(median(nullOverC), 3)} (${nullOverC.map((r) => fixed(r, 3)).join(', ')})`, met: median(nullOverC) >= 0.75 } : NOT_RUN('throughput')),
+    ...(nullOverC
+      ? {
+          measured: `median ${fixed(median(nullOverC), 3)} (${nullOverC.map((r) => fixed(r, 3)).join(', ')})`,
+          met: median(nullOverC) >= 0.75,
+        }
+      : NOT_RUN('throughput')),
   });
 
   const shares = latency && latencyShares(latency);
@@ -58,11 +86,20 @@ export function renderGoals({ results, peer, latency, random }: GoalInputs): str
       : NOT_RUN('latency')),
   });
 
-  const cpuRatios = rounds && pairedRatio(rounds, (r) => cpuSeconds(r.mount.rusage), (r) => (r.upload ? cpuSeconds(r.upload.rusage) : undefined));
+  const cpuRatios =
+    rounds &&
+    pairedRatio(
+      rounds,
+      (r) => cpuSeconds(r.mount.rusage),
+      (r) => (r.upload ? cpuSeconds(r.upload.rusage) : undefined),
+    );
   goals.push({
-    name: '5. the mount process\'s CPU per GiB ≤ 1.3 × upload\'s (wait4, user + system)',
+    name: "5. the mount process's CPU per GiB ≤ 1.3 × upload's (wait4, user + system)",
     ...(cpuRatios && cpuRatios.length > 0
-      ? { measured: `median ${fixed(median(cpuRatios), 2)} (${cpuRatios.map((r) => fixed(r, 2)).join(', ')})`, met: median(cpuRatios) <= 1.3 }
+      ? {
+          measured: `median ${fixed(median(cpuRatios), 2)} (${cpuRatios.map((r) => fixed(r, 2)).join(', ')})`,
+          met: median(cpuRatios) <= 1.3,
+        }
       : NOT_RUN('throughput')),
   });
 
@@ -70,12 +107,16 @@ export function renderGoals({ results, peer, latency, random }: GoalInputs): str
   goals.push({
     name: '6. mount --local (embedded) ≥ 0.9 × mount against a separate local-ebs (baseline 8)',
     ...(embeddedRatios
-      ? { measured: `median ${fixed(median(embeddedRatios), 2)} (${embeddedRatios.map((r) => fixed(r, 2)).join(', ')})`, met: median(embeddedRatios) >= 0.9 }
+      ? {
+          measured: `median ${fixed(median(embeddedRatios), 2)} (${embeddedRatios.map((r) => fixed(r, 2)).join(', ')})`,
+          met: median(embeddedRatios) >= 0.9,
+        }
       : NOT_RUN('peer')),
   });
 
   const fitting = random && fittingSamples(random);
-  const worstFit = fitting && fitting.length > 0 ? fitting.reduce((a, b) => (b.puts / b.distinctBlocks > a.puts / a.distinctBlocks ? b : a)) : undefined;
+  const worstFit =
+    fitting && fitting.length > 0 ? fitting.reduce((a, b) => (b.puts / b.distinctBlocks > a.puts / a.distinctBlocks ? b : a)) : undefined;
   goals.push({
     name: `7. random 64 KiB writes: PUTs ≤ ${RANDOM_GOAL_PUTS_PER_BLOCK} × distinct blocks when the data fits in the cache (baseline 10)`,
     ...(worstFit
@@ -88,5 +129,8 @@ export function renderGoals({ results, peer, latency, random }: GoalInputs): str
         : NOT_RUN('random')),
   });
 
-  return `## Goals of the performance issue\n\n${table(['goal', 'measured in this run', 'verdict'], goals.map((g) => [g.name, g.measured, verdict(g.met)]))}`;
+  return `## Goals of the performance issue\n\n${table(
+    ['goal', 'measured in this run', 'verdict'],
+    goals.map((g) => [g.name, g.measured, verdict(g.met)]),
+  )}`;
 }

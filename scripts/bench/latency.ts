@@ -44,8 +44,16 @@ export async function runLatency(cleanup: Cleanup, settings: LatencySettings): P
       for (const path of ['upload', 'mount'] as const) {
         if (cleanup.interrupted) throw new Error('interrupted');
         const name = `latency-${path}-${latencyMs}-${concurrency}`;
-        const server = await LocalEbs.start(cleanup, settings.scratch, name, latencyMs > 0 ? { faults: `latency=${latencyMs}ms,ops=put` } : {});
-        const seconds = path === 'upload' ? await upload(cleanup, settings, server, name, concurrency) : await mount(cleanup, settings, server, name, concurrency);
+        const server = await LocalEbs.start(
+          cleanup,
+          settings.scratch,
+          name,
+          latencyMs > 0 ? { faults: `latency=${latencyMs}ms,ops=put` } : {},
+        );
+        const seconds =
+          path === 'upload'
+            ? await upload(cleanup, settings, server, name, concurrency)
+            : await mount(cleanup, settings, server, name, concurrency);
         await server.stop();
         const sample = { path, latencyMs, concurrency, megabytesPerSecond: megabytesPerSecond(settings.dataBytes, seconds) };
         settings.log(`latency ${latencyMs} ms, ${concurrency} in flight: ${path} ${fixed(sample.megabytesPerSecond, 0)} MB/s`);
@@ -70,17 +78,28 @@ async function mount(cleanup: Cleanup, settings: LatencySettings, server: LocalE
     extraArgs: ['--upload-concurrency', String(concurrency)],
   });
   const startNs = process.hrtime.bigint();
-  await dd(cleanup, { input: settings.dataFile, output: running.filePath, blockSizeBytes: MIB, count: Math.ceil(settings.dataBytes / MIB), conv: 'fsync', timeoutMs: TIMEOUT_MS });
+  await dd(cleanup, {
+    input: settings.dataFile,
+    output: running.filePath,
+    blockSizeBytes: MIB,
+    count: Math.ceil(settings.dataBytes / MIB),
+    conv: 'fsync',
+    timeoutMs: TIMEOUT_MS,
+  });
   const finished = await running.finish();
   return Number(finished.endedAtNs - startNs) / 1e9;
 }
 
 /** Each run under latency against its bound, min(the same path and concurrency without latency, the concurrency bound); goal 4 holds when every share is ≥ 0.8. */
-export function latencyShares(result: LatencyResult): Array<LatencySample & { referenceMBps: number; concurrencyBoundMBps: number; share: number }> {
+export function latencyShares(
+  result: LatencyResult,
+): Array<LatencySample & { referenceMBps: number; concurrencyBoundMBps: number; share: number }> {
   return result.samples
     .filter((s) => s.latencyMs > 0)
     .map((s) => {
-      const referenceMBps = result.samples.find((r) => r.path === s.path && r.concurrency === s.concurrency && r.latencyMs === 0)!.megabytesPerSecond;
+      const referenceMBps = result.samples.find(
+        (r) => r.path === s.path && r.concurrency === s.concurrency && r.latencyMs === 0,
+      )!.megabytesPerSecond;
       const concurrencyBoundMBps = (s.concurrency * BLOCK_BYTES) / 1e6 / (s.latencyMs / 1000);
       return { ...s, referenceMBps, concurrencyBoundMBps, share: s.megabytesPerSecond / Math.min(referenceMBps, concurrencyBoundMBps) };
     });
@@ -89,7 +108,8 @@ export function latencyShares(result: LatencyResult): Array<LatencySample & { re
 export function renderLatency(result: LatencyResult, dataBytes: number): string {
   const runs = latencyShares(result);
   const rows = runs.map(
-    (s) => `| ${s.path} | ${s.latencyMs} | ${s.concurrency} | ${fixed(s.megabytesPerSecond, 0)} | ${fixed(s.referenceMBps, 0)} | ${fixed(s.concurrencyBoundMBps, 0)} | ${fixed(s.share, 2)} |`,
+    (s) =>
+      `| ${s.path} | ${s.latencyMs} | ${s.concurrency} | ${fixed(s.megabytesPerSecond, 0)} | ${fixed(s.referenceMBps, 0)} | ${fixed(s.concurrencyBoundMBps, 0)} | ${fixed(s.share, 2)} |`,
   );
   const shares = runs.map((s) => s.share);
   return [

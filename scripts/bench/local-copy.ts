@@ -51,9 +51,13 @@ export async function runLocalCopy(cleanup: Cleanup, settings: LocalCopySettings
     const ext4Samples = {} as Record<Budget, LocalDiskSample>;
     for (const budget of BUDGETS) {
       ddSamples[budget] = await sequential(cleanup, settings, `lc-dd-${budget}-${round}`, budget);
-      settings.log(`local copy round ${round}: dd, --disk-cache-size ${budget}: ${ddSamples[budget].megabytesPerSecond!.toFixed(0)} MB/s, ${perGiB(ddSamples[budget]).toFixed(1)} MiB to local disk per GiB`);
+      settings.log(
+        `local copy round ${round}: dd, --disk-cache-size ${budget}: ${ddSamples[budget].megabytesPerSecond!.toFixed(0)} MB/s, ${perGiB(ddSamples[budget]).toFixed(1)} MiB to local disk per GiB`,
+      );
       ext4Samples[budget] = await fileSystem(cleanup, settings, `lc-ext4-${budget}-${round}`, budget, treeRoot);
-      settings.log(`local copy round ${round}: ext4 + cp, --disk-cache-size ${budget}: ${perGiB(ext4Samples[budget]).toFixed(1)} MiB to local disk per GiB`);
+      settings.log(
+        `local copy round ${round}: ext4 + cp, --disk-cache-size ${budget}: ${perGiB(ext4Samples[budget]).toFixed(1)} MiB to local disk per GiB`,
+      );
     }
     rounds.push({ dd: ddSamples, ext4: ext4Samples });
   }
@@ -75,16 +79,35 @@ async function sequential(cleanup: Cleanup, settings: LocalCopySettings, name: s
     extraArgs: ['--disk-cache-size', budget],
   });
   const startNs = process.hrtime.bigint();
-  await dd(cleanup, { input: settings.dataFile, output: mount.filePath, blockSizeBytes: MIB, count: Math.ceil(settings.dataBytes / MIB), conv: 'fsync', timeoutMs: 10 * 60_000 });
+  await dd(cleanup, {
+    input: settings.dataFile,
+    output: mount.filePath,
+    blockSizeBytes: MIB,
+    count: Math.ceil(settings.dataBytes / MIB),
+    conv: 'fsync',
+    timeoutMs: 10 * 60_000,
+  });
   const finished = await mount.finish();
   await server.stop();
   const seconds = Number(finished.endedAtNs - startNs) / 1e9;
   return { ...localDisk(finished.stderr), megabytesPerSecond: settings.dataBytes / 1e6 / seconds };
 }
 
-async function fileSystem(cleanup: Cleanup, settings: LocalCopySettings, name: string, budget: Budget, treeRoot: string): Promise<LocalDiskSample> {
+async function fileSystem(
+  cleanup: Cleanup,
+  settings: LocalCopySettings,
+  name: string,
+  budget: Budget,
+  treeRoot: string,
+): Promise<LocalDiskSample> {
   const server = await LocalEbs.start(cleanup, settings.scratch, name);
-  const mount = await RunningMount.start(cleanup, { name, scratch: settings.scratch, volumeSizeGiB: settings.ext4VolumeGiB, server, extraArgs: ['--disk-cache-size', budget] });
+  const mount = await RunningMount.start(cleanup, {
+    name,
+    scratch: settings.scratch,
+    volumeSizeGiB: settings.ext4VolumeGiB,
+    server,
+    extraArgs: ['--disk-cache-size', budget],
+  });
   await fileSystemWorkload(cleanup, mount.filePath, path.join(settings.scratch, `inner-${name}`), treeRoot);
   const finished = await mount.finish();
   await server.stop();
@@ -93,7 +116,10 @@ async function fileSystem(cleanup: Cleanup, settings: LocalCopySettings, name: s
 
 /** The mount's closing `local disk:` line. */
 function localDisk(stderr: string): Omit<LocalDiskSample, 'megabytesPerSecond'> {
-  const match = /local disk: [\d.]+ MiB written to the state directory \(block copies ([\d.]+) MiB, journal ([\d.]+) MiB\) for ([\d.]+) MiB written through the mount/.exec(stderr);
+  const match =
+    /local disk: [\d.]+ MiB written to the state directory \(block copies ([\d.]+) MiB, journal ([\d.]+) MiB\) for ([\d.]+) MiB written through the mount/.exec(
+      stderr,
+    );
   if (!match) throw new Error(`the mount printed no local disk line: ${stderr.slice(-500)}`);
   return { copyBytes: Number(match[1]) * MIB, journalBytes: Number(match[2]) * MIB, bytesThroughMount: Number(match[3]) * MIB };
 }
@@ -106,12 +132,19 @@ function median(values: number[]): number {
 
 /** The table and the verdicts of baseline 7, as printed after the main report. */
 export function renderLocalCopy(result: LocalCopyResult): string {
-  const lines = ['## 7. The local copy (--disk-cache-size), medians of paired rounds', '', '| workload | budget | MiB to local disk per GiB through the mount | MB/s end to end |', '|---|---|---|---|'];
+  const lines = [
+    '## 7. The local copy (--disk-cache-size), medians of paired rounds',
+    '',
+    '| workload | budget | MiB to local disk per GiB through the mount | MB/s end to end |',
+    '|---|---|---|---|',
+  ];
   for (const workload of ['dd', 'ext4'] as const) {
     for (const budget of BUDGETS) {
       const samples = result.rounds.map((round) => round[workload][budget]);
       const rate = workload === 'dd' ? median(samples.map((sample) => sample.megabytesPerSecond!)).toFixed(0) : '-';
-      lines.push(`| ${workload === 'dd' ? 'sequential dd bs=1M' : 'mkfs.ext4 + cp -a'} | ${budget} | ${median(samples.map(perGiB)).toFixed(1)} | ${rate} |`);
+      lines.push(
+        `| ${workload === 'dd' ? 'sequential dd bs=1M' : 'mkfs.ext4 + cp -a'} | ${budget} | ${median(samples.map(perGiB)).toFixed(1)} | ${rate} |`,
+      );
     }
   }
   const zeroPerGiB = median(result.rounds.map((round) => perGiB(round.dd['0'])));

@@ -56,7 +56,7 @@ function usage(): string {
     '  BENCH_JSON=FILE              also write every raw figure as JSON',
     '  BENCH_TMPFS=1                also run baseline 2 with its state on /dev/shm (0: skip)',
     '  BENCH_TIME_LIMIT_MIN=45      stop and clean up after this long',
-    '  BENCH_VERBOSE=1              pass the children\'s stderr through',
+    "  BENCH_VERBOSE=1              pass the children's stderr through",
   ].join('\n');
 }
 
@@ -64,7 +64,8 @@ function integerSetting(name: string, fallback: number, minimum: number, maximum
   const text = process.env[name];
   if (text === undefined || text === '') return fallback;
   const value = Number(text);
-  if (!Number.isInteger(value) || value < minimum || value > maximum) throw new Error(`${name} must be an integer from ${minimum} to ${maximum}, not "${text}"`);
+  if (!Number.isInteger(value) || value < minimum || value > maximum)
+    throw new Error(`${name} must be an integer from ${minimum} to ${maximum}, not "${text}"`);
   return value;
 }
 
@@ -304,7 +305,8 @@ async function main(): Promise<number> {
 
   results.machine.loadAfter = os.loadavg();
   results.machine.elapsedSeconds = (Date.now() - startedAtMs) / 1000;
-  if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy, peer, latency, random }, null, 2)}\n`);
+  if (process.env.BENCH_JSON)
+    await writeFile(process.env.BENCH_JSON, `${JSON.stringify({ ...results, localCopy, peer, latency, random }, null, 2)}\n`);
   process.stdout.write(`${renderReport(results)}\n`);
   if (localCopy) process.stdout.write(`\n${renderLocalCopy(localCopy)}\n`);
   if (peer) process.stdout.write(`\n${renderPeer(peer)}\n`);

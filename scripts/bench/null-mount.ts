@@ -19,7 +19,8 @@ const FINISH_TIMEOUT_MS = 10 * 60_000;
 
 async function main(): Promise<number> {
   const [mountpoint, sizeText, stateDir, cacheText, concurrencyText, diskCacheText] = process.argv.slice(2);
-  if (!mountpoint || !sizeText || !stateDir) throw new Error('usage: null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY] [DISK_CACHE_SIZE]');
+  if (!mountpoint || !sizeText || !stateDir)
+    throw new Error('usage: null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY] [DISK_CACHE_SIZE]');
   const log = (line: string): void => void process.stderr.write(`null-mount: ${line}\n`);
   // NULL_CLIENT_VERIFY=0: acknowledge without hashing (the bench's variant 2n).
   const client = new NullSnapshotClient(process.env.NULL_CLIENT_VERIFY !== '0');
@@ -30,7 +31,8 @@ async function main(): Promise<number> {
       stateDir,
       cacheSizeBytes: parseSizeBytes(cacheText ?? DEFAULT_CACHE_SIZE, 'CACHE_SIZE'),
       uploadConcurrency: Number(concurrencyText ?? DEFAULT_UPLOAD_CONCURRENCY),
-      diskCacheSizeBytes: diskCacheText === undefined || diskCacheText === 'auto' ? 'auto' : parseSizeBytes(diskCacheText, 'DISK_CACHE_SIZE'),
+      diskCacheSizeBytes:
+        diskCacheText === undefined || diskCacheText === 'auto' ? 'auto' : parseSizeBytes(diskCacheText, 'DISK_CACHE_SIZE'),
       log,
     },
   );

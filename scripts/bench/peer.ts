@@ -37,7 +37,9 @@ export async function runPeer(cleanup: Cleanup, settings: PeerSettings): Promise
     const peerMBps = await peer(cleanup, settings, `peer-${round}`);
     const mountMBps = await mount(cleanup, settings, `peer-mount-${round}`, 'separate');
     const embeddedMountMBps = await mount(cleanup, settings, `peer-local-${round}`, 'embedded');
-    settings.log(`peer round ${round}: boto3 16 threads ${peerMBps.toFixed(0)} MB/s, mount ${mountMBps.toFixed(0)} MB/s, mount --local ${embeddedMountMBps.toFixed(0)} MB/s`);
+    settings.log(
+      `peer round ${round}: boto3 16 threads ${peerMBps.toFixed(0)} MB/s, mount ${mountMBps.toFixed(0)} MB/s, mount --local ${embeddedMountMBps.toFixed(0)} MB/s`,
+    );
     rounds.push({ mountMBps, peerMBps, embeddedMountMBps });
   }
   return { rounds };
@@ -45,10 +47,16 @@ export async function runPeer(cleanup: Cleanup, settings: PeerSettings): Promise
 
 async function peer(cleanup: Cleanup, settings: PeerSettings, name: string): Promise<number> {
   const server = await LocalEbs.start(cleanup, settings.scratch, name);
-  const tracked = spawnTracked(cleanup, `boto3 peer (${name})`, SYSTEM_PYTHON, [path.join(BENCH_DIR, 'boto3_peer.py'), settings.dataFile, server.endpoint], {
-    cwd: REPO_ROOT,
-    env: server.cliEnvironment(),
-  });
+  const tracked = spawnTracked(
+    cleanup,
+    `boto3 peer (${name})`,
+    SYSTEM_PYTHON,
+    [path.join(BENCH_DIR, 'boto3_peer.py'), settings.dataFile, server.endpoint],
+    {
+      cwd: REPO_ROOT,
+      env: server.cliEnvironment(),
+    },
+  );
   const exit = await tracked.waitForExit(TIMEOUT_MS);
   await server.stop();
   if (exit.code !== 0 || !/^snap-[0-9a-f]+$/.test(tracked.stdoutLines[0] ?? '')) {
@@ -70,7 +78,14 @@ async function mount(cleanup: Cleanup, settings: PeerSettings, name: string, ser
     localDataDir: separate ? undefined : localDataDir,
   });
   const startNs = process.hrtime.bigint();
-  await dd(cleanup, { input: settings.dataFile, output: running.filePath, blockSizeBytes: MIB, count: Math.ceil(settings.dataBytes / MIB), conv: 'fsync', timeoutMs: TIMEOUT_MS });
+  await dd(cleanup, {
+    input: settings.dataFile,
+    output: running.filePath,
+    blockSizeBytes: MIB,
+    count: Math.ceil(settings.dataBytes / MIB),
+    conv: 'fsync',
+    timeoutMs: TIMEOUT_MS,
+  });
   const finished = await running.finish();
   await separate?.stop();
   return settings.dataBytes / 1e6 / (Number(finished.endedAtNs - startNs) / 1e9);

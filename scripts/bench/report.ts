@@ -98,7 +98,11 @@ export function verdict(met: boolean | undefined): string {
 }
 
 /** Median of a per-round ratio, and its range. */
-export function pairedRatio(rounds: ThroughputRound[], numerator: (round: ThroughputRound) => number | undefined, denominator: (round: ThroughputRound) => number | undefined): number[] {
+export function pairedRatio(
+  rounds: ThroughputRound[],
+  numerator: (round: ThroughputRound) => number | undefined,
+  denominator: (round: ThroughputRound) => number | undefined,
+): number[] {
   const ratios: number[] = [];
   for (const round of rounds) {
     const top = numerator(round);
@@ -136,10 +140,30 @@ export function renderReport(results: Results): string {
     const mount = rounds.map((round) => round.mount);
     const uploads = rounds.flatMap((round) => (round.upload ? [round.upload] : []));
     const rows: string[][] = [
-      ['1a', 'C null file system, libfuse 3, 1 MiB writes', ...rate(ceiling('nullfs3')), `largest write ${throughput.largestWriteBytes.nullfs3} B`],
-      ['1b', 'C null file system, libfuse 2, big_writes', ...rate(ceiling('nullfs2')), `largest write ${throughput.largestWriteBytes.nullfs2} B`],
-      ['1c', 'fuse-native, no-op write handler', ...rate(ceiling('noop-raw')), `largest write ${throughput.largestWriteBytes['noop-raw']} B`],
-      ['1d', 'src/fuse adapter (FuseMount) over a no-op file', ...rate(ceiling('noop-adapter')), `largest write ${throughput.largestWriteBytes['noop-adapter']} B`],
+      [
+        '1a',
+        'C null file system, libfuse 3, 1 MiB writes',
+        ...rate(ceiling('nullfs3')),
+        `largest write ${throughput.largestWriteBytes.nullfs3} B`,
+      ],
+      [
+        '1b',
+        'C null file system, libfuse 2, big_writes',
+        ...rate(ceiling('nullfs2')),
+        `largest write ${throughput.largestWriteBytes.nullfs2} B`,
+      ],
+      [
+        '1c',
+        'fuse-native, no-op write handler',
+        ...rate(ceiling('noop-raw')),
+        `largest write ${throughput.largestWriteBytes['noop-raw']} B`,
+      ],
+      [
+        '1d',
+        'src/fuse adapter (FuseMount) over a no-op file',
+        ...rate(ceiling('noop-adapter')),
+        `largest write ${throughput.largestWriteBytes['noop-adapter']} B`,
+      ],
       [
         '2',
         'mount, null snapshot client: dd start → completed',
@@ -169,36 +193,121 @@ export function renderReport(results: Results): string {
         `dd alone ${fixed(median(mount.map((s) => settings.dataBytes / s.ddSeconds / 1e6)), 0)} MB/s; unmount → completed ${fixed(median(mount.map((s) => s.finishSeconds)), 2)} s; mount start ${fixed(median(mount.map((s) => s.startSeconds)), 2)} s (not in the figure)`,
       ],
       uploads.length > 0
-        ? ['4', '`ebs-fuse upload` → local-ebs: start → exit', ...rate(uploads.map((s) => s.megabytesPerSecond)), `${fixed(median(uploads.map((s) => s.seconds)), 2)} s`]
+        ? [
+            '4',
+            '`ebs-fuse upload` → local-ebs: start → exit',
+            ...rate(uploads.map((s) => s.megabytesPerSecond)),
+            `${fixed(median(uploads.map((s) => s.seconds)), 2)} s`,
+          ]
         : ['4', '`ebs-fuse upload`', 'n/a', '', 'not in this checkout (issue 5)'],
     ];
-    sections.push(`### Throughput: ${fixed(dataGiB, 2)} GiB, medians of ${n} rounds\n\n${table(['#', 'what', 'MB/s', 'min–max', 'notes'], rows)}`);
+    sections.push(
+      `### Throughput: ${fixed(dataGiB, 2)} GiB, medians of ${n} rounds\n\n${table(['#', 'what', 'MB/s', 'min–max', 'notes'], rows)}`,
+    );
 
     const ratioRows: string[][] = [];
     const addRatio = (name: string, ratios: number[]): void => {
       ratioRows.push([name, fixed(median(ratios), 3), spread(ratios, 3)]);
     };
-    const r3over4 = pairedRatio(rounds, (r) => r.mount.megabytesPerSecond, (r) => r.upload?.megabytesPerSecond);
-    const r2over1a = pairedRatio(rounds, (r) => r.nullMount.megabytesPerSecond, (r) => r.ceilings.nullfs3.megabytesPerSecond);
-    const r2over1b = pairedRatio(rounds, (r) => r.nullMount.megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond);
+    const r3over4 = pairedRatio(
+      rounds,
+      (r) => r.mount.megabytesPerSecond,
+      (r) => r.upload?.megabytesPerSecond,
+    );
+    const r2over1a = pairedRatio(
+      rounds,
+      (r) => r.nullMount.megabytesPerSecond,
+      (r) => r.ceilings.nullfs3.megabytesPerSecond,
+    );
+    const r2over1b = pairedRatio(
+      rounds,
+      (r) => r.nullMount.megabytesPerSecond,
+      (r) => r.ceilings.nullfs2.megabytesPerSecond,
+    );
     if (r3over4.length > 0) addRatio('3 / 4: mount end to end / upload', r3over4);
     addRatio('2 / 1a: null-client mount / C libfuse 3', r2over1a);
     addRatio('2 / 1b: null-client mount / C libfuse 2 big_writes', r2over1b);
-    addRatio('2 / 1c: null-client mount / fuse-native no-op', pairedRatio(rounds, (r) => r.nullMount.megabytesPerSecond, (r) => r.ceilings['noop-raw'].megabytesPerSecond));
-    addRatio('1c / 1b: fuse-native no-op / C libfuse 2 big_writes', pairedRatio(rounds, (r) => r.ceilings['noop-raw'].megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond));
-    addRatio('1c / 1a: fuse-native no-op / C libfuse 3', pairedRatio(rounds, (r) => r.ceilings['noop-raw'].megabytesPerSecond, (r) => r.ceilings.nullfs3.megabytesPerSecond));
-    addRatio('1d / 1c: src/fuse adapter / fuse-native no-op', pairedRatio(rounds, (r) => r.ceilings['noop-adapter'].megabytesPerSecond, (r) => r.ceilings['noop-raw'].megabytesPerSecond));
-    const r2nOver1b = pairedRatio(rounds, (r) => r.nullMountNoVerify.megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond);
-    const r2nOver1a = pairedRatio(rounds, (r) => r.nullMountNoVerify.megabytesPerSecond, (r) => r.ceilings.nullfs3.megabytesPerSecond);
-    addRatio('2n / 2: client not hashing / hashing', pairedRatio(rounds, (r) => r.nullMountNoVerify.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
+    addRatio(
+      '2 / 1c: null-client mount / fuse-native no-op',
+      pairedRatio(
+        rounds,
+        (r) => r.nullMount.megabytesPerSecond,
+        (r) => r.ceilings['noop-raw'].megabytesPerSecond,
+      ),
+    );
+    addRatio(
+      '1c / 1b: fuse-native no-op / C libfuse 2 big_writes',
+      pairedRatio(
+        rounds,
+        (r) => r.ceilings['noop-raw'].megabytesPerSecond,
+        (r) => r.ceilings.nullfs2.megabytesPerSecond,
+      ),
+    );
+    addRatio(
+      '1c / 1a: fuse-native no-op / C libfuse 3',
+      pairedRatio(
+        rounds,
+        (r) => r.ceilings['noop-raw'].megabytesPerSecond,
+        (r) => r.ceilings.nullfs3.megabytesPerSecond,
+      ),
+    );
+    addRatio(
+      '1d / 1c: src/fuse adapter / fuse-native no-op',
+      pairedRatio(
+        rounds,
+        (r) => r.ceilings['noop-adapter'].megabytesPerSecond,
+        (r) => r.ceilings['noop-raw'].megabytesPerSecond,
+      ),
+    );
+    const r2nOver1b = pairedRatio(
+      rounds,
+      (r) => r.nullMountNoVerify.megabytesPerSecond,
+      (r) => r.ceilings.nullfs2.megabytesPerSecond,
+    );
+    const r2nOver1a = pairedRatio(
+      rounds,
+      (r) => r.nullMountNoVerify.megabytesPerSecond,
+      (r) => r.ceilings.nullfs3.megabytesPerSecond,
+    );
+    addRatio(
+      '2n / 2: client not hashing / hashing',
+      pairedRatio(
+        rounds,
+        (r) => r.nullMountNoVerify.megabytesPerSecond,
+        (r) => r.nullMount.megabytesPerSecond,
+      ),
+    );
     addRatio('2n / 1b: null-client mount, client not hashing / C libfuse 2 big_writes', r2nOver1b);
     addRatio('2n / 1a: null-client mount, client not hashing / C libfuse 3', r2nOver1a);
     if (rounds.some((round) => round.nullMountTmpfs)) {
-      addRatio('2t / 2: state on tmpfs / state on disk', pairedRatio(rounds, (r) => r.nullMountTmpfs?.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
-      addRatio('2t / 1b: null-client mount, state on tmpfs / C libfuse 2 big_writes', pairedRatio(rounds, (r) => r.nullMountTmpfs?.megabytesPerSecond, (r) => r.ceilings.nullfs2.megabytesPerSecond));
+      addRatio(
+        '2t / 2: state on tmpfs / state on disk',
+        pairedRatio(
+          rounds,
+          (r) => r.nullMountTmpfs?.megabytesPerSecond,
+          (r) => r.nullMount.megabytesPerSecond,
+        ),
+      );
+      addRatio(
+        '2t / 1b: null-client mount, state on tmpfs / C libfuse 2 big_writes',
+        pairedRatio(
+          rounds,
+          (r) => r.nullMountTmpfs?.megabytesPerSecond,
+          (r) => r.ceilings.nullfs2.megabytesPerSecond,
+        ),
+      );
     }
-    addRatio('3 / 2: mount end to end / null-client mount', pairedRatio(rounds, (r) => r.mount.megabytesPerSecond, (r) => r.nullMount.megabytesPerSecond));
-    sections.push(`### Ratios, paired round by round (median of ${n} per-round ratios)\n\n${table(['ratio', 'median', 'min–max'], ratioRows)}`);
+    addRatio(
+      '3 / 2: mount end to end / null-client mount',
+      pairedRatio(
+        rounds,
+        (r) => r.mount.megabytesPerSecond,
+        (r) => r.nullMount.megabytesPerSecond,
+      ),
+    );
+    sections.push(
+      `### Ratios, paired round by round (median of ${n} per-round ratios)\n\n${table(['ratio', 'median', 'min–max'], ratioRows)}`,
+    );
 
     // How much of the machine each variant kept busy: near 100% means this machine's CPUs are the limit.
     const cpuRows: string[][] = [];
@@ -211,58 +320,142 @@ export function renderReport(results: Results): string {
         fixed(median(samples.map((s) => (s.machine.iowaitSeconds / s.seconds / machine.cpus) * 100)), 0),
       ]);
     };
-    addCpu('1a C libfuse 3', rounds.map((r) => r.ceilings.nullfs3));
-    addCpu('1b C libfuse 2, big_writes', rounds.map((r) => r.ceilings.nullfs2));
-    addCpu('1c fuse-native no-op', rounds.map((r) => r.ceilings['noop-raw']));
-    addCpu('1d src/fuse adapter, no-op file', rounds.map((r) => r.ceilings['noop-adapter']));
-    addCpu('2 null-client mount', nullMount.map((s) => ({ machine: s.machine, seconds: s.totalSeconds })));
-    addCpu('2n null-client mount, client not hashing', rounds.map((r) => ({ machine: r.nullMountNoVerify.machine, seconds: r.nullMountNoVerify.totalSeconds })));
-    addCpu('2t null-client mount, state on tmpfs', rounds.flatMap((r) => (r.nullMountTmpfs ? [{ machine: r.nullMountTmpfs.machine, seconds: r.nullMountTmpfs.totalSeconds }] : [])));
-    addCpu('3 mount → local-ebs', mount.map((s) => ({ machine: s.machine, seconds: s.totalSeconds })));
-    addCpu('4 upload → local-ebs', uploads.map((s) => ({ machine: s.machine, seconds: s.seconds })));
+    addCpu(
+      '1a C libfuse 3',
+      rounds.map((r) => r.ceilings.nullfs3),
+    );
+    addCpu(
+      '1b C libfuse 2, big_writes',
+      rounds.map((r) => r.ceilings.nullfs2),
+    );
+    addCpu(
+      '1c fuse-native no-op',
+      rounds.map((r) => r.ceilings['noop-raw']),
+    );
+    addCpu(
+      '1d src/fuse adapter, no-op file',
+      rounds.map((r) => r.ceilings['noop-adapter']),
+    );
+    addCpu(
+      '2 null-client mount',
+      nullMount.map((s) => ({ machine: s.machine, seconds: s.totalSeconds })),
+    );
+    addCpu(
+      '2n null-client mount, client not hashing',
+      rounds.map((r) => ({ machine: r.nullMountNoVerify.machine, seconds: r.nullMountNoVerify.totalSeconds })),
+    );
+    addCpu(
+      '2t null-client mount, state on tmpfs',
+      rounds.flatMap((r) => (r.nullMountTmpfs ? [{ machine: r.nullMountTmpfs.machine, seconds: r.nullMountTmpfs.totalSeconds }] : [])),
+    );
+    addCpu(
+      '3 mount → local-ebs',
+      mount.map((s) => ({ machine: s.machine, seconds: s.totalSeconds })),
+    );
+    addCpu(
+      '4 upload → local-ebs',
+      uploads.map((s) => ({ machine: s.machine, seconds: s.seconds })),
+    );
     sections.push(
       `### The whole machine's CPU during each variant (/proc/stat; every process, including anything else running)\n\n` +
         table(['variant', `busy % of ${machine.cpus} CPUs`, 'busy CPU s per GiB', 'iowait %'], cpuRows),
     );
 
     // Where the time of one write call goes: each layer's median dd time per call, minus the layer below.
-    const perCallMicroseconds = (seconds: number[], callBytes: number): number => (median(seconds) / (settings.dataBytes / callBytes)) * 1e6;
+    const perCallMicroseconds = (seconds: number[], callBytes: number): number =>
+      (median(seconds) / (settings.dataBytes / callBytes)) * 1e6;
     const smallCall = 131072;
-    const c1a = perCallMicroseconds(rounds.map((r) => r.ceilings.nullfs3.seconds), 1048576);
-    const c1b = perCallMicroseconds(rounds.map((r) => r.ceilings.nullfs2.seconds), smallCall);
-    const c1c = perCallMicroseconds(rounds.map((r) => r.ceilings['noop-raw'].seconds), smallCall);
-    const c1d = perCallMicroseconds(rounds.map((r) => r.ceilings['noop-adapter'].seconds), smallCall);
-    const c2 = perCallMicroseconds(nullMount.map((s) => s.ddSeconds), smallCall);
-    const c2n = perCallMicroseconds(rounds.map((r) => r.nullMountNoVerify.ddSeconds), smallCall);
+    const c1a = perCallMicroseconds(
+      rounds.map((r) => r.ceilings.nullfs3.seconds),
+      1048576,
+    );
+    const c1b = perCallMicroseconds(
+      rounds.map((r) => r.ceilings.nullfs2.seconds),
+      smallCall,
+    );
+    const c1c = perCallMicroseconds(
+      rounds.map((r) => r.ceilings['noop-raw'].seconds),
+      smallCall,
+    );
+    const c1d = perCallMicroseconds(
+      rounds.map((r) => r.ceilings['noop-adapter'].seconds),
+      smallCall,
+    );
+    const c2 = perCallMicroseconds(
+      nullMount.map((s) => s.ddSeconds),
+      smallCall,
+    );
+    const c2n = perCallMicroseconds(
+      rounds.map((r) => r.nullMountNoVerify.ddSeconds),
+      smallCall,
+    );
     const tmpfsRuns = rounds.flatMap((r) => (r.nullMountTmpfs ? [r.nullMountTmpfs.ddSeconds] : []));
     const c2t = tmpfsRuns.length > 0 ? perCallMicroseconds(tmpfsRuns, smallCall) : Number.NaN;
-    const c3 = perCallMicroseconds(mount.map((s) => s.ddSeconds), smallCall);
+    const c3 = perCallMicroseconds(
+      mount.map((s) => s.ddSeconds),
+      smallCall,
+    );
     const callRows: string[][] = [
       ['1a C libfuse 3 (per 1 MiB call)', fixed(c1a, 0), ''],
       ['1b C libfuse 2, big_writes', fixed(c1b, 0), 'kernel + libfuse'],
       ['1c fuse-native no-op', fixed(c1c, 0), `${signed(c1c - c1b)} vs 1b: fuse-native's hand-off from the FUSE thread to JS and back`],
       ['1d src/fuse adapter, no-op file', fixed(c1d, 0), `${signed(c1d - c1c)} vs 1c: the adapter (per-op timers, handle table, counters)`],
     ];
-    if (tmpfsRuns.length > 0) callRows.push(['2t null-client mount, state on tmpfs', fixed(c2t, 0), `${signed(c2t - c1d)} vs 1d: the core (locks, copy, cache, hashing, uploads) on the event loop`]);
-    callRows.push(['2 null-client mount, state on disk', fixed(c2, 0), tmpfsRuns.length > 0 ? `${signed(c2 - c2t)} vs 2t: the read-back store and journal on disk (write + fdatasync before each PUT)` : '']);
-    callRows.push(['2n null-client mount, client not hashing', fixed(c2n, 0), `${signed(c2n - c2)} vs 2: the null client's SHA-256 of each block`]);
+    if (tmpfsRuns.length > 0)
+      callRows.push([
+        '2t null-client mount, state on tmpfs',
+        fixed(c2t, 0),
+        `${signed(c2t - c1d)} vs 1d: the core (locks, copy, cache, hashing, uploads) on the event loop`,
+      ]);
+    callRows.push([
+      '2 null-client mount, state on disk',
+      fixed(c2, 0),
+      tmpfsRuns.length > 0 ? `${signed(c2 - c2t)} vs 2t: the read-back store and journal on disk (write + fdatasync before each PUT)` : '',
+    ]);
+    callRows.push([
+      '2n null-client mount, client not hashing',
+      fixed(c2n, 0),
+      `${signed(c2n - c2)} vs 2: the null client's SHA-256 of each block`,
+    ]);
     callRows.push(['3 mount → local-ebs', fixed(c3, 0), `${signed(c3 - c2)} vs 2: HTTP, the SDK, and local-ebs on the same two cores`]);
     sections.push(
       `### Microseconds per 128 KiB write call (median dd time / write calls; dd alone, without the final flush)\n\n${table(['layer', 'µs per call', 'what the difference is'], callRows)}`,
     );
 
     const putRows: string[][] = [];
-    const exact = (samples: Array<{ puts: number; distinctBlocks: number }>): boolean => samples.every((s) => s.puts === results.nonZeroBlocks && s.distinctBlocks === results.nonZeroBlocks);
-    putRows.push(['2', nullMount.map((s) => s.puts).join(', '), nullMount.map((s) => s.distinctBlocks).join(', '), String(results.nonZeroBlocks), exact(nullMount) ? 'yes' : 'NO']);
-    putRows.push(['3', mount.map((s) => s.puts).join(', '), mount.map((s) => s.distinctBlocks).join(', '), String(results.nonZeroBlocks), exact(mount) ? 'yes' : 'NO']);
-    if (uploads.length > 0) putRows.push(['4', uploads.map((s) => s.puts).join(', '), uploads.map((s) => s.distinctBlocks).join(', '), String(results.nonZeroBlocks), exact(uploads) ? 'yes' : 'NO']);
+    const exact = (samples: Array<{ puts: number; distinctBlocks: number }>): boolean =>
+      samples.every((s) => s.puts === results.nonZeroBlocks && s.distinctBlocks === results.nonZeroBlocks);
+    putRows.push([
+      '2',
+      nullMount.map((s) => s.puts).join(', '),
+      nullMount.map((s) => s.distinctBlocks).join(', '),
+      String(results.nonZeroBlocks),
+      exact(nullMount) ? 'yes' : 'NO',
+    ]);
+    putRows.push([
+      '3',
+      mount.map((s) => s.puts).join(', '),
+      mount.map((s) => s.distinctBlocks).join(', '),
+      String(results.nonZeroBlocks),
+      exact(mount) ? 'yes' : 'NO',
+    ]);
+    if (uploads.length > 0)
+      putRows.push([
+        '4',
+        uploads.map((s) => s.puts).join(', '),
+        uploads.map((s) => s.distinctBlocks).join(', '),
+        String(results.nonZeroBlocks),
+        exact(uploads) ? 'yes' : 'NO',
+      ]);
     sections.push(
       `### PUTs of the sequential dd (counted at local-ebs; for 2, by the null client)\n\n` +
         table(['#', 'PUTs per run', 'blocks in the snapshot', 'non-zero blocks of the data', 'equal in every run'], putRows),
     );
     targets.push({
       name: 'Sequential dd: PUTs = distinct non-zero blocks written, exactly',
-      measured: `${results.nonZeroBlocks} non-zero blocks; PUTs per run: mount ${mount.map((s) => s.puts).join(', ')}` + (uploads.length > 0 ? `; upload ${uploads.map((s) => s.puts).join(', ')}` : ''),
+      measured:
+        `${results.nonZeroBlocks} non-zero blocks; PUTs per run: mount ${mount.map((s) => s.puts).join(', ')}` +
+        (uploads.length > 0 ? `; upload ${uploads.map((s) => s.puts).join(', ')}` : ''),
       met: exact(mount) && exact(nullMount) && (uploads.length === 0 || exact(uploads)),
     });
 
@@ -283,14 +476,29 @@ export function renderReport(results: Results): string {
       for (const peak of peaks) peakRss.push({ what: name, bytes: peak });
     };
     addResources('2 null-client mount', nullMount);
-    addResources('2n null-client mount, client not hashing', rounds.map((r) => r.nullMountNoVerify));
+    addResources(
+      '2n null-client mount, client not hashing',
+      rounds.map((r) => r.nullMountNoVerify),
+    );
     const tmpfsSamples = rounds.flatMap((round) => (round.nullMountTmpfs ? [round.nullMountTmpfs] : []));
     if (tmpfsSamples.length > 0) addResources('2t null-client mount, state on tmpfs', tmpfsSamples);
-    addResources('3 ebs-fuse mount', mount, mount.map((s) => s.serverRusage));
-    if (uploads.length > 0) addResources('4 ebs-fuse upload', uploads, uploads.map((s) => s.serverRusage));
+    addResources(
+      '3 ebs-fuse mount',
+      mount,
+      mount.map((s) => s.serverRusage),
+    );
+    if (uploads.length > 0)
+      addResources(
+        '4 ebs-fuse upload',
+        uploads,
+        uploads.map((s) => s.serverRusage),
+      );
     sections.push(
       `### Resources (exact, from wait4: peak RSS = VmHWM at exit; CPU = user + system, all threads)\n\n` +
-        table(['process', 'peak RSS MiB (max)', 'peak RSS MiB (median)', 'CPU s/GiB', 'user s/GiB', 'system s/GiB', 'local-ebs CPU s/GiB'], resourceRows),
+        table(
+          ['process', 'peak RSS MiB (max)', 'peak RSS MiB (median)', 'CPU s/GiB', 'user s/GiB', 'system s/GiB', 'local-ebs CPU s/GiB'],
+          resourceRows,
+        ),
     );
 
     if (r3over4.length > 0) {
@@ -300,7 +508,11 @@ export function renderReport(results: Results): string {
         met: median(r3over4) >= 0.9,
       });
     } else {
-      targets.push({ name: 'End to end through the mount (3) ≥ 0.9 × upload (4)', measured: '`ebs-fuse upload` not available', met: undefined });
+      targets.push({
+        name: 'End to end through the mount (3) ≥ 0.9 × upload (4)',
+        measured: '`ebs-fuse upload` not available',
+        met: undefined,
+      });
     }
     const nullNoVerifyRate = median(rounds.map((r) => r.nullMountNoVerify.megabytesPerSecond));
     targets.push({
@@ -311,7 +523,7 @@ export function renderReport(results: Results): string {
       met: median(r2over1b) >= 0.75,
     });
     targets.push({
-      name: 'Null-client mount (2) ≥ 0.75 × C null file system, libfuse 3 1 MiB writes (1a): the machine\'s ceiling',
+      name: "Null-client mount (2) ≥ 0.75 × C null file system, libfuse 3 1 MiB writes (1a): the machine's ceiling",
       measured: `2/1a = ${fixed(median(r2over1a), 3)} (1a: ${fixed(median(ceiling('nullfs3')), 0)} MB/s); 2n/1a = ${fixed(median(r2nOver1a), 3)}`,
       met: median(r2over1a) >= 0.75,
     });
@@ -349,7 +561,10 @@ export function renderReport(results: Results): string {
     const tree = ext4.tree;
     sections.push(
       `### mkfs.ext4 + loop mount + cp -a of ${tree.files} files (${tree.directories} directories, ${mib(tree.bytes)} MiB) + umount, ${settings.ext4VolumeGiB} GiB volume, ${ext4.rounds.length} round(s)\n\n` +
-        table(['#', 'what', 'wall s', 'mkfs+cp+umount s', 'completion / upload s', 'PUTs', 'blocks in the snapshot', 'PUTs / blocks'], rows) +
+        table(
+          ['#', 'what', 'wall s', 'mkfs+cp+umount s', 'completion / upload s', 'PUTs', 'blocks in the snapshot', 'PUTs / blocks'],
+          rows,
+        ) +
         (uploadRounds.length > 0
           ? `\n\nWall time 5a / 5b: ${fixed(median(mountRounds.map((s) => s.wallSeconds)) / median(uploadRounds.map((s) => s.wallSeconds)), 3)}.`
           : ''),
@@ -372,10 +587,16 @@ export function renderReport(results: Results): string {
       rows.push([
         `${size} GiB`,
         fixed(median(samples.map((s) => s.startSeconds)), 2),
-        spread(samples.map((s) => s.startSeconds), 2),
+        spread(
+          samples.map((s) => s.startSeconds),
+          2,
+        ),
         fixed(median(samples.map((s) => s.ddSeconds)), 2),
         fixed(median(samples.map((s) => s.finishSeconds)), 2),
-        spread(samples.map((s) => s.finishSeconds), 2),
+        spread(
+          samples.map((s) => s.finishSeconds),
+          2,
+        ),
         samples.map((s) => s.puts).join(', '),
         mib(max(samples.map((s) => s.rusage.maxRssBytes))),
       ]);
@@ -425,10 +646,13 @@ export function renderReport(results: Results): string {
         fixed(line.megabytesPerSecondAt128KiB, 0),
         fixed(line.predictedMegabytesPerSecondAt1MiB, 0),
       ]);
-      const sweepGiB = diagnostics.sweep[0].points[0].calls * diagnostics.sweep[0].points[0].callBytes / GIB;
+      const sweepGiB = (diagnostics.sweep[0].points[0].calls * diagnostics.sweep[0].points[0].callBytes) / GIB;
       sections.push(
         `#### Write-size sweep: ${fixed(sweepGiB, 2)} GiB by dd at 16, 32, 64 and 128 KiB FUSE writes; time = per call × calls + per GiB × GiB (least squares)\n\n` +
-          table(['file system', 'dd seconds by write size', 'µs per call', 's per GiB', 'MB/s at 128 KiB', 'MB/s predicted at 1 MiB'], sweepRows),
+          table(
+            ['file system', 'dd seconds by write size', 'µs per call', 's per GiB', 'MB/s at 128 KiB', 'MB/s predicted at 1 MiB'],
+            sweepRows,
+          ),
       );
     }
     for (const run of diagnostics.profiles) {
@@ -441,13 +665,22 @@ export function renderReport(results: Results): string {
       sections.push(
         `#### Main thread of the ${run.what}, one profiled run of ${fixed(gib, 2)} GiB (${fixed(run.megabytesPerSecond, 0)} MB/s under the profiler), ` +
           `${fixed(run.profile.totalSeconds, 1)} s from start to exit\n\n` +
-          table(['where the main thread\'s time went', 'seconds', '%'], profileRows) +
-          `\n\nLargest self times: ${run.profile.topFunctions.slice(0, 8).map((f) => `${f.name} ${fixed(f.seconds, 2)} s`).join('; ')}.`,
+          table(["where the main thread's time went", 'seconds', '%'], profileRows) +
+          `\n\nLargest self times: ${run.profile.topFunctions
+            .slice(0, 8)
+            .map((f) => `${f.name} ${fixed(f.seconds, 2)} s`)
+            .join('; ')}.`,
       );
     }
   }
 
   // BENCH_ONLY may leave no group with a target (local-copy prints its own verdicts).
-  if (targets.length > 0) sections.push(`### Targets\n\n${table(['target', 'measured', 'verdict'], targets.map((t) => [t.name, t.measured, verdict(t.met)]))}`);
+  if (targets.length > 0)
+    sections.push(
+      `### Targets\n\n${table(
+        ['target', 'measured', 'verdict'],
+        targets.map((t) => [t.name, t.measured, verdict(t.met)]),
+      )}`,
+    );
   return sections.join('\n\n');
 }

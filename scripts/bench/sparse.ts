@@ -56,8 +56,17 @@ export async function runSparse(cleanup: Cleanup, settings: SparseSettings): Pro
       const finished = await mount.finish();
       const puts = putsBetween(before, await server.stats());
       await server.stop();
-      samples.push({ volumeSizeGiB, startSeconds: mount.startSeconds, ddSeconds, finishSeconds: finished.finishSeconds, puts, rusage: finished.rusage });
-      settings.log(`sparse round ${round}: ${volumeSizeGiB} GiB volume: mount ${mount.startSeconds.toFixed(2)} s, completion ${finished.finishSeconds.toFixed(2)} s`);
+      samples.push({
+        volumeSizeGiB,
+        startSeconds: mount.startSeconds,
+        ddSeconds,
+        finishSeconds: finished.finishSeconds,
+        puts,
+        rusage: finished.rusage,
+      });
+      settings.log(
+        `sparse round ${round}: ${volumeSizeGiB} GiB volume: mount ${mount.startSeconds.toFixed(2)} s, completion ${finished.finishSeconds.toFixed(2)} s`,
+      );
     }
   }
   return { samples };

@@ -100,7 +100,14 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
     const ceilings = {} as Record<CeilingKind, CeilingSample>;
     for (const kind of CEILING_KINDS) {
       const cpuBefore = await readMachineCpu();
-      const seconds = await dd(cleanup, { input: dataFile, output: mounts.get(kind)!.filePath, blockSizeBytes: DD_BLOCK_BYTES, count, conv: 'fsync,notrunc', timeoutMs: ddTimeoutMs });
+      const seconds = await dd(cleanup, {
+        input: dataFile,
+        output: mounts.get(kind)!.filePath,
+        blockSizeBytes: DD_BLOCK_BYTES,
+        count,
+        conv: 'fsync,notrunc',
+        timeoutMs: ddTimeoutMs,
+      });
       const machine = cpuBetween(cpuBefore, await readMachineCpu());
       ceilings[kind] = { seconds, megabytesPerSecond: megabytesPerSecond(dataBytes, seconds), machine };
       settings.log(`round ${round}: ${kind} ${ceilings[kind].megabytesPerSecond.toFixed(0)} MB/s`);
@@ -109,11 +116,27 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
     const nullMount = await measureMount(cleanup, settings, { name: `null-${round}`, volumeSizeGiB, count, ddTimeoutMs });
     nullMountLargestWriteBytes = Math.max(nullMountLargestWriteBytes, nullMount.largestWriteBytes);
     settings.log(`round ${round}: null-client mount ${nullMount.sample.megabytesPerSecond.toFixed(0)} MB/s`);
-    const nullMountNoVerify = (await measureMount(cleanup, settings, { name: `null-noverify-${round}`, volumeSizeGiB, count, ddTimeoutMs, nullClientVerifies: false })).sample;
+    const nullMountNoVerify = (
+      await measureMount(cleanup, settings, {
+        name: `null-noverify-${round}`,
+        volumeSizeGiB,
+        count,
+        ddTimeoutMs,
+        nullClientVerifies: false,
+      })
+    ).sample;
     settings.log(`round ${round}: null-client mount, client not hashing ${nullMountNoVerify.megabytesPerSecond.toFixed(0)} MB/s`);
     let nullMountTmpfs: MountSample | undefined;
     if (settings.tmpfsStateParent) {
-      nullMountTmpfs = (await measureMount(cleanup, settings, { name: `null-tmpfs-${round}`, volumeSizeGiB, count, ddTimeoutMs, stateParent: settings.tmpfsStateParent })).sample;
+      nullMountTmpfs = (
+        await measureMount(cleanup, settings, {
+          name: `null-tmpfs-${round}`,
+          volumeSizeGiB,
+          count,
+          ddTimeoutMs,
+          stateParent: settings.tmpfsStateParent,
+        })
+      ).sample;
       settings.log(`round ${round}: null-client mount, state on tmpfs ${nullMountTmpfs.megabytesPerSecond.toFixed(0)} MB/s`);
     }
 
@@ -137,7 +160,15 @@ export async function runThroughput(cleanup: Cleanup, settings: ThroughputSettin
 async function measureMount(
   cleanup: Cleanup,
   settings: ThroughputSettings,
-  options: { name: string; volumeSizeGiB: number; count: number; ddTimeoutMs: number; server?: LocalEbs; stateParent?: string; nullClientVerifies?: boolean },
+  options: {
+    name: string;
+    volumeSizeGiB: number;
+    count: number;
+    ddTimeoutMs: number;
+    server?: LocalEbs;
+    stateParent?: string;
+    nullClientVerifies?: boolean;
+  },
 ): Promise<{ sample: MountSample; largestWriteBytes: number }> {
   const { server } = options;
   const mount = await RunningMount.start(cleanup, {

@@ -60,11 +60,17 @@ function envNumber(name: string, fallback: number, min: number, max: number): nu
   const text = process.env[name];
   if (text === undefined || text === '') return fallback;
   const value = Number(text);
-  if (!Number.isFinite(value) || value < min || value > max) throw new Error(`${name} must be a number from ${min} to ${max}, not "${text}"`);
+  if (!Number.isFinite(value) || value < min || value > max)
+    throw new Error(`${name} must be a number from ${min} to ${max}, not "${text}"`);
   return value;
 }
 
-async function phase(name: string, budgetMs: number, faults: string | undefined, body: (context: ScenarioContext, report: PhaseReport, deadlineMs: number) => Promise<void>): Promise<PhaseReport> {
+async function phase(
+  name: string,
+  budgetMs: number,
+  faults: string | undefined,
+  body: (context: ScenarioContext, report: PhaseReport, deadlineMs: number) => Promise<void>,
+): Promise<PhaseReport> {
   const report: PhaseReport = { name, ...emptyFigures(), iterations: 0, failures: 0, seconds: 0, notes: [] };
   const started = Date.now();
   const context = new ScenarioContext();
@@ -89,13 +95,17 @@ async function iteration(report: PhaseReport, what: string, run: () => Promise<F
   try {
     const figures = await run();
     addFigures(report, figures);
-    log(`${report.name} ${what}: ok in ${((Date.now() - started) / 1000).toFixed(1)} s; ${figures.requestsSent} requests, ${figures.faultsInjected} faults, ${(figures.bytesVerified / MIB).toFixed(0)} MiB verified, ${figures.bytesLost} bytes lost`);
+    log(
+      `${report.name} ${what}: ok in ${((Date.now() - started) / 1000).toFixed(1)} s; ${figures.requestsSent} requests, ${figures.faultsInjected} faults, ${(figures.bytesVerified / MIB).toFixed(0)} MiB verified, ${figures.bytesLost} bytes lost`,
+    );
     if (figures.bytesLost > 0) report.failures += 1;
   } catch (error) {
     report.failures += 1;
     const lost = (error as { bytesLost?: number }).bytesLost;
     if (lost) report.bytesLost += lost;
-    log(`${report.name} ${what}: FAILED after ${((Date.now() - started) / 1000).toFixed(1)} s: ${(error as Error).message.split('\n').slice(0, 8).join(' | ')}`);
+    log(
+      `${report.name} ${what}: FAILED after ${((Date.now() - started) / 1000).toFixed(1)} s: ${(error as Error).message.split('\n').slice(0, 8).join(' | ')}`,
+    );
   }
 }
 
@@ -107,7 +117,10 @@ async function main(): Promise<number> {
   const minutes = envNumber('SOAK_MINUTES', 20, 1, MINUTES_MAX);
   const baseSeed = envNumber('SOAK_SEED', Date.now() % 1_000_000, 0, 2 ** 31);
   const outageMs = envNumber('SOAK_OUTAGE_S', 30, 1, 600) * 1000;
-  const explicitSeeds = (process.env.SOAK_CRASH_SEEDS ?? '').split(',').filter((text) => text.trim() !== '').map(Number);
+  const explicitSeeds = (process.env.SOAK_CRASH_SEEDS ?? '')
+    .split(',')
+    .filter((text) => text.trim() !== '')
+    .map(Number);
   const phases = new Set((process.env.SOAK_PHASES ?? 'crash,faults,outage,memory,gone').split(',').map((name) => name.trim()));
   const budgetMs = minutes * 60_000;
   log(`soak: ${minutes} min, base seed ${baseSeed}, outage ${outageMs / 1000} s, phases ${[...phases].join(',')}`);
@@ -166,7 +179,15 @@ async function main(): Promise<number> {
         while (Date.now() < deadlineMs) {
           const seed = nextSeed++;
           await iteration(report, `seed ${seed}`, async () => {
-            const outcome = await runOutage(context, { seed, outageMs, chunks: 6, chunkBytes: 16 * MIB, cacheSize: '64MiB', attemptsPerChunk: 6, log: (line) => log(`  ${line}`) });
+            const outcome = await runOutage(context, {
+              seed,
+              outageMs,
+              chunks: 6,
+              chunkBytes: 16 * MIB,
+              cacheSize: '64MiB',
+              attemptsPerChunk: 6,
+              log: (line) => log(`  ${line}`),
+            });
             eio += outcome.eioFailures;
             outages += 1;
             return outcome;
@@ -180,11 +201,23 @@ async function main(): Promise<number> {
   if (phases.has('memory')) {
     reports.push(
       await phase('memory', budgetMs * 0.05, 'latency=200ms,ops=put', async (context, report) => {
-        for (const [cacheMiB, concurrency, writeMiB] of [[32, 4, 128], [256, 64, 768], [16, 64, 256]]) {
+        for (const [cacheMiB, concurrency, writeMiB] of [
+          [32, 4, 128],
+          [256, 64, 768],
+          [16, 64, 256],
+        ]) {
           await iteration(report, `--cache-size ${cacheMiB}MiB --upload-concurrency ${concurrency}`, async () => {
-            const outcome = await runMemory(context, { cacheSizeBytes: cacheMiB * MIB, uploadConcurrency: concurrency, putLatencyMs: 200, writeBytes: writeMiB * MIB, log: (line) => log(`  ${line}`) });
+            const outcome = await runMemory(context, {
+              cacheSizeBytes: cacheMiB * MIB,
+              uploadConcurrency: concurrency,
+              putLatencyMs: 200,
+              writeBytes: writeMiB * MIB,
+              log: (line) => log(`  ${line}`),
+            });
             const boundBytes = (cacheMiB + 150) * MIB;
-            report.notes.push(`cache ${cacheMiB} MiB, ${concurrency} PUTs in flight, ${writeMiB} MiB written: max RSS ${(outcome.maxRssBytes / MIB).toFixed(0)} MiB (bound ${boundBytes / MIB}), dd ${(outcome.writeMs / 1000).toFixed(1)} s (at least ${(outcome.writeLowerBoundMs / 1000).toFixed(1)} s)`);
+            report.notes.push(
+              `cache ${cacheMiB} MiB, ${concurrency} PUTs in flight, ${writeMiB} MiB written: max RSS ${(outcome.maxRssBytes / MIB).toFixed(0)} MiB (bound ${boundBytes / MIB}), dd ${(outcome.writeMs / 1000).toFixed(1)} s (at least ${(outcome.writeLowerBoundMs / 1000).toFixed(1)} s)`,
+            );
             if (outcome.maxRssBytes >= boundBytes) throw new Error(`max RSS ${outcome.maxRssBytes} bytes is over the bound ${boundBytes}`);
             if (outcome.writeMs < outcome.writeLowerBoundMs) throw new Error('dd finished faster than the uploads allow: the cache grew');
             if (outcome.ddStderr !== '') throw new Error(`dd: ${outcome.ddStderr}`);
@@ -206,8 +239,11 @@ async function main(): Promise<number> {
           const counter = new ServerCounter();
           await restartLocalEbs(context, counter, { pauseMs: 0, dataDir: context.file('empty-local-ebs') });
           const failed = await writeFsyncClose(mount.filePath, 5 * MIB, data, 300_000);
-          report.notes.push(`snapshot gone under a fresh mount: fsync ${failed.fsyncError} after ${(failed.fsyncMs / 1000).toFixed(1)} s, close ${failed.closeError} after ${(failed.closeMs / 1000).toFixed(1)} s (bound 120 s)`);
-          if (failed.fsyncError !== 'EIO' || failed.closeError !== 'EIO') throw new Error(`fsync ${failed.fsyncError}, close ${failed.closeError}`);
+          report.notes.push(
+            `snapshot gone under a fresh mount: fsync ${failed.fsyncError} after ${(failed.fsyncMs / 1000).toFixed(1)} s, close ${failed.closeError} after ${(failed.closeMs / 1000).toFixed(1)} s (bound 120 s)`,
+          );
+          if (failed.fsyncError !== 'EIO' || failed.closeError !== 'EIO')
+            throw new Error(`fsync ${failed.fsyncError}, close ${failed.closeError}`);
           if (failed.fsyncMs >= 120_000 || failed.closeMs >= 120_000) throw new Error('EIO came later than 2 minutes');
           const expected = context.file('gone-expected.img');
           await createZeroImage(expected, GIB);
@@ -237,9 +273,13 @@ async function main(): Promise<number> {
     );
     for (const note of report.notes) log(`          ${note}`);
   }
-  const kinds = Object.entries(total.faultsByKind ?? {}).sort(([a], [b]) => a.localeCompare(b)).map(([kind, count]) => `${kind} ${count}`);
+  const kinds = Object.entries(total.faultsByKind ?? {})
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([kind, count]) => `${kind} ${count}`);
   log(`faults injected by kind: ${kinds.join(', ') || 'none'}`);
-  log(`TOTAL: requests sent ${total.requestsSent}, faults injected ${total.faultsInjected}, bytes verified ${total.bytesVerified} (${(total.bytesVerified / GIB).toFixed(1)} GiB), bytes lost ${total.bytesLost}, failures ${failures}`);
+  log(
+    `TOTAL: requests sent ${total.requestsSent}, faults injected ${total.faultsInjected}, bytes verified ${total.bytesVerified} (${(total.bytesVerified / GIB).toFixed(1)} GiB), bytes lost ${total.bytesLost}, failures ${failures}`,
+  );
   return failures === 0 && total.bytesLost === 0 ? 0 : 1;
 }
 

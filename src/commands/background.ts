@@ -30,7 +30,10 @@ export function backgroundLogFile(env: NodeJS.ProcessEnv = process.env): string 
 
 /** Where a background mount logs without --log-file: one file per mountpoint, so mounting again appends. */
 export function defaultLogFile(stateDir: string, mountpoint: string): string {
-  const name = `${path.basename(mountpoint).replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64)}-${createHash('sha256').update(mountpoint).digest('hex').slice(0, 8)}.log`;
+  const name = `${path
+    .basename(mountpoint)
+    .replace(/[^A-Za-z0-9._-]/g, '_')
+    .slice(0, 64)}-${createHash('sha256').update(mountpoint).digest('hex').slice(0, 8)}.log`;
   return path.join(stateDir, 'logs', name);
 }
 
@@ -130,7 +133,9 @@ export async function runInBackground(args: string[], logFile: string, mountpoin
 
   if ('line' in outcome) {
     process.stdout.write(`${outcome.line}\n`);
-    process.stderr.write(`ebs-fuse: mounted in the background (pid ${child.pid}), logging to ${logFile}; end it with: ebs-fuse unmount ${mountpoint}\n`);
+    process.stderr.write(
+      `ebs-fuse: mounted in the background (pid ${child.pid}), logging to ${logFile}; end it with: ebs-fuse unmount ${mountpoint}\n`,
+    );
     // Later stdout lines of the child have no reader; the mount ignores the broken pipe.
     child.stdout!.destroy();
     child.unref();
@@ -138,7 +143,9 @@ export async function runInBackground(args: string[], logFile: string, mountpoin
   }
   if ('timedOut' in outcome) {
     child.kill('SIGTERM');
-    process.stderr.write(`ebs-fuse: the background mount was not ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${logFile}\n`);
+    process.stderr.write(
+      `ebs-fuse: the background mount was not ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${logFile}\n`,
+    );
     return 1;
   }
   for (const line of failureLines(logFile, startOffset)) process.stderr.write(`${line}\n`);

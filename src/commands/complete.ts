@@ -22,7 +22,10 @@ export function registerCompleteCommand(program: Command): void {
     .command('complete')
     .argument('<snapshot-id>', 'a pending snapshot that a mount on this machine left')
     .description('complete a pending snapshot from its local state (--state-dir), without mounting')
-    .option('--state-dir <dir>', 'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)');
+    .option(
+      '--state-dir <dir>',
+      'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)',
+    );
   addConnectionOptions(command);
   command.action(async (snapshotId: string, flags: CompleteFlags) => {
     process.exitCode = await runComplete(snapshotId, flags);
@@ -52,7 +55,9 @@ async function runComplete(snapshotIdArgument: string, flags: CompleteFlags): Pr
     } catch (error) {
       // finish() explains a failed flush itself; a failed CompleteSnapshot needs the way out said here.
       if (error instanceof UserError) throw error;
-      throw new UserError(`CompleteSnapshot of ${snapshotId} failed: ${describeError(error)}; its state is kept in ${stateDir}, run this again`);
+      throw new UserError(
+        `CompleteSnapshot of ${snapshotId} failed: ${describeError(error)}; its state is kept in ${stateDir}, run this again`,
+      );
     } finally {
       progress.stop();
     }

@@ -42,7 +42,11 @@ async function runDownload(snapshotIdArgument: string, file: string, flags: Down
 
   const opened = await openSnapshotClient(flags, { maxSockets: concurrency, log });
   const stats = newTransferStats();
-  const progress = startTransferProgress({ phase: 'downloading', moved: 'fetched' }, { stats, retries: () => opened.client.retryCount }, process.stderr);
+  const progress = startTransferProgress(
+    { phase: 'downloading', moved: 'fetched' },
+    { stats, retries: () => opened.client.retryCount },
+    process.stderr,
+  );
   const abort = new AbortController();
   const interrupt = onInterrupt((signal) => {
     log(`${signal}: stopping the download and removing what was written`);
@@ -52,7 +56,14 @@ async function runDownload(snapshotIdArgument: string, file: string, flags: Down
   });
   const startedAtMs = Date.now();
   try {
-    const result = await downloadSnapshot(opened.client, { snapshotId, filePath, force: flags.force === true, concurrency, stats, signal: abort.signal });
+    const result = await downloadSnapshot(opened.client, {
+      snapshotId,
+      filePath,
+      force: flags.force === true,
+      concurrency,
+      stats,
+      signal: abort.signal,
+    });
     progress.stop();
     const seconds = ((Date.now() - startedAtMs) / 1000).toFixed(1);
     log(

@@ -17,7 +17,8 @@ interface LocalEbsCommandOptions {
 }
 
 function parsePort(text: string): number {
-  if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535) throw new UserError(`invalid --port ${text}: give a number from 0 to 65535 (0 picks a free port)`);
+  if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535)
+    throw new UserError(`invalid --port ${text}: give a number from 0 to 65535 (0 picks a free port)`);
   return Number(text);
 }
 
@@ -37,7 +38,10 @@ export function registerLocalEbsCommand(program: Command): void {
     .option('--port <n>', 'port to listen on (0 picks a free one)', String(DEFAULT_LOCAL_EBS_PORT))
     .option('--access-key-id <id>', 'the access key ID clients sign with (generated when absent)')
     .option('--secret-access-key <key>', 'the secret access key clients sign with (generated when absent)')
-    .option('--faults <spec>', 'inject faults, e.g. 500=0.1,throttle=0.05,reset=0.01,latency=0-50ms,rate=1000,corrupt=0.01,deny=0.01,expired=0.01,ops=put+get (see docs/SEMANTICS.md)')
+    .option(
+      '--faults <spec>',
+      'inject faults, e.g. 500=0.1,throttle=0.05,reset=0.01,latency=0-50ms,rate=1000,corrupt=0.01,deny=0.01,expired=0.01,ops=put+get (see docs/SEMANTICS.md)',
+    )
     .action(async (options: LocalEbsCommandOptions) => {
       const port = parsePort(options.port);
       try {

@@ -92,10 +92,20 @@ export class MountRecordFile {
     try {
       mkdirSync(directory, { recursive: true, mode: 0o700 });
     } catch (error) {
-      log(`cannot use the runtime directory ${directory}: ${describeError(error)}; ebs-fuse status and unmount will not see this mount (set XDG_RUNTIME_DIR to a writable directory)`);
+      log(
+        `cannot use the runtime directory ${directory}: ${describeError(error)}; ebs-fuse status and unmount will not see this mount (set XDG_RUNTIME_DIR to a writable directory)`,
+      );
     }
     const now = new Date().toISOString();
-    const record: MountRecord = { format: 'ebs-fuse-mount', version: 1, pid: process.pid, startedAt: now, updatedAt: now, phase: 'mounted', ...fields };
+    const record: MountRecord = {
+      format: 'ebs-fuse-mount',
+      version: 1,
+      pid: process.pid,
+      startedAt: now,
+      updatedAt: now,
+      phase: 'mounted',
+      ...fields,
+    };
     const file = new MountRecordFile(recordPath(fields.mountpoint, directory), record);
     file.write();
     return file;
@@ -121,7 +131,14 @@ export class MountRecordFile {
   end(endStatus: SnapshotStatus, exitCode: number, progress?: MountProgress): void {
     if (this.timer) clearInterval(this.timer);
     if (this.record.phase === 'ended') return;
-    this.record = { ...this.record, ...(progress ? { progress } : {}), phase: 'ended', endStatus, exitCode, updatedAt: new Date().toISOString() };
+    this.record = {
+      ...this.record,
+      ...(progress ? { progress } : {}),
+      phase: 'ended',
+      endStatus,
+      exitCode,
+      updatedAt: new Date().toISOString(),
+    };
     this.write();
   }
 
@@ -141,7 +158,8 @@ export class MountRecordFile {
 function parseRecord(text: string): MountRecord | undefined {
   try {
     const value = JSON.parse(text) as Partial<MountRecord>;
-    if (value.format !== 'ebs-fuse-mount' || value.version !== 1 || typeof value.pid !== 'number' || typeof value.mountpoint !== 'string') return undefined;
+    if (value.format !== 'ebs-fuse-mount' || value.version !== 1 || typeof value.pid !== 'number' || typeof value.mountpoint !== 'string')
+      return undefined;
     return value as MountRecord;
   } catch {
     return undefined;

@@ -78,7 +78,9 @@ export function registerMountCommand(program: Command): void {
   const command = program
     .command('mount')
     .argument('<mountpoint>', 'an existing, empty directory')
-    .description('start a snapshot and mount it as MOUNTPOINT/snapshot.img; Ctrl-C, `umount MOUNTPOINT` or `ebs-fuse unmount MOUNTPOINT` completes it')
+    .description(
+      'start a snapshot and mount it as MOUNTPOINT/snapshot.img; Ctrl-C, `umount MOUNTPOINT` or `ebs-fuse unmount MOUNTPOINT` completes it',
+    )
     .option('--size <gib>', 'volume size in GiB (1-65536) of a new snapshot; the file is exactly this large')
     .option('--resume <snapshot-id>', 'continue a pending snapshot that an earlier mount on this machine left (from --state-dir)')
     .option('--snapshot-id <snapshot-id>', 'with --read-only: mount this completed snapshot')
@@ -90,25 +92,38 @@ export function registerMountCommand(program: Command): void {
     .option(
       '--disk-cache-size <size>',
       'local disk for copies of uploaded blocks, which reads and partial rewrites need once a block has left memory ' +
-        '(a pending snapshot cannot be read back), e.g. 4GiB; 0 keeps none; auto: what the state directory\'s file system ' +
+        "(a pending snapshot cannot be read back), e.g. 4GiB; 0 keeps none; auto: what the state directory's file system " +
         'has free beyond a reserve of 10% of it (at least 64MiB)',
       'auto',
     )
     .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_UPLOAD_CONCURRENCY))
-    .option('--state-dir <dir>', 'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)')
+    .option(
+      '--state-dir <dir>',
+      'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)',
+    )
     .option('--no-complete', 'leave the snapshot pending at unmount instead of completing it')
     .option('--background', 'return once the file can be written, leaving the mount running; end it with `ebs-fuse unmount MOUNTPOINT`')
-    .option('--log-file <file>', 'with --background: where the mount logs (default STATE_DIR/logs/MOUNTPOINT-HASH.log; 8 MiB, then one older file)');
+    .option(
+      '--log-file <file>',
+      'with --background: where the mount logs (default STATE_DIR/logs/MOUNTPOINT-HASH.log; 8 MiB, then one older file)',
+    );
   addConnectionOptions(command);
   command.action(async (mountpoint: string, flags: MountFlags) => {
     let exitCode: number;
     try {
       const childLogFile = backgroundLogFile();
-      if (flags.logFile !== undefined && !flags.background && childLogFile === undefined) throw new UserError('--log-file applies only with --background');
+      if (flags.logFile !== undefined && !flags.background && childLogFile === undefined)
+        throw new UserError('--log-file applies only with --background');
       if (flags.background) {
         const stateDir = path.resolve(flags.stateDir ?? defaultStateDir());
         const logFile = path.resolve(flags.logFile ?? defaultLogFile(stateDir, path.resolve(mountpoint)));
-        process.exit(await runInBackground(process.argv.slice(2).filter((arg) => arg !== '--background'), logFile, mountpoint));
+        process.exit(
+          await runInBackground(
+            process.argv.slice(2).filter((arg) => arg !== '--background'),
+            logFile,
+            mountpoint,
+          ),
+        );
       }
       if (childLogFile !== undefined) redirectOutputToLog(childLogFile);
       exitCode = await runMount(mountpoint, flags);
@@ -192,7 +207,9 @@ function checkFuseAvailable(): void {
   }
   // Anything else there (a plain file in a container image) would only fail at mount time, after StartSnapshot.
   if (!statSync('/dev/fuse').isCharacterDevice()) {
-    throw new UserError('/dev/fuse is not the FUSE device: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse');
+    throw new UserError(
+      '/dev/fuse is not the FUSE device: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse',
+    );
   }
   try {
     loadFuseNative();
@@ -218,14 +235,19 @@ async function validateStateDir(stateDir: string): Promise<void> {
   const unusable = (error: unknown): UserError => {
     const code = (error as NodeJS.ErrnoException).code;
     const problem =
-      code === 'EROFS' ? 'it is on a read-only file system'
-        : code === 'EACCES' || code === 'EPERM' ? 'it is not writable'
-          : code === 'ENOSPC' || code === 'EDQUOT' ? 'its file system is full'
-            : code === 'ENOTDIR' ? 'a file is in the way'
+      code === 'EROFS'
+        ? 'it is on a read-only file system'
+        : code === 'EACCES' || code === 'EPERM'
+          ? 'it is not writable'
+          : code === 'ENOSPC' || code === 'EDQUOT'
+            ? 'its file system is full'
+            : code === 'ENOTDIR'
+              ? 'a file is in the way'
               : describeError(error);
-    const fix = code === 'ENOSPC' || code === 'EDQUOT'
-      ? 'free space there, or pass --state-dir DIR on a file system with room for the data you will write'
-      : 'pass --state-dir DIR on a writable file system';
+    const fix =
+      code === 'ENOSPC' || code === 'EDQUOT'
+        ? 'free space there, or pass --state-dir DIR on a file system with room for the data you will write'
+        : 'pass --state-dir DIR on a writable file system';
     return new UserError(`cannot use the state directory ${stateDir}: ${problem}; ${fix}`);
   };
   // One level at a time: a recursive mkdir reports ENOENT for a read-only parent.
@@ -257,9 +279,7 @@ function commandExists(name: string): boolean {
 }
 
 type MountMode =
-  | { kind: 'new'; params: StartSnapshotParams }
-  | { kind: 'resume'; snapshotId: string }
-  | { kind: 'read-only'; snapshotId: string };
+  { kind: 'new'; params: StartSnapshotParams } | { kind: 'resume'; snapshotId: string } | { kind: 'read-only'; snapshotId: string };
 
 /** Flags that only make sense when starting a snapshot. */
 const START_ONLY_FLAGS: Array<[keyof MountFlags, string]> = [
@@ -280,21 +300,26 @@ function mountMode(flags: MountFlags): MountMode {
     }
   };
   if (flags.resume !== undefined) {
-    if (flags.snapshotId !== undefined || flags.readOnly) throw new UserError('--resume cannot be combined with --snapshot-id or --read-only');
+    if (flags.snapshotId !== undefined || flags.readOnly)
+      throw new UserError('--resume cannot be combined with --snapshot-id or --read-only');
     refuseStartFlags('--resume');
     return { kind: 'resume', snapshotId: parseSnapshotId(flags.resume, '--resume') };
   }
   if (flags.snapshotId !== undefined || flags.readOnly) {
     if (flags.snapshotId === undefined) throw new UserError('--read-only needs --snapshot-id SNAPSHOT_ID: the completed snapshot to show');
     if (!flags.readOnly) {
-      throw new UserError('--snapshot-id mounts a completed snapshot and needs --read-only; to change it, start a child with --size and --parent-snapshot-id');
+      throw new UserError(
+        '--snapshot-id mounts a completed snapshot and needs --read-only; to change it, start a child with --size and --parent-snapshot-id',
+      );
     }
     refuseStartFlags('--read-only');
     if (!flags.complete) throw new UserError('--no-complete cannot be combined with --read-only: nothing is written');
     return { kind: 'read-only', snapshotId: parseSnapshotId(flags.snapshotId, '--snapshot-id') };
   }
   if (flags.size === undefined) {
-    throw new UserError('--size GIB is required: the size of the volume, from 1 to 65536 GiB (or --resume SNAPSHOT_ID, or --snapshot-id SNAPSHOT_ID --read-only)');
+    throw new UserError(
+      '--size GIB is required: the size of the volume, from 1 to 65536 GiB (or --resume SNAPSHOT_ID, or --snapshot-id SNAPSHOT_ID --read-only)',
+    );
   }
   return { kind: 'new', params: snapshotParams(parseVolumeSizeGiB(flags.size), flags) };
 }
@@ -395,17 +420,20 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
   // and without a handler that would kill the process and leave a dead mount.
   const unmountRequested = waitForUnmountRequest(fuseMount, externallyUnmounted);
   const progress = (): MountProgress => mountProgress(session?.stats(), fuseMount.stats());
-  const record = MountRecordFile.create({
-    mountpoint: fuseMount.mountpoint,
-    filePath: fuseMount.filePath,
-    snapshotId,
-    readOnly: !session,
-    complete: settings.complete,
-    endpoint: opened.endpointDescription,
-    ...(session ? { stateDir: settings.stateDir } : {}),
-    ...(backgroundLogFile() ? { logFile: backgroundLogFile() } : {}),
-    progress: progress(),
-  }, log);
+  const record = MountRecordFile.create(
+    {
+      mountpoint: fuseMount.mountpoint,
+      filePath: fuseMount.filePath,
+      snapshotId,
+      readOnly: !session,
+      complete: settings.complete,
+      endpoint: opened.endpointDescription,
+      ...(session ? { stateDir: settings.stateDir } : {}),
+      ...(backgroundLogFile() ? { logFile: backgroundLogFile() } : {}),
+      progress: progress(),
+    },
+    log,
+  );
   record.keepUpdated(progress);
   process.stdout.write(`${snapshotId} ${fuseMount.filePath}\n`);
   const ending = !session ? 'unmount' : settings.complete ? 'complete it' : 'leave it pending';

@@ -117,7 +117,10 @@ export function addSnapshotOptions(command: Command): Command {
       `tag the snapshot; may be repeated (up to ${TAGS_MAX})`,
       (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
     )
-    .option('--timeout <minutes>', `minutes the snapshot may stay idle before EBS fails it (${TIMEOUT_MINUTES_MIN}-${TIMEOUT_MINUTES_MAX}, EBS default 60)`)
+    .option(
+      '--timeout <minutes>',
+      `minutes the snapshot may stay idle before EBS fails it (${TIMEOUT_MINUTES_MIN}-${TIMEOUT_MINUTES_MAX}, EBS default 60)`,
+    )
     .option('--encrypted', 'encrypt the snapshot (not with --parent-snapshot-id, which inherits encryption)')
     .option('--kms-key-arn <arn>', 'KMS key to encrypt with (implies --encrypted unless there is a parent)')
     .option('--client-token <token>', 'makes StartSnapshot idempotent: the same token and options give the same snapshot');
@@ -157,7 +160,7 @@ export function snapshotParams(volumeSizeGiB: number, values: SnapshotOptionValu
   if (values.encrypted) {
     if (params.parentSnapshotId !== undefined) {
       // StartSnapshot refuses both (ValidationException): a child inherits its parent's encryption.
-      throw new UserError('--encrypted cannot be combined with --parent-snapshot-id: the child takes the parent\'s encryption');
+      throw new UserError("--encrypted cannot be combined with --parent-snapshot-id: the child takes the parent's encryption");
     }
     params.encrypted = true;
   } else if (params.kmsKeyArn !== undefined && params.parentSnapshotId === undefined) {

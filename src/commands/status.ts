@@ -5,14 +5,36 @@
 import type { Command } from 'commander';
 import { UserError } from '../errors';
 import { isMountPoint } from '../fuse/mountinfo';
-import { readRecord, readRecords, removeRecord, resolveMountpoint, stateOf, type MountProgress, type MountRecord, type MountState } from './mount-record';
+import {
+  readRecord,
+  readRecords,
+  removeRecord,
+  resolveMountpoint,
+  stateOf,
+  type MountProgress,
+  type MountRecord,
+  type MountState,
+} from './mount-record';
 
 interface StatusFlags {
   json?: boolean;
 }
 
 /** One mount as `status --json` prints it: the record's fields, its progress flattened, and its state. */
-export type MountStatus = Pick<MountRecord, 'mountpoint' | 'filePath' | 'snapshotId' | 'pid' | 'readOnly' | 'complete' | 'endpoint' | 'stateDir' | 'logFile' | 'startedAt' | 'updatedAt'> &
+export type MountStatus = Pick<
+  MountRecord,
+  | 'mountpoint'
+  | 'filePath'
+  | 'snapshotId'
+  | 'pid'
+  | 'readOnly'
+  | 'complete'
+  | 'endpoint'
+  | 'stateDir'
+  | 'logFile'
+  | 'startedAt'
+  | 'updatedAt'
+> &
   Omit<MountProgress, 'lastUploadError' | 'largestWriteBytes'> & {
     state: MountState;
     lastError: string | null;
@@ -33,7 +55,22 @@ export function registerStatusCommand(program: Command): void {
 function toStatus(record: MountRecord, state: MountState): MountStatus {
   const { mountpoint, filePath, snapshotId, pid, readOnly, complete, endpoint, stateDir, logFile, startedAt, updatedAt } = record;
   const { lastUploadError, largestWriteBytes: _kernelOnly, ...progress } = record.progress;
-  return { mountpoint, filePath, snapshotId, state, pid, readOnly, complete, endpoint, stateDir, logFile, startedAt, updatedAt, ...progress, lastError: lastUploadError ?? null };
+  return {
+    mountpoint,
+    filePath,
+    snapshotId,
+    state,
+    pid,
+    readOnly,
+    complete,
+    endpoint,
+    stateDir,
+    logFile,
+    startedAt,
+    updatedAt,
+    ...progress,
+    lastError: lastUploadError ?? null,
+  };
 }
 
 /** Live and died mounts; an ended record, or a died one whose mountpoint was cleaned up, is removed. */
@@ -67,6 +104,7 @@ function statusLine(mount: MountStatus): string {
     `${mount.retries} retries`,
   ];
   if (mount.lastError) parts.push(`last error: ${mount.lastError}`);
-  if (mount.state === 'died') parts.push(`process ${mount.pid} is gone; the snapshot stays pending (ebs-fuse mount --resume ${mount.snapshotId})`);
+  if (mount.state === 'died')
+    parts.push(`process ${mount.pid} is gone; the snapshot stays pending (ebs-fuse mount --resume ${mount.snapshotId})`);
   return parts.join(', ');
 }

@@ -6,7 +6,15 @@
 import type { Command } from 'commander';
 import { describeError, UserError } from '../errors';
 import { isMountPoint } from '../fuse/mountinfo';
-import { mountProcessAlive, readRecord, removeRecord, RECORD_INTERVAL_MS, resolveMountpoint, runtimeDir, type MountRecord } from './mount-record';
+import {
+  mountProcessAlive,
+  readRecord,
+  removeRecord,
+  RECORD_INTERVAL_MS,
+  resolveMountpoint,
+  runtimeDir,
+  type MountRecord,
+} from './mount-record';
 
 /** A signal while the file is open leaves the mount serving; past this it is reported busy. */
 const BUSY_AFTER_MS = 5000;
@@ -18,7 +26,9 @@ export function registerUnmountCommand(program: Command): void {
   program
     .command('unmount')
     .argument('<mountpoint>', 'where `ebs-fuse mount` mounted the snapshot')
-    .description('end an ebs-fuse mount: upload what is left, complete the snapshot (unless mounted with --no-complete), print SNAPSHOT_ID STATUS')
+    .description(
+      'end an ebs-fuse mount: upload what is left, complete the snapshot (unless mounted with --no-complete), print SNAPSHOT_ID STATUS',
+    )
     .action(async (mountpoint: string) => {
       process.exitCode = await runUnmount(mountpoint);
     });
@@ -50,7 +60,9 @@ async function runUnmount(mountpointArgument: string): Promise<number> {
   if (!mountProcessAlive(record)) {
     if (record.phase === 'ended') {
       removeRecord(record);
-      throw new UserError(`${mountpoint} is not mounted: its ebs-fuse mount already ended (${record.snapshotId} ${record.endStatus ?? 'error'})`);
+      throw new UserError(
+        `${mountpoint} is not mounted: its ebs-fuse mount already ended (${record.snapshotId} ${record.endStatus ?? 'error'})`,
+      );
     }
     throw new UserError(goneMessage(record, mountpoint));
   }
@@ -87,7 +99,9 @@ async function runUnmount(mountpointArgument: string): Promise<number> {
       );
     }
     if (waitedMs > WAIT_LIMIT_MS) {
-      throw new UserError(`${mountpoint} is still ${now.phase} after ${WAIT_LIMIT_MS / 60_000} minutes; it goes on: see ebs-fuse status ${mountpoint}`);
+      throw new UserError(
+        `${mountpoint} is still ${now.phase} after ${WAIT_LIMIT_MS / 60_000} minutes; it goes on: see ebs-fuse status ${mountpoint}`,
+      );
     }
   }
 }

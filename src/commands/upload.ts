@@ -24,7 +24,10 @@ export function registerUploadCommand(program: Command): void {
     .command('upload')
     .argument('<file>', 'a file or block device, or - for standard input (with --size)')
     .description('upload FILE (holes cost nothing) or standard input to a new snapshot, complete it, and print its ID')
-    .option('--size <gib>', "volume size in GiB; default FILE's size rounded up to whole GiB, and only larger is accepted; required with -");
+    .option(
+      '--size <gib>',
+      "volume size in GiB; default FILE's size rounded up to whole GiB, and only larger is accepted; required with -",
+    );
   addSnapshotOptions(command);
   command.option('--upload-concurrency <n>', 'blocks read and PUT at once', String(DEFAULT_UPLOAD_CONCURRENCY));
   addConnectionOptions(command);
@@ -40,8 +43,10 @@ function log(line: string): void {
 async function runUpload(file: string, flags: UploadFlags): Promise<number> {
   const volumeSizeGiB = flags.size === undefined ? undefined : parseVolumeSizeGiB(flags.size);
   const fromStdin = file === '-';
-  if (fromStdin && volumeSizeGiB === undefined) throw new UserError('upload - needs --size GIB: the size of standard input is not known before it ends');
-  if (fromStdin && process.stdin.isTTY) throw new UserError('upload - reads the image from standard input, which is a terminal: pipe or redirect the image into it');
+  if (fromStdin && volumeSizeGiB === undefined)
+    throw new UserError('upload - needs --size GIB: the size of standard input is not known before it ends');
+  if (fromStdin && process.stdin.isTTY)
+    throw new UserError('upload - reads the image from standard input, which is a terminal: pipe or redirect the image into it');
   const name = fromStdin ? 'standard input' : file;
   // The size is worked out from the file; 1 only stands in while the options are checked.
   const snapshot = snapshotParams(1, flags);
@@ -49,7 +54,11 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
 
   const opened = await openSnapshotClient(flags, { maxSockets: concurrency, log });
   const stats = newTransferStats();
-  const progress = startTransferProgress({ phase: 'uploading', moved: 'sent' }, { stats, retries: () => opened.client.retryCount }, process.stderr);
+  const progress = startTransferProgress(
+    { phase: 'uploading', moved: 'sent' },
+    { stats, retries: () => opened.client.retryCount },
+    process.stderr,
+  );
   const abort = new AbortController();
   let snapshotId: string | undefined;
   const interrupt = onInterrupt((signal) => {

@@ -310,7 +310,9 @@ export class BlockCache {
 
   private checkCounts(): void {
     if (this.dirtyBlocks < 0 || this.buffersHeld < 0 || this.buffersHeld > this.options.capacityBlocks) {
-      throw new Error(`block cache counts out of bounds: ${this.dirtyBlocks} dirty, ${this.buffersHeld} buffers of ${this.options.capacityBlocks}`);
+      throw new Error(
+        `block cache counts out of bounds: ${this.dirtyBlocks} dirty, ${this.buffersHeld} buffers of ${this.options.capacityBlocks}`,
+      );
     }
   }
 

@@ -11,7 +11,7 @@ export interface BlockSegment {
 
 /** Splits the byte range [startBytes, endBytes) at block boundaries. */
 export function* blockSegments(startBytes: number, endBytes: number): Generator<BlockSegment> {
-  for (let position = startBytes; position < endBytes; ) {
+  for (let position = startBytes; position < endBytes;) {
     const index = Math.floor(position / BLOCK_SIZE_BYTES);
     const inBlock = position - index * BLOCK_SIZE_BYTES;
     const count = Math.min(BLOCK_SIZE_BYTES - inBlock, endBytes - position);

@@ -14,7 +14,16 @@ import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
 import { writeFully } from '../durable-file';
 import { describeError, UserError } from '../errors';
-import { forEachBounded, GIB_BYTES, InOrder, isZeroBlock, LIST_PAGE_SIZE_MAX, newTransferStats, SnapshotBlockList, type TransferStats } from './transfer';
+import {
+  forEachBounded,
+  GIB_BYTES,
+  InOrder,
+  isZeroBlock,
+  LIST_PAGE_SIZE_MAX,
+  newTransferStats,
+  SnapshotBlockList,
+  type TransferStats,
+} from './transfer';
 
 /** Fetched blocks that may wait for an earlier slow one, per unit of concurrency. */
 const WINDOW_PER_CONCURRENCY = 4;
@@ -67,7 +76,13 @@ export async function downloadSnapshot(client: SnapshotClient, options: Download
   } catch (error) {
     throw new UserError(`cannot create ${temporary} to download into: ${describeError(error)}`);
   }
-  const result: DownloadResult = { snapshotId: options.snapshotId, filePath: target, volumeSizeGiB: list.volumeSizeGiB, blocksFetched: 0, zeroBlocksNotWritten: 0 };
+  const result: DownloadResult = {
+    snapshotId: options.snapshotId,
+    filePath: target,
+    volumeSizeGiB: list.volumeSizeGiB,
+    blocksFetched: 0,
+    zeroBlocksNotWritten: 0,
+  };
   let closed = false;
   try {
     const inOrder = new InOrder<number>((index) => {
@@ -153,7 +168,13 @@ async function giveName(temporary: string, target: string, force: boolean): Prom
     if (code === 'EEXIST') throw new UserError(`${target} appeared while downloading; pass --force to replace it`);
     // Some filesystems have no hard links: check, then rename.
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw error;
-    if (await fs.stat(target).then(() => true, () => false)) throw new UserError(`${target} appeared while downloading; pass --force to replace it`);
+    if (
+      await fs.stat(target).then(
+        () => true,
+        () => false,
+      )
+    )
+      throw new UserError(`${target} appeared while downloading; pass --force to replace it`);
     await fs.rename(temporary, target);
     return;
   }

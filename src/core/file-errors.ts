@@ -2,7 +2,10 @@
 export type FileErrno = 'EIO' | 'ENOSPC' | 'EFBIG' | 'EROFS' | 'EINVAL';
 
 export class FileOperationError extends Error {
-  constructor(readonly errno: FileErrno, message: string) {
+  constructor(
+    readonly errno: FileErrno,
+    message: string,
+  ) {
     super(message);
     this.name = 'FileOperationError';
   }

@@ -295,7 +295,11 @@ export class LocalCopy {
         // many writes in flight that would let the file overshoot the reserve by as many blocks.
         const allocatedBytes = this.handle ? (await (await this.handle).stat()).blocks * 512 : 0;
         const unwrittenBytes = Math.max(0, this.slotCount * BLOCK_SIZE_BYTES - allocatedBytes);
-        this.freeSpace = { bytes: stats.bavail * stats.bsize - unwrittenBytes, reserveBytes: autoReserveBytes(stats.blocks * stats.bsize), atMs: nowMs };
+        this.freeSpace = {
+          bytes: stats.bavail * stats.bsize - unwrittenBytes,
+          reserveBytes: autoReserveBytes(stats.blocks * stats.bsize),
+          atMs: nowMs,
+        };
       } catch {
         return false;
       }

@@ -83,16 +83,26 @@ export class SnapshotSession {
     if (state.status === 'completed') throw new UserError(`${snapshotId} is already completed; there is nothing to resume`);
     // The journal of versions before the local copy: its records mean something else.
     if (existsSync(path.join(stateDirectory, 'journal.log'))) {
-      throw new UserError(`the state of ${snapshotId} in ${stateDirectory} was written by an earlier ebs-fuse (journal.log); resume or complete it with that version`);
+      throw new UserError(
+        `the state of ${snapshotId} in ${stateDirectory} was written by an earlier ebs-fuse (journal.log); resume or complete it with that version`,
+      );
     }
     return SnapshotSession.open(client, stateDirectory, state, tuning);
   }
 
-  private static async open(client: SnapshotClient, stateDirectory: string, state: StateRecord, tuning: SessionTuning): Promise<SnapshotSession> {
+  private static async open(
+    client: SnapshotClient,
+    stateDirectory: string,
+    state: StateRecord,
+    tuning: SessionTuning,
+  ): Promise<SnapshotSession> {
     await takeLock(stateDirectory);
     try {
       const parentId = state.params.parentSnapshotId;
-      const parent = parentId === undefined ? undefined : await SnapshotReader.open(client, parentId, { cachedBlocksMax: PARENT_CACHED_BLOCKS, readAheadBlocks: 0 });
+      const parent =
+        parentId === undefined
+          ? undefined
+          : await SnapshotReader.open(client, parentId, { cachedBlocksMax: PARENT_CACHED_BLOCKS, readAheadBlocks: 0 });
       const volume = await Volume.open({
         parent,
         client,
@@ -166,7 +176,9 @@ export class SnapshotSession {
       try {
         await this.forgetData();
       } catch (error) {
-        throw new UserError(`${this.snapshotId} is ${status}, but its state in ${this.stateDirectory} could not be cleared: ${(error as Error).message}`);
+        throw new UserError(
+          `${this.snapshotId} is ${status}, but its state in ${this.stateDirectory} could not be cleared: ${(error as Error).message}`,
+        );
       }
     }
     return { snapshotId: this.snapshotId, status };
@@ -216,7 +228,9 @@ export class SnapshotSession {
     } catch (error) {
       if (this.keepAliveWarned) return;
       this.keepAliveWarned = true;
-      this.log(`ebs-fuse: warning: cannot keep ${this.snapshotId} alive (${(error as Error).message}); it turns to 'error' after ${Math.round(this.idleTimeoutMs / 60_000)} min without a PUT`);
+      this.log(
+        `ebs-fuse: warning: cannot keep ${this.snapshotId} alive (${(error as Error).message}); it turns to 'error' after ${Math.round(this.idleTimeoutMs / 60_000)} min without a PUT`,
+      );
     }
   }
 
@@ -245,7 +259,9 @@ async function readState(stateDirectory: string, snapshotId: string): Promise<St
   try {
     text = await fs.readFile(path.join(stateDirectory, STATE_FILE), 'utf8');
   } catch {
-    throw new UserError(`no local state for ${snapshotId} in ${path.dirname(stateDirectory)}: only a snapshot started by a mount with this --state-dir can be resumed`);
+    throw new UserError(
+      `no local state for ${snapshotId} in ${path.dirname(stateDirectory)}: only a snapshot started by a mount with this --state-dir can be resumed`,
+    );
   }
   const state = JSON.parse(text) as StateRecord;
   if (state.snapshotId !== snapshotId || !(state.volumeSizeGiB >= 1 && state.volumeSizeGiB * BLOCKS_PER_GIB > 0)) {
@@ -302,4 +318,3 @@ function limitsFrom(tuning: Partial<CoreLimits>): CoreLimits {
   for (const key of Object.keys(DEFAULT_LIMITS) as Array<keyof CoreLimits>) take(key);
   return limits;
 }
-

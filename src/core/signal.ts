@@ -15,10 +15,13 @@ export class ChangeSignal {
   /** Resolves true on a notify, false when timeoutMs passed first. */
   wait(timeoutMs: number): Promise<boolean> {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((wake) => wake !== onNotify);
-        resolve(false);
-      }, Math.max(0, timeoutMs));
+      const timer = setTimeout(
+        () => {
+          this.waiters = this.waiters.filter((wake) => wake !== onNotify);
+          resolve(false);
+        },
+        Math.max(0, timeoutMs),
+      );
       const onNotify = (): void => {
         clearTimeout(timer);
         resolve(true);

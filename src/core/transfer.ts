@@ -58,10 +58,14 @@ export class SnapshotBlockList {
     for (let pages = 1; ; pages += 1) {
       for (const block of page.blocks) {
         if (block.blockIndex <= lastIndex) {
-          throw new Error(`ListSnapshotBlocks of ${this.snapshotId} returned block ${block.blockIndex} after ${lastIndex}: not in ascending order`);
+          throw new Error(
+            `ListSnapshotBlocks of ${this.snapshotId} returned block ${block.blockIndex} after ${lastIndex}: not in ascending order`,
+          );
         }
         if (block.blockIndex >= this.volumeBlocks) {
-          throw new Error(`ListSnapshotBlocks of ${this.snapshotId} returned block ${block.blockIndex}, past its ${this.volumeSizeGiB} GiB`);
+          throw new Error(
+            `ListSnapshotBlocks of ${this.snapshotId} returned block ${block.blockIndex}, past its ${this.volumeSizeGiB} GiB`,
+          );
         }
         lastIndex = block.blockIndex;
         yield block;

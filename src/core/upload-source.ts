@@ -130,7 +130,8 @@ export class FileBlockSource implements BlockSource {
       }
       if (listing.holesUnsupported) {
         this.holesDetected = false;
-        if (this.source.kind === 'file' && !helperMissing) this.log(`${this.source.path}'s filesystem cannot tell holes (no SEEK_DATA): reading every byte`);
+        if (this.source.kind === 'file' && !helperMissing)
+          this.log(`${this.source.path}'s filesystem cannot tell holes (no SEEK_DATA): reading every byte`);
         yield { offsetBytes: start, lengthBytes: size - start };
         return;
       }
@@ -171,7 +172,7 @@ export class StreamBlockSource implements BlockSource {
     let index = 0;
     for await (const piece of this.stream) {
       const chunk = typeof piece === 'string' ? Buffer.from(piece) : (piece as Buffer);
-      for (let offset = 0; offset < chunk.length; ) {
+      for (let offset = 0; offset < chunk.length;) {
         if (index >= volumeBlocks) {
           throw new StreamTooLongError(`${this.name} is longer than the volume (${volumeBlocks * BLOCK_SIZE_BYTES} bytes, --size)`);
         }
@@ -227,7 +228,8 @@ export function listExtents(helper: string, filePath: string, startBytes: number
         for (const line of stdout.split('\n')) {
           const fields = line.split(' ');
           if (fields[0] === 'size' && fields.length === 2) listing.sizeBytes = Number(fields[1]);
-          else if (fields[0] === 'data' && fields.length === 3) listing.extents.push({ offsetBytes: Number(fields[1]), lengthBytes: Number(fields[2]) });
+          else if (fields[0] === 'data' && fields.length === 3)
+            listing.extents.push({ offsetBytes: Number(fields[1]), lengthBytes: Number(fields[2]) });
           else if (fields[0] === 'unsupported') listing.holesUnsupported = true;
         }
         const numbers = [listing.sizeBytes, ...listing.extents.flatMap((extent) => [extent.offsetBytes, extent.lengthBytes])];

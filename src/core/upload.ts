@@ -21,8 +21,24 @@ import {
   type StartSnapshotParams,
 } from '../ebs/client';
 import { describeError, UserError } from '../errors';
-import { forEachBounded, GIB_BYTES, InOrder, isZeroBlock, newTransferStats, SnapshotBlockList, ZERO_BLOCK, type TransferStats } from './transfer';
-import { DEFAULT_EXTENTS_HELPER, FileBlockSource, StreamBlockSource, StreamTooLongError, type BlockSource, type DataBlock } from './upload-source';
+import {
+  forEachBounded,
+  GIB_BYTES,
+  InOrder,
+  isZeroBlock,
+  newTransferStats,
+  SnapshotBlockList,
+  ZERO_BLOCK,
+  type TransferStats,
+} from './transfer';
+import {
+  DEFAULT_EXTENTS_HELPER,
+  FileBlockSource,
+  StreamBlockSource,
+  StreamTooLongError,
+  type BlockSource,
+  type DataBlock,
+} from './upload-source';
 
 export { DEFAULT_EXTENTS_HELPER, listExtents } from './upload-source';
 
@@ -139,7 +155,9 @@ async function uploadBlocks(
       throw new UserError(`cannot read the parent snapshot ${parentId}: ${describeError(error)}`);
     }
     if (requestedGiB !== undefined && requestedGiB < parent.volumeSizeGiB) {
-      throw new UserError(`--size ${requestedGiB} is smaller than the parent snapshot ${parentId} (${parent.volumeSizeGiB} GiB); a child is at least as large as its parent`);
+      throw new UserError(
+        `--size ${requestedGiB} is smaller than the parent snapshot ${parentId} (${parent.volumeSizeGiB} GiB); a child is at least as large as its parent`,
+      );
     }
   }
   const volumeSizeGiB = Math.max(requestedGiB ?? sourceGiB, parent?.volumeSizeGiB ?? 0);
@@ -164,7 +182,8 @@ async function uploadBlocks(
   try {
     await run.putAll();
   } catch (error) {
-    if (error instanceof StreamTooLongError) throw new UserError(`${error.message}; ${snapshotId} was not completed and ${stays}: run it again with a larger --size`);
+    if (error instanceof StreamTooLongError)
+      throw new UserError(`${error.message}; ${snapshotId} was not completed and ${stays}: run it again with a larger --size`);
     const why = options.signal?.aborted ? 'was interrupted' : `failed: ${describeError(error)}`;
     throw new UserError(`uploading ${source.name} to ${snapshotId} ${why}; the snapshot ${stays}: run the upload again`);
   }
@@ -173,7 +192,9 @@ async function uploadBlocks(
   try {
     status = await client.completeSnapshot({ snapshotId, ...figures });
   } catch (error) {
-    throw new UserError(`CompleteSnapshot of ${snapshotId} failed after every block was uploaded: ${describeError(error)}; the snapshot stays pending: run the upload again`);
+    throw new UserError(
+      `CompleteSnapshot of ${snapshotId} failed after every block was uploaded: ${describeError(error)}; the snapshot stays pending: run the upload again`,
+    );
   }
   return {
     snapshotId,

@@ -315,7 +315,9 @@ export class Volume implements VolumeFile {
         this.lastUploadError = undefined;
         return;
       }
-      const failed = pending.find(({ block }) => !block.uploading && block.lastFailure !== undefined && block.lastFailure.sequence > failuresBefore);
+      const failed = pending.find(
+        ({ block }) => !block.uploading && block.lastFailure !== undefined && block.lastFailure.sequence > failuresBefore,
+      );
       if (failed) {
         throw new FileOperationError('EIO', `upload of block ${failed.block.index} failed: ${failed.block.lastFailure!.message}`);
       }

@@ -86,7 +86,10 @@ const MAX_QUOTED_MESSAGE_CHARS = 300;
 
 /** Why an attempt's AbortController fired. */
 class AttemptAbort extends Error {
-  constructor(readonly why: 'timeout' | 'closed', readonly afterMs: number) {
+  constructor(
+    readonly why: 'timeout' | 'closed',
+    readonly afterMs: number,
+  ) {
     super(why === 'timeout' ? `no complete response within ${afterMs} ms` : 'the snapshot client was closed');
     this.name = 'AttemptAbort';
   }
@@ -133,17 +136,19 @@ export class AwsSnapshotClient implements SnapshotClient {
     const config: EBSClientConfig = {
       ...options.sdkConfig,
       maxAttempts: options.sdkConfig?.maxAttempts ?? 1,
-      requestHandler: options.sdkConfig?.requestHandler ?? new NodeHttpHandler({
-        httpAgent: this.httpAgent,
-        httpsAgent: this.httpsAgent,
-        connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
-        // The handler's own timer covers only up to the response headers; the
-        // per-attempt AbortController in call() also covers the body.
-        requestTimeout: this.requestTimeoutMs,
-        throwOnRequestTimeout: true,
-        // Without a logger the handler warns on the console, over several lines.
-        logger: httpLogger(options.log),
-      }),
+      requestHandler:
+        options.sdkConfig?.requestHandler ??
+        new NodeHttpHandler({
+          httpAgent: this.httpAgent,
+          httpsAgent: this.httpsAgent,
+          connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+          // The handler's own timer covers only up to the response headers; the
+          // per-attempt AbortController in call() also covers the body.
+          requestTimeout: this.requestTimeoutMs,
+          throwOnRequestTimeout: true,
+          // Without a logger the handler warns on the console, over several lines.
+          logger: httpLogger(options.log),
+        }),
     };
     if (options.region !== undefined) config.region = options.region;
     if (options.endpoint !== undefined) config.endpoint = options.endpoint;
@@ -283,9 +288,7 @@ export class AwsSnapshotClient implements SnapshotClient {
         new CompleteSnapshotCommand({
           SnapshotId: params.snapshotId,
           ChangedBlocksCount: params.changedBlocksCount,
-          ...(linear !== undefined
-            ? { Checksum: linear, ChecksumAlgorithm: 'SHA256', ChecksumAggregationMethod: 'LINEAR' }
-            : {}),
+          ...(linear !== undefined ? { Checksum: linear, ChecksumAlgorithm: 'SHA256', ChecksumAggregationMethod: 'LINEAR' } : {}),
         }),
         { abortSignal },
       ),
@@ -375,9 +378,14 @@ export class AwsSnapshotClient implements SnapshotClient {
     else if (dataLength !== data.length) problem = `${data.length} bytes of block data but DataLength ${dataLength}`;
     else if (data.length !== BLOCK_SIZE_BYTES) problem = `${data.length} bytes of block data, not ${BLOCK_SIZE_BYTES}`;
     else if (!checksum) problem = 'no checksum with the block data';
-    else if (sha256Base64(data) !== checksum) problem = `block data whose SHA-256 is ${sha256Base64(data)}, not the ${checksum} sent with it`;
+    else if (sha256Base64(data) !== checksum)
+      problem = `block data whose SHA-256 is ${sha256Base64(data)}, not the ${checksum} sent with it`;
     if (problem !== undefined || data === undefined) {
-      throw new SnapshotApiError(`${await this.subject(context)} returned ${problem}; it will be read again`, 'CorruptBlockData', 'transient');
+      throw new SnapshotApiError(
+        `${await this.subject(context)} returned ${problem}; it will be read again`,
+        'CorruptBlockData',
+        'transient',
+      );
     }
     return data;
   }
@@ -573,8 +581,10 @@ const CREDENTIAL_HINTS: Record<string, string> = {
   UnrecognizedClientException: 'the access key ID is not known to the service; check AWS_ACCESS_KEY_ID or the profile',
   InvalidClientTokenId: 'the access key ID is not known to the service; check AWS_ACCESS_KEY_ID or the profile',
   InvalidAccessKeyId: 'the access key ID is not known to the service; check AWS_ACCESS_KEY_ID or the profile',
-  InvalidSignatureException: 'the request signature was rejected; check that the secret access key belongs to the access key ID, and the system clock',
-  SignatureDoesNotMatch: 'the request signature was rejected; check that the secret access key belongs to the access key ID, and the system clock',
+  InvalidSignatureException:
+    'the request signature was rejected; check that the secret access key belongs to the access key ID, and the system clock',
+  SignatureDoesNotMatch:
+    'the request signature was rejected; check that the secret access key belongs to the access key ID, and the system clock',
   IncompleteSignatureException: 'the request signature was incomplete; check the credentials',
   MissingAuthenticationTokenException: 'the request was not signed; check the credentials',
   MissingAuthenticationToken: 'the request was not signed; check the credentials',
@@ -617,7 +627,13 @@ export function classifyEbsError(error: unknown, context: ClassifyContext = {}):
     }
     if (name === 'ResourceNotFoundException') {
       if (context.resourceNotFoundIsTransient) {
-        return { code: name, kind: 'transient', httpStatus, reason, detail: `${name}${status}: ${quoted} (just after StartSnapshot, so retrying)` };
+        return {
+          code: name,
+          kind: 'transient',
+          httpStatus,
+          reason,
+          detail: `${name}${status}: ${quoted} (just after StartSnapshot, so retrying)`,
+        };
       }
       return {
         code: name,
@@ -655,9 +671,10 @@ export function classifyEbsError(error: unknown, context: ClassifyContext = {}):
 
   if ((code !== undefined && NETWORK_CODES.has(code)) || /socket hang up|premature close/i.test(fields.message)) {
     const label = code ?? 'ECONNRESET';
-    const hint = label === 'ECONNREFUSED' || label === 'ENOTFOUND' || label === 'EAI_AGAIN'
-      ? '; check the endpoint and that the server is running'
-      : '';
+    const hint =
+      label === 'ECONNREFUSED' || label === 'ENOTFOUND' || label === 'EAI_AGAIN'
+        ? '; check the endpoint and that the server is running'
+        : '';
     // Node's own text ("connect ECONNREFUSED 127.0.0.1:9") adds nothing to the code and URL.
     const extra = fields.message.includes(label) ? '' : `: ${quoted}`;
     return { code: label, kind: 'transient', detail: `${networkVerb(label)} (${label})${extra}${hint}` };

@@ -89,11 +89,7 @@ export interface SnapshotClient {
   putSnapshotBlock(params: PutBlockParams): Promise<void>;
   completeSnapshot(params: CompleteSnapshotParams): Promise<SnapshotStatus>;
   listSnapshotBlocks(snapshotId: string, page?: ListPageParams): Promise<BlockPage>;
-  listChangedBlocks(
-    secondSnapshotId: string,
-    firstSnapshotId: string | undefined,
-    page?: ListPageParams,
-  ): Promise<ChangedBlockPage>;
+  listChangedBlocks(secondSnapshotId: string, firstSnapshotId: string | undefined, page?: ListPageParams): Promise<ChangedBlockPage>;
   /** Returns the block's bytes after checking them against the returned checksum. */
   getSnapshotBlock(snapshotId: string, blockIndex: number, blockToken: string): Promise<Buffer>;
   /** Releases sockets and timers. */

@@ -55,9 +55,9 @@ export function addConnectionOptions(command: Command): Command {
   return command
     .option(
       '--endpoint <url>',
-      'EBS direct API endpoint (default: the AWS SDK\'s: AWS_ENDPOINT_URL_EBS, AWS_ENDPOINT_URL, else the region\'s)',
+      "EBS direct API endpoint (default: the AWS SDK's: AWS_ENDPOINT_URL_EBS, AWS_ENDPOINT_URL, else the region's)",
     )
-    .option('--region <region>', 'AWS region (default: AWS_REGION or the profile\'s region)')
+    .option('--region <region>', "AWS region (default: AWS_REGION or the profile's region)")
     .option('--profile <name>', 'AWS profile for credentials and region (default: AWS_PROFILE)')
     .option(
       '--local [dir]',
@@ -87,10 +87,7 @@ export function parseEndpoint(value: string): string {
   return url.href.replace(/\/$/, '');
 }
 
-export async function openSnapshotClient(
-  options: ConnectionOptions,
-  tuning: ConnectionTuning = {},
-): Promise<OpenedClient> {
+export async function openSnapshotClient(options: ConnectionOptions, tuning: ConnectionTuning = {}): Promise<OpenedClient> {
   if (options.local !== undefined && options.local !== false) return openLocal(options, tuning);
   return openAws(options, tuning);
 }
@@ -159,7 +156,10 @@ function configuredEndpointFromEnv(): string | undefined {
 }
 
 async function openLocal(options: ConnectionOptions, tuning: ConnectionTuning): Promise<OpenedClient> {
-  for (const [flag, value] of [['--endpoint', options.endpoint], ['--profile', options.profile]] as const) {
+  for (const [flag, value] of [
+    ['--endpoint', options.endpoint],
+    ['--profile', options.profile],
+  ] as const) {
     if (value !== undefined) throw new UserError(`--local cannot be combined with ${flag}: it picks its own endpoint and credentials`);
   }
   const dataDir = path.resolve(typeof options.local === 'string' ? options.local : DEFAULT_LOCAL_DIR);

@@ -63,8 +63,20 @@ export class MemorySnapshotClient implements SnapshotClient {
       if (parent.status !== 'completed') throw permanent('ValidationException', 'parent is not completed');
     }
     const id = `snap-${randomBytes(8).toString('hex')}`;
-    this.snapshots.set(id, { id, volumeSizeGiB: params.volumeSizeGiB, status: 'pending', parentId: params.parentSnapshotId, ownBlocks: new Map() });
-    return { snapshotId: id, volumeSizeGiB: params.volumeSizeGiB, blockSizeBytes: BLOCK_SIZE_BYTES, status: 'pending', parentSnapshotId: params.parentSnapshotId };
+    this.snapshots.set(id, {
+      id,
+      volumeSizeGiB: params.volumeSizeGiB,
+      status: 'pending',
+      parentId: params.parentSnapshotId,
+      ownBlocks: new Map(),
+    });
+    return {
+      snapshotId: id,
+      volumeSizeGiB: params.volumeSizeGiB,
+      blockSizeBytes: BLOCK_SIZE_BYTES,
+      status: 'pending',
+      parentSnapshotId: params.parentSnapshotId,
+    };
   }
 
   async putSnapshotBlock(params: PutBlockParams): Promise<void> {
@@ -120,11 +132,16 @@ export class MemorySnapshotClient implements SnapshotClient {
     };
   }
 
-  async listChangedBlocks(secondSnapshotId: string, firstSnapshotId: string | undefined, page: ListPageParams = {}): Promise<ChangedBlockPage> {
+  async listChangedBlocks(
+    secondSnapshotId: string,
+    firstSnapshotId: string | undefined,
+    page: ListPageParams = {},
+  ): Promise<ChangedBlockPage> {
     await this.enter('changed', { snapshotId: secondSnapshotId });
     const second = this.mustGetCompleted(secondSnapshotId);
     const secondBlocks = this.visibleBlocks(second);
-    const firstBlocks = firstSnapshotId === undefined ? new Map<number, Buffer>() : this.visibleBlocks(this.mustGetCompleted(firstSnapshotId));
+    const firstBlocks =
+      firstSnapshotId === undefined ? new Map<number, Buffer>() : this.visibleBlocks(this.mustGetCompleted(firstSnapshotId));
     const indexes = [...new Set([...firstBlocks.keys(), ...secondBlocks.keys()])]
       .filter((index) => firstBlocks.get(index) !== secondBlocks.get(index))
       .sort((a, b) => a - b);
@@ -145,7 +162,8 @@ export class MemorySnapshotClient implements SnapshotClient {
     await this.enter('get', { snapshotId, blockIndex });
     const snapshot = this.mustGetCompleted(snapshotId);
     const data = this.visibleBlocks(snapshot).get(blockIndex);
-    if (data === undefined || blockToken !== tokenFor(snapshotId, blockIndex)) throw permanent('ValidationException', 'invalid block token');
+    if (data === undefined || blockToken !== tokenFor(snapshotId, blockIndex))
+      throw permanent('ValidationException', 'invalid block token');
     if (Date.now() > (this.tokenExpiryMs.get(snapshotId) ?? 0)) throw permanent('ValidationException', 'expired block token');
     return Buffer.from(data);
   }
@@ -182,7 +200,14 @@ export class MemorySnapshotClient implements SnapshotClient {
 
   private mustGet(snapshotId: string): MemorySnapshot {
     const snapshot = this.snapshots.get(snapshotId);
-    if (!snapshot) throw new SnapshotApiError(`The snapshot '${snapshotId}' does not exist.`, 'ResourceNotFoundException', 'permanent', 404, 'SNAPSHOT_NOT_FOUND');
+    if (!snapshot)
+      throw new SnapshotApiError(
+        `The snapshot '${snapshotId}' does not exist.`,
+        'ResourceNotFoundException',
+        'permanent',
+        404,
+        'SNAPSHOT_NOT_FOUND',
+      );
     return snapshot;
   }
 

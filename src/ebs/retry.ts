@@ -20,12 +20,7 @@ import {
 } from './client';
 
 export type SnapshotOperation =
-  | 'StartSnapshot'
-  | 'PutSnapshotBlock'
-  | 'CompleteSnapshot'
-  | 'ListSnapshotBlocks'
-  | 'ListChangedBlocks'
-  | 'GetSnapshotBlock';
+  'StartSnapshot' | 'PutSnapshotBlock' | 'CompleteSnapshot' | 'ListSnapshotBlocks' | 'ListChangedBlocks' | 'GetSnapshotBlock';
 
 export interface RetryPolicy {
   /** Attempts per call, the first one included. */
@@ -147,11 +142,7 @@ export class RetryingSnapshotClient implements SnapshotClient {
     return this.run('ListSnapshotBlocks', () => this.inner.listSnapshotBlocks(snapshotId, page));
   }
 
-  listChangedBlocks(
-    secondSnapshotId: string,
-    firstSnapshotId: string | undefined,
-    page?: ListPageParams,
-  ): Promise<ChangedBlockPage> {
+  listChangedBlocks(secondSnapshotId: string, firstSnapshotId: string | undefined, page?: ListPageParams): Promise<ChangedBlockPage> {
     return this.run('ListChangedBlocks', () => this.inner.listChangedBlocks(secondSnapshotId, firstSnapshotId, page));
   }
 
@@ -222,12 +213,7 @@ export class RetryingSnapshotClient implements SnapshotClient {
   }
 }
 
-function giveUp(
-  last: SnapshotApiError,
-  attempts: number,
-  elapsedMs: number,
-  limit: 'attempts' | 'time',
-): SnapshotApiError {
+function giveUp(last: SnapshotApiError, attempts: number, elapsedMs: number, limit: 'attempts' | 'time'): SnapshotApiError {
   const seconds = (elapsedMs / 1000).toFixed(1);
   const why = limit === 'attempts' ? 'the attempt limit' : 'the time limit';
   // The last cause stays first in the message: it is what the user must act on.

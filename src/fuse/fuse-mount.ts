@@ -242,7 +242,10 @@ export class FuseMount {
     this.watcher?.stop();
     if (!(await isMountPoint(this.mountpoint))) return;
     const attempts: Array<[string, () => Promise<unknown>]> = [
-      ['fuse-native unmount', () => withTimeout(promisify((cb: (error: Error | null) => void) => this.fuse.unmount(cb))(), UNMOUNT_COMMAND_TIMEOUT_MS)],
+      [
+        'fuse-native unmount',
+        () => withTimeout(promisify((cb: (error: Error | null) => void) => this.fuse.unmount(cb))(), UNMOUNT_COMMAND_TIMEOUT_MS),
+      ],
       ['fusermount -uz', () => execFileAsync('fusermount', ['-uz', this.mountpoint], { timeout: UNMOUNT_COMMAND_TIMEOUT_MS })],
       ['umount -l', () => execFileAsync('umount', ['-l', this.mountpoint], { timeout: UNMOUNT_COMMAND_TIMEOUT_MS })],
     ];
@@ -436,7 +439,9 @@ export class FuseMount {
             const errno = fail('close', error);
             const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
             // Many programs ignore close's result; say it where a person will see it.
-            this.options.log(`close of ${this.options.fileName} could not upload its data (${message}); the data stays dirty and the next fsync or unmount tries again`);
+            this.options.log(
+              `close of ${this.options.fileName} could not upload its data (${message}); the data stays dirty and the next fsync or unmount tries again`,
+            );
             cb(errno);
           },
         );

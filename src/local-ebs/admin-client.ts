@@ -39,7 +39,13 @@ export class Sha256 {
   }
 }
 
-async function adminRequest(endpoint: string, credentials: AdminCredentials, method: 'GET' | 'POST', pathname: string, body: string): Promise<string> {
+async function adminRequest(
+  endpoint: string,
+  credentials: AdminCredentials,
+  method: 'GET' | 'POST',
+  pathname: string,
+  body: string,
+): Promise<string> {
   const url = new URL(endpoint);
   const signer = new SignatureV4({ credentials, region: 'us-east-1', service: 'ebs', sha256: Sha256 });
   const bodyBytes = Buffer.from(body, 'utf8');
@@ -67,7 +73,12 @@ async function adminRequest(endpoint: string, credentials: AdminCredentials, met
         response.on('end', () => {
           const text = Buffer.concat(chunks).toString('utf8');
           if (response.statusCode === 200) resolve(text);
-          else reject(new Error(`local-ebs ${method} ${pathname} answered ${response.statusCode} ${response.headers['x-amzn-errortype'] ?? ''}: ${text}`));
+          else
+            reject(
+              new Error(
+                `local-ebs ${method} ${pathname} answered ${response.statusCode} ${response.headers['x-amzn-errortype'] ?? ''}: ${text}`,
+              ),
+            );
         });
         response.on('error', reject);
       },

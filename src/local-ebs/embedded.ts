@@ -26,10 +26,17 @@ const START_TIMEOUT_MS = 60_000;
 /** Marks the workers this module starts, so that no other worker that loads it starts a server. */
 const WORKER_MARK = 'ebsFuseEmbeddedLocalEbs';
 
-type FromWorker = { kind: 'ready'; endpoint: string } | { kind: 'failed'; message: string; userError: boolean } | { kind: 'log'; line: string } | { kind: 'closed' };
+type FromWorker =
+  | { kind: 'ready'; endpoint: string }
+  | { kind: 'failed'; message: string; userError: boolean }
+  | { kind: 'log'; line: string }
+  | { kind: 'closed' };
 
 /** Starts the server on a worker thread; rejects with its one-line error when it cannot start. */
-export async function startEmbeddedLocalEbs(options: EmbeddedLocalEbsOptions, log: (line: string) => void = () => undefined): Promise<EmbeddedLocalEbs> {
+export async function startEmbeddedLocalEbs(
+  options: EmbeddedLocalEbsOptions,
+  log: (line: string) => void = () => undefined,
+): Promise<EmbeddedLocalEbs> {
   const worker = newWorker(options);
   const messages = new MessageQueue(worker, log);
   const first = await messages.next(START_TIMEOUT_MS);
@@ -47,7 +54,8 @@ export async function startEmbeddedLocalEbs(options: EmbeddedLocalEbsOptions, lo
       closing ??= (async () => {
         worker.postMessage('close');
         const reply = await messages.next(CLOSE_TIMEOUT_MS);
-        if (reply?.kind !== 'closed') log(`local-ebs: the embedded server did not stop within ${CLOSE_TIMEOUT_MS / 1000} s; ending its thread`);
+        if (reply?.kind !== 'closed')
+          log(`local-ebs: the embedded server did not stop within ${CLOSE_TIMEOUT_MS / 1000} s; ending its thread`);
         await worker.terminate();
       })();
       return closing;
@@ -115,7 +123,9 @@ async function runInWorker(port: NonNullable<typeof parentPort>, options: Embedd
   port.once('message', () => {
     server
       .close()
-      .catch((error: unknown) => send({ kind: 'log', line: `local-ebs: closing the embedded server: ${error instanceof Error ? error.message : String(error)}` }))
+      .catch((error: unknown) =>
+        send({ kind: 'log', line: `local-ebs: closing the embedded server: ${error instanceof Error ? error.message : String(error)}` }),
+      )
       .finally(() => {
         send({ kind: 'closed' });
         port.close();

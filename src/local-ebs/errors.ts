@@ -57,7 +57,8 @@ export function throttlingError(): EbsApiError {
 
 /** Signature and credential failures, named as AWS's front end names them; all 403. */
 export function authError(
-  code: 'MissingAuthenticationTokenException' | 'IncompleteSignatureException' | 'UnrecognizedClientException' | 'InvalidSignatureException',
+  code:
+    'MissingAuthenticationTokenException' | 'IncompleteSignatureException' | 'UnrecognizedClientException' | 'InvalidSignatureException',
   message: string,
 ): EbsApiError {
   return new EbsApiError(code, 403, message);

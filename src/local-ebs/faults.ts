@@ -71,7 +71,9 @@ function parseProbability(key: string, text: string): number {
 
 function parseMs(item: string, text: string): number {
   if (!/^[0-9]{1,6}$/.test(text) || Number(text) > MAX_LATENCY_MS) {
-    throw new FaultSpecError(`invalid --faults item ${item}: latency must be whole milliseconds up to ${MAX_LATENCY_MS}, e.g. latency=20ms or latency=0-50ms`);
+    throw new FaultSpecError(
+      `invalid --faults item ${item}: latency must be whole milliseconds up to ${MAX_LATENCY_MS}, e.g. latency=20ms or latency=0-50ms`,
+    );
   }
   return Number(text);
 }
@@ -126,7 +128,9 @@ export function parseFaultSpec(spec: string): FaultSpec {
         const operations = new Set<OperationName>();
         for (const op of value.split('+')) {
           if (!Object.prototype.hasOwnProperty.call(OPERATION_NAMES, op)) {
-            throw new FaultSpecError(`invalid --faults item ${item}: operations are ${Object.keys(OPERATION_NAMES).join(', ')} joined with +`);
+            throw new FaultSpecError(
+              `invalid --faults item ${item}: operations are ${Object.keys(OPERATION_NAMES).join(', ')} joined with +`,
+            );
           }
           operations.add(OPERATION_NAMES[op as OperationKey]);
         }
@@ -134,7 +138,9 @@ export function parseFaultSpec(spec: string): FaultSpec {
         break;
       }
       default:
-        throw new FaultSpecError(`invalid --faults item "${item}": known keys are 500, throttle, reset, corrupt, deny, expired, latency, rate, ops`);
+        throw new FaultSpecError(
+          `invalid --faults item "${item}": known keys are 500, throttle, reset, corrupt, deny, expired, latency, rate, ops`,
+        );
     }
   }
   return result;
@@ -193,7 +199,12 @@ export class FaultInjector {
   }
 
   shouldCorrupt(operation: OperationName): boolean {
-    return operation === 'GetSnapshotBlock' && this.spec.corruptProbability > 0 && this.spec.operations.has(operation) && this.random() < this.spec.corruptProbability;
+    return (
+      operation === 'GetSnapshotBlock' &&
+      this.spec.corruptProbability > 0 &&
+      this.spec.operations.has(operation) &&
+      this.random() < this.spec.corruptProbability
+    );
   }
 
   /** Token bucket per snapshot (capacity one second's worth); true when this PUT is over the rate. */

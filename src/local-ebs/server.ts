@@ -10,7 +10,17 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { UserError } from '../errors';
-import { EbsApiError, accessDenied, expiredToken, internalError, requestThrottled, requestTimeout, throttlingError, validationError, authError } from './errors';
+import {
+  EbsApiError,
+  accessDenied,
+  expiredToken,
+  internalError,
+  requestThrottled,
+  requestTimeout,
+  throttlingError,
+  validationError,
+  authError,
+} from './errors';
 import { resolveConnectionLimits, deadlineCheckIntervalMs, type ConnectionLimits } from './limits';
 import { FaultInjector, FaultSpecError, parseFaultSpec, type OperationName } from './faults';
 import { EbsService, LOCAL_OWNER_ID } from './service';
@@ -230,7 +240,12 @@ function isProcessAlive(pid: number): boolean {
 function parseServerRecord(text: string): RunningLocalEbsRecord | undefined {
   try {
     const value = JSON.parse(text) as Partial<RunningLocalEbsRecord>;
-    if (typeof value.pid !== 'number' || typeof value.endpoint !== 'string' || typeof value.accessKeyId !== 'string' || typeof value.secretAccessKey !== 'string') {
+    if (
+      typeof value.pid !== 'number' ||
+      typeof value.endpoint !== 'string' ||
+      typeof value.accessKeyId !== 'string' ||
+      typeof value.secretAccessKey !== 'string'
+    ) {
       return undefined;
     }
     return { pid: value.pid, endpoint: value.endpoint, accessKeyId: value.accessKeyId, secretAccessKey: value.secretAccessKey };
@@ -341,7 +356,7 @@ function readBody(request: http.IncomingMessage, capBytes: number, into?: Buffer
     request.once('end', () => {
       if (settled) return;
       settled = true;
-      resolve({ data: length === buffer.length ? buffer : buffer.subarray(0, length), });
+      resolve({ data: length === buffer.length ? buffer : buffer.subarray(0, length) });
     });
     request.once('error', (error) => fail(error));
     request.once('aborted', () => fail(new Error('request aborted')));
@@ -425,7 +440,16 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     const isAdmin = matched !== undefined && isAdminRoute(matched.operation);
     if (!isAdmin) stats.connections.inflightRequests++;
     try {
-      await handleRequest(request, response, expectsContinue, matched, isAdmin, method, rawPath, question < 0 ? '' : url.slice(question + 1));
+      await handleRequest(
+        request,
+        response,
+        expectsContinue,
+        matched,
+        isAdmin,
+        method,
+        rawPath,
+        question < 0 ? '' : url.slice(question + 1),
+      );
     } finally {
       if (!isAdmin) stats.connections.inflightRequests--;
     }
@@ -447,7 +471,11 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     const send = (reply: Reply, closeConnection = false): void => {
       if (!isAdmin) increment(stats.responses, String(reply.status));
       if (response.headersSent || response.destroyed) return;
-      const headers: Record<string, string | number> = { ...reply.headers, 'x-amzn-RequestId': requestId, 'Content-Length': reply.body.length };
+      const headers: Record<string, string | number> = {
+        ...reply.headers,
+        'x-amzn-RequestId': requestId,
+        'Content-Length': reply.body.length,
+      };
       if (closeConnection) headers.Connection = 'close';
       response.writeHead(reply.status, headers);
       response.end(reply.body);
@@ -628,7 +656,10 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
           const blockIndex = validateBlockIndexText(decodeLabel(matched.labels[1]));
           if (faults.overRate(snapshotId)) {
             increment(stats.faultsInjected, 'rate');
-            throw requestThrottled('RESOURCE_LEVEL_THROTTLE', `The request was throttled: more than ${faults.spec.putsPerSecondPerSnapshot} PutSnapshotBlock requests per second for snapshot '${snapshotId}'.`);
+            throw requestThrottled(
+              'RESOURCE_LEVEL_THROTTLE',
+              `The request was throttled: more than ${faults.spec.putsPerSecondPerSnapshot} PutSnapshotBlock requests per second for snapshot '${snapshotId}'.`,
+            );
           }
           const putHeaders = validatePutHeaders(header);
           await service.checkPutTarget(snapshotId, blockIndex);
@@ -690,23 +721,31 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       if (error instanceof EbsApiError) {
         answer(errorReply(error));
       } else {
-        log(`local-ebs: ${operation} request ${requestId} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+        log(
+          `local-ebs: ${operation} request ${requestId} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+        );
         answer(errorReply(internalError()));
       }
     }
   };
 
-  const onRequest = (expectsContinue: boolean) => (request: http.IncomingMessage, response: http.ServerResponse): void => {
-    handle(request, response, expectsContinue).catch((error: unknown) => {
-      log(`local-ebs: unexpected failure: ${String(error)}`);
-      if (!response.headersSent && !response.destroyed) {
-        response.writeHead(500, { 'Content-Type': 'application/json', 'x-amzn-ErrorType': 'InternalServerException', Connection: 'close' });
-        response.end(JSON.stringify({ Message: 'An internal error occurred. Try again later.' }));
-      } else {
-        response.destroy();
-      }
-    });
-  };
+  const onRequest =
+    (expectsContinue: boolean) =>
+    (request: http.IncomingMessage, response: http.ServerResponse): void => {
+      handle(request, response, expectsContinue).catch((error: unknown) => {
+        log(`local-ebs: unexpected failure: ${String(error)}`);
+        if (!response.headersSent && !response.destroyed) {
+          response.writeHead(500, {
+            'Content-Type': 'application/json',
+            'x-amzn-ErrorType': 'InternalServerException',
+            Connection: 'close',
+          });
+          response.end(JSON.stringify({ Message: 'An internal error occurred. Try again later.' }));
+        } else {
+          response.destroy();
+        }
+      });
+    };
   const server = http.createServer(
     {
       headersTimeout: limits.headersTimeoutMs,
@@ -789,7 +828,12 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   try {
     await writeFileAtomic(
       serverFile,
-      JSON.stringify({ pid: process.pid, endpoint, accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey } satisfies RunningLocalEbsRecord),
+      JSON.stringify({
+        pid: process.pid,
+        endpoint,
+        accessKeyId: options.accessKeyId,
+        secretAccessKey: options.secretAccessKey,
+      } satisfies RunningLocalEbsRecord),
       0o600,
     );
   } catch (error) {

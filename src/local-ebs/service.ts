@@ -66,9 +66,15 @@ function lowerBound(sorted: readonly number[], value: number): number {
 
 function statusError(snapshot: StoredSnapshot, wanted: 'pending' | 'completed', status: string = snapshot.meta.status): EbsApiError {
   if (wanted === 'pending') {
-    return validationError('INVALID_SNAPSHOT_ID', `The snapshot '${snapshot.id}' is ${status}: blocks can be written only to a pending snapshot.`);
+    return validationError(
+      'INVALID_SNAPSHOT_ID',
+      `The snapshot '${snapshot.id}' is ${status}: blocks can be written only to a pending snapshot.`,
+    );
   }
-  return validationError('INVALID_SNAPSHOT_ID', `The snapshot '${snapshot.id}' is ${status}: blocks can be read only from a completed snapshot.`);
+  return validationError(
+    'INVALID_SNAPSHOT_ID',
+    `The snapshot '${snapshot.id}' is ${status}: blocks can be read only from a completed snapshot.`,
+  );
 }
 
 export class EbsService {
@@ -137,10 +143,16 @@ export class EbsService {
       if (!parent) throw snapshotNotFound(input.parentSnapshotId);
       await this.refreshIdle(parent);
       if (parent.meta.status !== 'completed') {
-        throw validationError('INVALID_SNAPSHOT_ID', `The parent snapshot '${parent.id}' is ${parent.meta.status}: only a completed snapshot can be a parent.`);
+        throw validationError(
+          'INVALID_SNAPSHOT_ID',
+          `The parent snapshot '${parent.id}' is ${parent.meta.status}: only a completed snapshot can be a parent.`,
+        );
       }
       if (input.volumeSizeGiB < parent.meta.volumeSizeGiB) {
-        throw validationError('INVALID_VOLUME_SIZE', `VolumeSize ${input.volumeSizeGiB} is smaller than the parent snapshot's ${parent.meta.volumeSizeGiB} GiB.`);
+        throw validationError(
+          'INVALID_VOLUME_SIZE',
+          `VolumeSize ${input.volumeSizeGiB} is smaller than the parent snapshot's ${parent.meta.volumeSizeGiB} GiB.`,
+        );
       }
       encrypted = parent.meta.encrypted;
       kmsKeyArn = kmsKeyArn ?? parent.meta.kmsKeyArn;
@@ -239,7 +251,10 @@ export class EbsService {
       const sameCount = input.changedBlocksCount === snapshot.meta.changedBlocksCount;
       const sameChecksum = input.checksumBase64 === undefined || this.checksumMatches(snapshot, input.checksumBase64);
       if (sameCount && sameChecksum) return 'completed';
-      throw validationError('INVALID_SNAPSHOT_ID', `The snapshot '${snapshot.id}' is already completed, with other values than this request's.`);
+      throw validationError(
+        'INVALID_SNAPSHOT_ID',
+        `The snapshot '${snapshot.id}' is already completed, with other values than this request's.`,
+      );
     }
     if (snapshot.meta.status !== 'pending') throw statusError(snapshot, 'pending');
     runtime.completion = this.runCompletion(snapshot, runtime, input);
@@ -294,7 +309,10 @@ export class EbsService {
     checkBlockIndexInVolume(blockIndex, snapshot.meta.volumeSizeGiB);
     const entry = this.view(snapshot).entries.get(blockIndex);
     if (!entry || !this.tokens.verifyBlockToken(blockToken, snapshot.id, blockIndex, entry.digest, this.now())) {
-      throw validationError('INVALID_BLOCK_TOKEN', `The block token is not valid for block ${blockIndex} of snapshot '${snapshot.id}', or it has expired.`);
+      throw validationError(
+        'INVALID_BLOCK_TOKEN',
+        `The block token is not valid for block ${blockIndex} of snapshot '${snapshot.id}', or it has expired.`,
+      );
     }
     const origin = this.store.get(entry.origin);
     if (!origin) throw new Error(`snapshot ${entry.origin} vanished`);
@@ -477,7 +495,10 @@ export class EbsService {
     }
     if (snapshot.meta.status === 'error') return 'error';
     if (snapshot.meta.status !== 'pending') {
-      throw validationError('INVALID_SNAPSHOT_ID', `The snapshot '${snapshot.id}' is ${snapshot.meta.status}: only a pending snapshot can time out.`);
+      throw validationError(
+        'INVALID_SNAPSHOT_ID',
+        `The snapshot '${snapshot.id}' is ${snapshot.meta.status}: only a pending snapshot can time out.`,
+      );
     }
     await this.changeToTimedOut(snapshot, runtime, 'expired on request (POST /_local-ebs/snapshots/{id}/expire)');
     return 'error';

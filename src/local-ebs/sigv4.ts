@@ -75,12 +75,14 @@ export function canonicalQuery(rawQuery: string): string {
     pairs.push(`${escapeRfc3986(key)}=${escapeRfc3986(value)}`);
   }
   // Sorting the whole "key=value" strings orders by key, then by value for a repeated key.
-  return pairs.sort((a, b) => {
-    const [ka, va] = splitPair(a);
-    const [kb, vb] = splitPair(b);
-    if (ka !== kb) return ka < kb ? -1 : 1;
-    return va < vb ? -1 : va > vb ? 1 : 0;
-  }).join('&');
+  return pairs
+    .sort((a, b) => {
+      const [ka, va] = splitPair(a);
+      const [kb, vb] = splitPair(b);
+      if (ka !== kb) return ka < kb ? -1 : 1;
+      return va < vb ? -1 : va > vb ? 1 : 0;
+    })
+    .join('&');
 }
 
 function splitPair(pair: string): [string, string] {
@@ -89,7 +91,10 @@ function splitPair(pair: string): [string, string] {
 }
 
 function canonicalHeaderValue(value: string): string {
-  return value.replace(/[\r\n]/g, ' ').replace(/[ \t]+/g, ' ').trim();
+  return value
+    .replace(/[\r\n]/g, ' ')
+    .replace(/[ \t]+/g, ' ')
+    .trim();
 }
 
 function sha256Hex(text: string): string {
@@ -138,7 +143,10 @@ function parseAmzDate(text: string): number | undefined {
 }
 
 function formatAmzDate(ms: number): string {
-  return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
+  return new Date(ms)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}Z$/, 'Z');
 }
 
 export class SigV4Verifier {
@@ -159,7 +167,10 @@ export class SigV4Verifier {
     }
     const auth = parseAuthorization(authorization);
     if (!auth) {
-      throw authError('IncompleteSignatureException', `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters, signed with ${ALGORITHM}.`);
+      throw authError(
+        'IncompleteSignatureException',
+        `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters, signed with ${ALGORITHM}.`,
+      );
     }
     if (auth.accessKeyId !== this.credentials.accessKeyId) {
       throw authError('UnrecognizedClientException', 'The security token included in the request is invalid.');
@@ -179,13 +190,22 @@ export class SigV4Verifier {
       throw authError('IncompleteSignatureException', `X-Amz-Date must be in the form yyyyMMdd'T'HHmmss'Z', not ${amzDate.slice(0, 40)}.`);
     }
     if (auth.date !== amzDate.slice(0, 8)) {
-      throw authError('InvalidSignatureException', `Date in Credential scope does not match YYYYMMDD from X-Amz-Date: ${auth.date} != ${amzDate.slice(0, 8)}.`);
+      throw authError(
+        'InvalidSignatureException',
+        `Date in Credential scope does not match YYYYMMDD from X-Amz-Date: ${auth.date} != ${amzDate.slice(0, 8)}.`,
+      );
     }
     if (signedAtMs < nowMs - MAX_CLOCK_SKEW_MS) {
-      throw authError('InvalidSignatureException', `Signature expired: ${amzDate} is now earlier than ${formatAmzDate(nowMs - MAX_CLOCK_SKEW_MS)} (${formatAmzDate(nowMs)} - 15 min.)`);
+      throw authError(
+        'InvalidSignatureException',
+        `Signature expired: ${amzDate} is now earlier than ${formatAmzDate(nowMs - MAX_CLOCK_SKEW_MS)} (${formatAmzDate(nowMs)} - 15 min.)`,
+      );
     }
     if (signedAtMs > nowMs + MAX_CLOCK_SKEW_MS) {
-      throw authError('InvalidSignatureException', `Signature not yet current: ${amzDate} is still later than ${formatAmzDate(nowMs + MAX_CLOCK_SKEW_MS)} (${formatAmzDate(nowMs)} + 15 min.)`);
+      throw authError(
+        'InvalidSignatureException',
+        `Signature not yet current: ${amzDate} is still later than ${formatAmzDate(nowMs + MAX_CLOCK_SKEW_MS)} (${formatAmzDate(nowMs)} + 15 min.)`,
+      );
     }
     const signed = new Set(auth.signedHeaders);
     if (!signed.has('host')) {

@@ -94,10 +94,12 @@ export class StoredSnapshot {
   /** One descriptor for writing blocks.dat, however many PUTs ask at once. */
   async writableDataFd(): Promise<number> {
     if (this.dataFd !== undefined) return this.dataFd;
-    this.dataFdOpening ??= fsOpen(this.dataFile, 'r+').then((fd) => {
-      this.dataFd = fd;
-      return fd;
-    }).finally(() => (this.dataFdOpening = undefined));
+    this.dataFdOpening ??= fsOpen(this.dataFile, 'r+')
+      .then((fd) => {
+        this.dataFd = fd;
+        return fd;
+      })
+      .finally(() => (this.dataFdOpening = undefined));
     return this.dataFdOpening;
   }
 }
@@ -247,7 +249,10 @@ export class SnapshotStore {
         try {
           // Data first: a durable record must never name a slot whose data is not.
           await fsFdatasync(snapshot.dataFd!);
-          await this.appendToLog(snapshot, items.map((item) => item.record));
+          await this.appendToLog(
+            snapshot,
+            items.map((item) => item.record),
+          );
         } catch (error) {
           for (const item of items) item.reject(error);
           return;
@@ -345,7 +350,9 @@ export class SnapshotStore {
     const contents = await fsp.readFile(snapshot.logFile);
     const replay = replayLog(contents);
     if (replay.validBytes < contents.length) {
-      this.log(`local-ebs: snapshot ${snapshotId}: cut a torn log tail of ${contents.length - replay.validBytes} byte(s) (unacknowledged writes)`);
+      this.log(
+        `local-ebs: snapshot ${snapshotId}: cut a torn log tail of ${contents.length - replay.validBytes} byte(s) (unacknowledged writes)`,
+      );
       await this.truncate(snapshot.logFile, replay.validBytes);
     }
     snapshot.logBytes = replay.validBytes;

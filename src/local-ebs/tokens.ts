@@ -26,7 +26,10 @@ export class TokenSigner {
   blockToken(snapshotId: string, blockIndex: number, digest: Buffer, expirySeconds: number): string {
     const expiry = Buffer.alloc(4);
     expiry.writeUInt32BE(expirySeconds);
-    const mac = this.mac(['block', snapshotId, String(blockIndex), digest.toString('hex'), String(expirySeconds)]).subarray(0, BLOCK_MAC_BYTES);
+    const mac = this.mac(['block', snapshotId, String(blockIndex), digest.toString('hex'), String(expirySeconds)]).subarray(
+      0,
+      BLOCK_MAC_BYTES,
+    );
     return Buffer.concat([expiry, mac]).toString('base64');
   }
 
@@ -35,7 +38,10 @@ export class TokenSigner {
     if (!raw || raw.length !== 4 + BLOCK_MAC_BYTES) return false;
     const expirySeconds = raw.readUInt32BE(0);
     if (expirySeconds * 1000 < nowMs) return false;
-    const expected = this.mac(['block', snapshotId, String(blockIndex), digest.toString('hex'), String(expirySeconds)]).subarray(0, BLOCK_MAC_BYTES);
+    const expected = this.mac(['block', snapshotId, String(blockIndex), digest.toString('hex'), String(expirySeconds)]).subarray(
+      0,
+      BLOCK_MAC_BYTES,
+    );
     return timingSafeEqual(raw.subarray(4), expected);
   }
 

@@ -64,7 +64,10 @@ export function validateSnapshotId(value: string | undefined, name = 'SnapshotId
     throw validationError('INVALID_SNAPSHOT_ID', `${name} is required.`);
   }
   if (value.length > SNAPSHOT_ID_MAX_LENGTH || !SNAPSHOT_ID_PATTERN.test(value)) {
-    throw validationError('INVALID_SNAPSHOT_ID', `The value of ${name} is not a valid snapshot ID: it must match ^snap-[0-9a-f]+$ and be at most 64 characters.`);
+    throw validationError(
+      'INVALID_SNAPSHOT_ID',
+      `The value of ${name} is not a valid snapshot ID: it must match ^snap-[0-9a-f]+$ and be at most 64 characters.`,
+    );
   }
   return value;
 }
@@ -87,7 +90,10 @@ export function validateBlockIndexText(text: string): number {
 export function checkBlockIndexInVolume(blockIndex: number, volumeSizeGiB: number): void {
   const blocks = blocksInVolume(volumeSizeGiB);
   if (blockIndex >= blocks) {
-    throw validationError('INVALID_BLOCK', `BlockIndex ${blockIndex} is outside the volume: a ${volumeSizeGiB} GiB volume has blocks 0 to ${blocks - 1}.`);
+    throw validationError(
+      'INVALID_BLOCK',
+      `BlockIndex ${blockIndex} is outside the volume: a ${volumeSizeGiB} GiB volume has blocks 0 to ${blocks - 1}.`,
+    );
   }
 }
 
@@ -150,7 +156,10 @@ export function validateStartSnapshot(body: unknown): StartSnapshotInput {
   const kmsKeyArn = member(body, 'KmsKeyArn');
   if (kmsKeyArn !== undefined) {
     if (typeof kmsKeyArn !== 'string' || kmsKeyArn.length < 1 || kmsKeyArn.length > 2048 || !KMS_KEY_ARN_PATTERN.test(kmsKeyArn)) {
-      throw validationError('INVALID_CUSTOMER_KEY', 'KmsKeyArn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID) of at most 2048 characters.');
+      throw validationError(
+        'INVALID_CUSTOMER_KEY',
+        'KmsKeyArn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID) of at most 2048 characters.',
+      );
     }
     input.kmsKeyArn = kmsKeyArn;
   }
@@ -158,14 +167,20 @@ export function validateStartSnapshot(body: unknown): StartSnapshotInput {
   const timeout = member(body, 'Timeout');
   if (timeout !== undefined) {
     if (!isInteger(timeout) || timeout < MIN_TIMEOUT_MINUTES || timeout > MAX_TIMEOUT_MINUTES) {
-      throw validationError('INVALID_PARAMETER_VALUE', `Timeout must be an integer from ${MIN_TIMEOUT_MINUTES} to ${MAX_TIMEOUT_MINUTES} (minutes).`);
+      throw validationError(
+        'INVALID_PARAMETER_VALUE',
+        `Timeout must be an integer from ${MIN_TIMEOUT_MINUTES} to ${MAX_TIMEOUT_MINUTES} (minutes).`,
+      );
     }
     input.timeoutMinutes = timeout;
   }
 
   // The model: "You can't specify Encrypted and ParentSnapshotId in the same request."
   if (input.parentSnapshotId !== undefined && input.encrypted !== undefined) {
-    throw validationError('INVALID_PARAMETER_VALUE', 'You cannot specify both ParentSnapshotId and Encrypted: a child snapshot takes its encryption from its parent.');
+    throw validationError(
+      'INVALID_PARAMETER_VALUE',
+      'You cannot specify both ParentSnapshotId and Encrypted: a child snapshot takes its encryption from its parent.',
+    );
   }
   return input;
 }

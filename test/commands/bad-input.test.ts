@@ -15,7 +15,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
-import { removeTemporaryDataDirs, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import {
+  removeTemporaryDataDirs,
+  startLocalEbsProcess,
+  stopAllLocalEbsProcesses,
+  type LocalEbsProcess,
+} from '../helpers/local-ebs-process';
 import { CLI_PATH, MountProcess, cliEnvironment, runCli, type CliResult } from '../helpers/mount-process';
 import { sh } from '../scenarios/support';
 
@@ -38,18 +43,22 @@ const CASES: BadInputCase[] = [
   {
     name: 'mount: an unknown parent',
     args: ['mount', 'MNT', '--size', '1', '--parent-snapshot-id', UNKNOWN_ID, '--endpoint', 'EP', '--state-dir', 'STATE'],
-    message: new RegExp(`^cannot start a snapshot at http://127\\.0\\.0\\.1:\\d+: .*ResourceNotFoundException .*'${UNKNOWN_ID}' does not exist; check the snapshot ID`),
+    message: new RegExp(
+      `^cannot start a snapshot at http://127\\.0\\.0\\.1:\\d+: .*ResourceNotFoundException .*'${UNKNOWN_ID}' does not exist; check the snapshot ID`,
+    ),
   },
   {
     name: 'mount: an unreachable endpoint (a closed port)',
     args: ['mount', 'MNT', '--size', '1', '--endpoint', 'CLOSED', '--state-dir', 'STATE'],
-    message: /^cannot start a snapshot at http:\/\/127\.0\.0\.1:\d+: .*connection was refused \(ECONNREFUSED\); check the endpoint and that the server is running \(gave up after \d+ attempts in [\d.]+ s/,
+    message:
+      /^cannot start a snapshot at http:\/\/127\.0\.0\.1:\d+: .*connection was refused \(ECONNREFUSED\); check the endpoint and that the server is running \(gave up after \d+ attempts in [\d.]+ s/,
   },
   {
     name: 'mount: a wrong secret access key',
     args: ['mount', 'MNT', '--size', '1', '--endpoint', 'EP', '--state-dir', 'STATE'],
     credentials: { accessKeyId: 'AKIALOCALEBSTEST0001', secretAccessKey: 'not-the-secret' },
-    message: /InvalidSignatureException .*; the request signature was rejected; check that the secret access key belongs to the access key ID/,
+    message:
+      /InvalidSignatureException .*; the request signature was rejected; check that the secret access key belongs to the access key ID/,
   },
   {
     name: 'mount: an unknown access key ID',
@@ -80,7 +89,9 @@ const CASES: BadInputCase[] = [
   {
     name: 'complete of an unknown snapshot',
     args: ['complete', UNKNOWN_ID, '--endpoint', 'EP', '--state-dir', 'STATE'],
-    message: new RegExp(`^no local state for ${UNKNOWN_ID} in \\S+: only a snapshot started by a mount with this --state-dir can be resumed$`),
+    message: new RegExp(
+      `^no local state for ${UNKNOWN_ID} in \\S+: only a snapshot started by a mount with this --state-dir can be resumed$`,
+    ),
   },
   {
     name: 'complete: a malformed snapshot ID',
@@ -100,13 +111,15 @@ const CASES: BadInputCase[] = [
   {
     name: 'mount: a state directory on a read-only file system',
     args: ['mount', 'MNT', '--size', '1', '--endpoint', 'EP', '--state-dir', 'RO/state'],
-    message: /^cannot use the state directory \S+\/state: it is on a read-only file system; pass --state-dir DIR on a writable file system$/,
+    message:
+      /^cannot use the state directory \S+\/state: it is on a read-only file system; pass --state-dir DIR on a writable file system$/,
     startsNoSnapshot: true,
   },
   {
     name: 'mount: a state directory on a full file system',
     args: ['mount', 'MNT', '--size', '1', '--endpoint', 'EP', '--state-dir', 'FULL/state'],
-    message: /^cannot use the state directory \S+\/state: its file system is full; free space there, or pass --state-dir DIR on a file system with room/,
+    message:
+      /^cannot use the state directory \S+\/state: its file system is full; free space there, or pass --state-dir DIR on a file system with room/,
     startsNoSnapshot: true,
   },
   {
@@ -162,7 +175,10 @@ describe('bad input: one line, exit 1, no stack trace', function () {
 
     const readOnly = path.join(scratch, 'ro');
     const full = path.join(scratch, 'full');
-    for (const [directory, options] of [[readOnly, 'ro,size=1m'], [full, 'size=256k']] as const) {
+    for (const [directory, options] of [
+      [readOnly, 'ro,size=1m'],
+      [full, 'size=256k'],
+    ] as const) {
       await mkdir(directory);
       tmpfsMounts.push(directory);
       const mounted = await sh('mount', ['-t', 'tmpfs', '-o', options, 'ebs-fuse-test', directory]);
@@ -191,14 +207,22 @@ describe('bad input: one line, exit 1, no stack trace', function () {
           PORT: String(server.port),
           DATA: dataDir,
         };
-        const args = badInput.args.map((arg) => arg.replace(/^(MNT|EP|STATE|COMPLETED|CLOSED|PORT|DATA|RO|FULL)(?=\/|$)/, (name) => {
-          if (name === 'RO') return readOnly;
-          if (name === 'FULL') return full;
-          return replacements[name];
-        }));
-        const env = cliEnvironment({ endpoint: target.endpoint, ...(badInput.credentials ?? target.credentials) }, { EMPTY_FILE: emptyFile });
+        const args = badInput.args.map((arg) =>
+          arg.replace(/^(MNT|EP|STATE|COMPLETED|CLOSED|PORT|DATA|RO|FULL)(?=\/|$)/, (name) => {
+            if (name === 'RO') return readOnly;
+            if (name === 'FULL') return full;
+            return replacements[name];
+          }),
+        );
+        const env = cliEnvironment(
+          { endpoint: target.endpoint, ...(badInput.credentials ?? target.credentials) },
+          { EMPTY_FILE: emptyFile },
+        );
         const result = badInput.namespaceSetup
-          ? await sh('unshare', ['-m', 'sh', '-c', `${badInput.namespaceSetup} && exec "$0" "$@"`, process.execPath, CLI_PATH, ...args], { env, timeoutMs: 60_000 })
+          ? await sh('unshare', ['-m', 'sh', '-c', `${badInput.namespaceSetup} && exec "$0" "$@"`, process.execPath, CLI_PATH, ...args], {
+              env,
+              timeoutMs: 60_000,
+            })
           : await runCli(args, { env, timeoutMs: 60_000 });
         results.set(badInput.name, { signal: null, ...result });
       }),

@@ -12,7 +12,14 @@ import {
   parseVolumeSizeGiB,
   snapshotParams,
 } from '../../src/commands/options';
-import { formatLiveLine, formatStatusLine, startFlushProgress, startLiveLine, startMountedStatus, startStatusLines } from '../../src/commands/progress';
+import {
+  formatLiveLine,
+  formatStatusLine,
+  startFlushProgress,
+  startLiveLine,
+  startMountedStatus,
+  startStatusLines,
+} from '../../src/commands/progress';
 import type { VolumeStats } from '../../src/core/volume-file';
 
 function refusal(action: () => unknown): string {
@@ -34,50 +41,117 @@ describe('command options', () => {
     assert.equal(parseSizeBytes('1.5M', '--cache-size'), 1.5 * 1024 ** 2);
     assert.equal(parseSizeBytes('3MB', '--cache-size'), 3_000_000);
     assert.equal(parseSizeBytes('4096', '--cache-size'), 4096);
-    assert.match(refusal(() => parseSizeBytes('lots', '--cache-size')), /^--cache-size must be a size such as 256MiB/);
-    assert.match(refusal(() => parseSizeBytes('5 parsecs', '--cache-size')), /^--cache-size must be a size/);
-    assert.match(refusal(() => parseSizeBytes('-1MiB', '--cache-size')), /^--cache-size must be a size/);
+    assert.match(
+      refusal(() => parseSizeBytes('lots', '--cache-size')),
+      /^--cache-size must be a size such as 256MiB/,
+    );
+    assert.match(
+      refusal(() => parseSizeBytes('5 parsecs', '--cache-size')),
+      /^--cache-size must be a size/,
+    );
+    assert.match(
+      refusal(() => parseSizeBytes('-1MiB', '--cache-size')),
+      /^--cache-size must be a size/,
+    );
   });
 
   it('parses volume sizes from 1 to 65536 GiB only', () => {
     assert.equal(parseVolumeSizeGiB('1'), 1);
     assert.equal(parseVolumeSizeGiB('65536'), 65536);
-    assert.match(refusal(() => parseVolumeSizeGiB('0')), /at least 1 GiB/);
-    assert.match(refusal(() => parseVolumeSizeGiB('65537')), /at most 65536 GiB/);
-    assert.match(refusal(() => parseVolumeSizeGiB('1e3')), /whole number of GiB/);
-    assert.match(refusal(() => parseVolumeSizeGiB('')), /whole number of GiB/);
+    assert.match(
+      refusal(() => parseVolumeSizeGiB('0')),
+      /at least 1 GiB/,
+    );
+    assert.match(
+      refusal(() => parseVolumeSizeGiB('65537')),
+      /at most 65536 GiB/,
+    );
+    assert.match(
+      refusal(() => parseVolumeSizeGiB('1e3')),
+      /whole number of GiB/,
+    );
+    assert.match(
+      refusal(() => parseVolumeSizeGiB('')),
+      /whole number of GiB/,
+    );
     assert.equal(parseInteger('64', '--upload-concurrency', 1, 1024), 64);
-    assert.match(refusal(() => parseInteger('2000', '--upload-concurrency', 1, 1024)), /from 1 to 1024, not 2000/);
+    assert.match(
+      refusal(() => parseInteger('2000', '--upload-concurrency', 1, 1024)),
+      /from 1 to 1024, not 2000/,
+    );
   });
 
   it('checks snapshot IDs and tags as the EBS model does', () => {
     assert.equal(parseSnapshotId('snap-0123456789abcdef0', '--resume'), 'snap-0123456789abcdef0');
-    assert.match(refusal(() => parseSnapshotId('snap-ABC', '--resume')), /^--resume must be a snapshot ID/);
-    assert.match(refusal(() => parseSnapshotId(`snap-${'a'.repeat(60)}`, '--resume')), /^--resume must be a snapshot ID/);
+    assert.match(
+      refusal(() => parseSnapshotId('snap-ABC', '--resume')),
+      /^--resume must be a snapshot ID/,
+    );
+    assert.match(
+      refusal(() => parseSnapshotId(`snap-${'a'.repeat(60)}`, '--resume')),
+      /^--resume must be a snapshot ID/,
+    );
     assert.deepEqual(parseTag('team=storage'), { key: 'team', value: 'storage' });
     assert.deepEqual(parseTag('empty='), { key: 'empty', value: '' });
     assert.deepEqual(parseTag('k=a=b'), { key: 'k', value: 'a=b' });
-    assert.match(refusal(() => parseTag('=value')), /KEY=VALUE/);
-    assert.match(refusal(() => parseTag(`${'k'.repeat(128)}=v`)), /longer than 127/);
+    assert.match(
+      refusal(() => parseTag('=value')),
+      /KEY=VALUE/,
+    );
+    assert.match(
+      refusal(() => parseTag(`${'k'.repeat(128)}=v`)),
+      /longer than 127/,
+    );
   });
 
   it('builds StartSnapshot parameters and refuses the combinations EBS refuses', () => {
-    assert.deepEqual(
-      snapshotParams(8, { description: 'nightly', tag: ['a=1', 'b=2'], timeout: '120', clientToken: 'token-1' }),
-      { volumeSizeGiB: 8, description: 'nightly', tags: [{ key: 'a', value: '1' }, { key: 'b', value: '2' }], timeoutMinutes: 120, clientToken: 'token-1' },
-    );
+    assert.deepEqual(snapshotParams(8, { description: 'nightly', tag: ['a=1', 'b=2'], timeout: '120', clientToken: 'token-1' }), {
+      volumeSizeGiB: 8,
+      description: 'nightly',
+      tags: [
+        { key: 'a', value: '1' },
+        { key: 'b', value: '2' },
+      ],
+      timeoutMinutes: 120,
+      clientToken: 'token-1',
+    });
     assert.deepEqual(snapshotParams(1, { encrypted: true }), { volumeSizeGiB: 1, encrypted: true });
     const arn = 'arn:aws:kms:us-east-1:123456789012:key/abcd';
     // A key implies encryption for a fresh snapshot; with a parent, EBS takes the key alone.
     assert.deepEqual(snapshotParams(1, { kmsKeyArn: arn }), { volumeSizeGiB: 1, kmsKeyArn: arn, encrypted: true });
-    assert.deepEqual(snapshotParams(1, { kmsKeyArn: arn, parentSnapshotId: 'snap-01' }), { volumeSizeGiB: 1, parentSnapshotId: 'snap-01', kmsKeyArn: arn });
-    assert.match(refusal(() => snapshotParams(1, { encrypted: true, parentSnapshotId: 'snap-01' })), /--encrypted cannot be combined with --parent-snapshot-id/);
-    assert.match(refusal(() => snapshotParams(1, { kmsKeyArn: 'key-1' })), /--kms-key-arn must be a KMS key ARN/);
-    assert.match(refusal(() => snapshotParams(1, { tag: ['a=1', 'a=2'] })), /--tag a= is given twice/);
-    assert.match(refusal(() => snapshotParams(1, { tag: Array.from({ length: 51 }, (_, i) => `k${i}=v`) })), /at most 50 --tag/);
-    assert.match(refusal(() => snapshotParams(1, { timeout: '4321' })), /--timeout must be from 10 to 4320/);
-    assert.match(refusal(() => snapshotParams(1, { description: '' })), /--description must not be empty/);
-    assert.match(refusal(() => snapshotParams(1, { clientToken: 'has space' })), /--client-token/);
+    assert.deepEqual(snapshotParams(1, { kmsKeyArn: arn, parentSnapshotId: 'snap-01' }), {
+      volumeSizeGiB: 1,
+      parentSnapshotId: 'snap-01',
+      kmsKeyArn: arn,
+    });
+    assert.match(
+      refusal(() => snapshotParams(1, { encrypted: true, parentSnapshotId: 'snap-01' })),
+      /--encrypted cannot be combined with --parent-snapshot-id/,
+    );
+    assert.match(
+      refusal(() => snapshotParams(1, { kmsKeyArn: 'key-1' })),
+      /--kms-key-arn must be a KMS key ARN/,
+    );
+    assert.match(
+      refusal(() => snapshotParams(1, { tag: ['a=1', 'a=2'] })),
+      /--tag a= is given twice/,
+    );
+    assert.match(
+      refusal(() => snapshotParams(1, { tag: Array.from({ length: 51 }, (_, i) => `k${i}=v`) })),
+      /at most 50 --tag/,
+    );
+    assert.match(
+      refusal(() => snapshotParams(1, { timeout: '4321' })),
+      /--timeout must be from 10 to 4320/,
+    );
+    assert.match(
+      refusal(() => snapshotParams(1, { description: '' })),
+      /--description must not be empty/,
+    );
+    assert.match(
+      refusal(() => snapshotParams(1, { clientToken: 'has space' })),
+      /--client-token/,
+    );
   });
 
   it('puts state under $XDG_STATE_HOME when it is absolute, else ~/.local/state', () => {
@@ -156,8 +230,14 @@ describe('progress output', () => {
     assert.equal(terminal.write, original, 'stop() gives the stream its own write back');
     const draws = written.filter((text) => text.startsWith('\r\x1b[2Kebs-fuse mounted: '));
     assert.ok(draws.length >= 3, written.join('|'));
-    assert.ok(draws.some((text) => text.includes('5.0 MB uploaded') && text.includes('7 dirty')), written.join('|'));
-    assert.ok(draws.every((text) => text.length - 5 <= 59), 'cut to the terminal width');
+    assert.ok(
+      draws.some((text) => text.includes('5.0 MB uploaded') && text.includes('7 dirty')),
+      written.join('|'),
+    );
+    assert.ok(
+      draws.every((text) => text.length - 5 <= 59),
+      'cut to the terminal width',
+    );
     const logAt = written.indexOf('\r\x1b[2Kebs-fuse: a log line\n');
     assert.ok(logAt > 0, 'a log line erases the live line first');
     assert.match(written[logAt + 1], /^ebs-fuse mounted: /, 'then the live line is drawn again below it');

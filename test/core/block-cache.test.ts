@@ -66,15 +66,35 @@ describe('core: block cache (the state table and its transitions)', () => {
   it('tells a block written whole from one written only in part, per upload', async () => {
     const { cache } = makeCache(8);
     const quarter = B / 4;
-    const streamed = await written(cache, 1, [[0, quarter], [quarter, quarter], [2 * quarter, quarter], [3 * quarter, quarter]]);
+    const streamed = await written(cache, 1, [
+      [0, quarter],
+      [quarter, quarter],
+      [2 * quarter, quarter],
+      [3 * quarter, quarter],
+    ]);
     assert.equal(cache.beginUpload(streamed).written, 'whole');
-    const outOfOrder = await written(cache, 2, [[quarter, quarter], [0, quarter], [2 * quarter, 2 * quarter]]);
+    const outOfOrder = await written(cache, 2, [
+      [quarter, quarter],
+      [0, quarter],
+      [2 * quarter, 2 * quarter],
+    ]);
     assert.equal(cache.beginUpload(outOfOrder).written, 'whole', 'in any order');
-    const small = await written(cache, 3, Array.from({ length: B / 4096 }, (_, at) => [at * 4096, 4096] as [number, number]));
+    const small = await written(
+      cache,
+      3,
+      Array.from({ length: B / 4096 }, (_, at) => [at * 4096, 4096] as [number, number]),
+    );
     assert.equal(cache.beginUpload(small).written, 'whole', 'in writes of any size');
-    const partial = await written(cache, 4, [[0, quarter], [2 * quarter, quarter]]);
+    const partial = await written(cache, 4, [
+      [0, quarter],
+      [2 * quarter, quarter],
+    ]);
     assert.equal(cache.beginUpload(partial).written, 'pieces', 'writes that leave part of the block');
-    const scattered = await written(cache, 5, Array.from({ length: 65 }, (_, at) => [at * 8192, 4096] as [number, number]));
+    const scattered = await written(
+      cache,
+      5,
+      Array.from({ length: 65 }, (_, at) => [at * 8192, 4096] as [number, number]),
+    );
     assert.equal(cache.beginUpload(scattered).written, 'pieces', 'too scattered to track');
     // The next generation starts afresh: a small write after an upload is a block written in part.
     const view = { data: streamed.data, generation: streamed.writeGeneration };

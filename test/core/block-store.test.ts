@@ -43,7 +43,10 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
   }
 
   async function rejectsHeldNowhere(promise: Promise<unknown>): Promise<void> {
-    await assert.rejects(promise, (error: Error) => error instanceof FileOperationError && error.errno === 'EIO' && /held nowhere/.test(error.message));
+    await assert.rejects(
+      promise,
+      (error: Error) => error instanceof FileOperationError && error.errno === 'EIO' && /held nowhere/.test(error.message),
+    );
   }
 
   it('settles a block in flight whose new content lies in a good copy: sent again from it', async () => {
@@ -65,11 +68,14 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
   });
 
   it('settles a block in flight whose old acknowledged content lies in a good copy: sent again from that', async () => {
-    await leave(async (journal) => {
-      await journal.recordIntent(3, digestOf(5), 0);
-      journal.recordAck(3, digestOf(5), 0);
-      await journal.recordIntent(3, digestOf(6), NO_SLOT);
-    }, { 0: 5 });
+    await leave(
+      async (journal) => {
+        await journal.recordIntent(3, digestOf(5), 0);
+        journal.recordAck(3, digestOf(5), 0);
+        await journal.recordIntent(3, digestOf(6), NO_SLOT);
+      },
+      { 0: 5 },
+    );
     const { store, resend } = await open();
     assert.deepEqual(resend, [3]);
     assert.ok((await store.readBlock(3, 'read'))!.equals(block(5)));
@@ -95,7 +101,15 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
     store.uploadEnded(3);
     const figures = store.completionFigures();
     assert.equal(figures.changedBlocksCount, 2);
-    assert.equal(figures.linearChecksumBase64, linearChecksumBase64(new Map([[3, digestOf(9)], [4, digestOf(8)]])));
+    assert.equal(
+      figures.linearChecksumBase64,
+      linearChecksumBase64(
+        new Map([
+          [3, digestOf(9)],
+          [4, digestOf(8)],
+        ]),
+      ),
+    );
   });
 
   it('an acknowledged block without a copy is held nowhere; one acknowledged as zeros costs nothing and reads as zeros', async () => {
@@ -110,7 +124,10 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
     await rejectsHeldNowhere(store.readBlock(1, 'write'));
     assert.equal(store.stats().heldNowhereErrors, 2);
     assert.equal(lines.length, 1, 'one log line per block');
-    assert.match(lines[0], /^ebs-fuse: block 1 \(bytes 524288-1048575\) is held nowhere: .*a pending snapshot cannot be read through the EBS API; a read of it fails with EIO\. Mount with a larger --disk-cache-size/);
+    assert.match(
+      lines[0],
+      /^ebs-fuse: block 1 \(bytes 524288-1048575\) is held nowhere: .*a pending snapshot cannot be read through the EBS API; a read of it fails with EIO\. Mount with a larger --disk-cache-size/,
+    );
     assert.equal(store.base(2), 'zeros');
     assert.ok((await store.readRange(2, 0, 10)).equals(Buffer.alloc(10)));
   });
@@ -123,7 +140,11 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
     store.acknowledged(5, digestOf(1), first, 'pieces');
     store.uploadEnded(5);
     assert.ok((await store.readRange(5, 0, 4))!.equals(Buffer.alloc(4, 1)));
-    assert.deepEqual(store.copyPlan(5, digestOf(3), 'pieces'), { plan: 'before', kind: 'rewritten' }, 'written in pieces again after an upload');
+    assert.deepEqual(
+      store.copyPlan(5, digestOf(3), 'pieces'),
+      { plan: 'before', kind: 'rewritten' },
+      'written in pieces again after an upload',
+    );
     assert.deepEqual(store.copyPlan(5, digestOf(2), 'whole'), { plan: 'after', kind: 'rewritten' });
     assert.deepEqual(store.copyPlan(6, digestOf(2), 'whole'), { plan: 'after', kind: 'whole' });
     const second = await store.announce(5, digestOf(2), block(2), { plan: 'after', kind: 'rewritten' });
@@ -188,7 +209,10 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
     }
     await store.sync();
     const journalBytes = store.stats().journalBytes;
-    assert.ok(journalBytes < 4.5 * 1024 * 1024, `journal ${journalBytes} bytes after 60,000 PUTs (${60_000 * 2 * RECORD_BYTES} uncompacted)`);
+    assert.ok(
+      journalBytes < 4.5 * 1024 * 1024,
+      `journal ${journalBytes} bytes after 60,000 PUTs (${60_000 * 2 * RECORD_BYTES} uncompacted)`,
+    );
     await store.close();
     stores.splice(0);
     const { store: again } = await open();

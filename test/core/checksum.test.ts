@@ -14,7 +14,10 @@ describe('checksum', () => {
   });
 
   it('LINEAR over raw digests, in ascending index whatever the insertion order', () => {
-    const digests = new Map([[5, sha256Digest(block5)], [0, sha256Digest(block0)]]);
+    const digests = new Map([
+      [5, sha256Digest(block5)],
+      [0, sha256Digest(block0)],
+    ]);
     assert.equal(linearChecksumBase64(digests), 'fccGN1xyY7l5uqsw58BLULbsU8thbz9pDvzr9oCk5yk=');
   });
 

@@ -17,9 +17,15 @@ const B = BLOCK_SIZE_BYTES;
 const GIB = 1073741824;
 
 /** A completed snapshot holding `blocks`. */
-async function snapshotWith(service: MemorySnapshotClient, volumeSizeGiB: number, blocks: Map<number, Buffer>, parentSnapshotId?: string): Promise<string> {
+async function snapshotWith(
+  service: MemorySnapshotClient,
+  volumeSizeGiB: number,
+  blocks: Map<number, Buffer>,
+  parentSnapshotId?: string,
+): Promise<string> {
   const { snapshotId } = await service.startSnapshot({ volumeSizeGiB, parentSnapshotId });
-  for (const [blockIndex, data] of blocks) await service.putSnapshotBlock({ snapshotId, blockIndex, data, checksumBase64: sha256Base64(data) });
+  for (const [blockIndex, data] of blocks)
+    await service.putSnapshotBlock({ snapshotId, blockIndex, data, checksumBase64: sha256Base64(data) });
   await service.completeSnapshot({ snapshotId, changedBlocksCount: blocks.size });
   return snapshotId;
 }
@@ -64,7 +70,7 @@ describe('core: download', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('writes the snapshot exactly, the volume\'s size, with holes where it has no data or zeros', async () => {
+  it("writes the snapshot exactly, the volume's size, with holes where it has no data or zeros", async () => {
     const service = new MemorySnapshotClient();
     const blocks = new Map<number, Buffer>([
       [0, random.bytes(B)],
@@ -91,7 +97,7 @@ describe('core: download', () => {
     assert.deepEqual(readdirSync(dir), ['out.img']);
   });
 
-  it('pages through the block list of a child, with the parent\'s blocks it inherits', async () => {
+  it("pages through the block list of a child, with the parent's blocks it inherits", async () => {
     const service = new MemorySnapshotClient();
     const parentBlocks = new Map<number, Buffer>();
     for (let index = 0; index < 70; index += 1) parentBlocks.set(index * 3, taggedBlock(index));
@@ -133,12 +139,17 @@ describe('core: download', () => {
     for (let index = 0; index < 20; index += 1) blocks.set(index, taggedBlock(index));
     const failing: MemoryClientOptions = {
       failBefore: (operation, detail) =>
-        operation === 'get' && detail.blockIndex === 13 ? new SnapshotApiError('no access to the key', 'AccessDeniedException', 'permanent', 403) : undefined,
+        operation === 'get' && detail.blockIndex === 13
+          ? new SnapshotApiError('no access to the key', 'AccessDeniedException', 'permanent', 403)
+          : undefined,
     };
     const service = new MemorySnapshotClient(failing);
     const snapshotId = await snapshotWith(service, 1, blocks);
     const file = path.join(dir, 'new.img');
-    await assert.rejects(downloadSnapshot(service, options(snapshotId, file)), /^UserError: downloading snap-[0-9a-f]+ failed: no access to the key.*; .*new\.img was not written$/);
+    await assert.rejects(
+      downloadSnapshot(service, options(snapshotId, file)),
+      /^UserError: downloading snap-[0-9a-f]+ failed: no access to the key.*; .*new\.img was not written$/,
+    );
     assert.deepEqual(readdirSync(dir), []);
 
     const existing = path.join(dir, 'old.img');
@@ -155,7 +166,10 @@ describe('core: download', () => {
     const snapshotId = await snapshotWith(service, 1, blocks);
     const abort = new AbortController();
     setTimeout(() => abort.abort(new Error('stop')), 40);
-    await assert.rejects(downloadSnapshot(service, options(snapshotId, path.join(dir, 'x.img'), { concurrency: 2, signal: abort.signal })), /was interrupted/);
+    await assert.rejects(
+      downloadSnapshot(service, options(snapshotId, path.join(dir, 'x.img'), { concurrency: 2, signal: abort.signal })),
+      /was interrupted/,
+    );
     assert.ok(service.callCounts.get < 40, `${service.callCounts.get} GETs`);
     assert.deepEqual(readdirSync(dir), []);
   });
@@ -188,7 +202,10 @@ describe('core: download', () => {
   it('one-line errors: a pending snapshot, a missing directory, a target that is a directory', async () => {
     const service = new MemorySnapshotClient();
     const { snapshotId } = await service.startSnapshot({ volumeSizeGiB: 1 });
-    await assert.rejects(downloadSnapshot(service, options(snapshotId, path.join(dir, 'p.img'))), /^UserError: cannot read snapshot snap-[0-9a-f]+: snapshot is not completed/);
+    await assert.rejects(
+      downloadSnapshot(service, options(snapshotId, path.join(dir, 'p.img'))),
+      /^UserError: cannot read snapshot snap-[0-9a-f]+: snapshot is not completed/,
+    );
     await assert.rejects(downloadSnapshot(service, options(snapshotId, path.join(dir, 'no', 'p.img'))), /is not a directory$/);
     await assert.rejects(downloadSnapshot(service, options(snapshotId, dir, { force: true })), /exists and is not a regular file/);
     assert.deepEqual(readdirSync(dir), []);

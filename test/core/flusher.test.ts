@@ -33,13 +33,21 @@ describe('core: flusher (uploads and write-back)', () => {
     rmSync(directory, { recursive: true, force: true });
   });
 
-  async function harness(options: { concurrency: number; zeroSkipAllowed?: boolean; diskBudget?: number; failPuts?: boolean }): Promise<Harness> {
+  async function harness(options: {
+    concurrency: number;
+    zeroSkipAllowed?: boolean;
+    diskBudget?: number;
+    failPuts?: boolean;
+  }): Promise<Harness> {
     const peak = { all: 0, oneBlock: 0 };
     let inFlight = 0;
     const perBlock = new Map<number, number>();
     const inner = new MemorySnapshotClient({
       latencyMs: 5,
-      failBefore: (operation) => (options.failPuts && operation === 'put' ? new SnapshotApiError('injected AccessDenied', 'AccessDeniedException', 'permanent', 403) : undefined),
+      failBefore: (operation) =>
+        options.failPuts && operation === 'put'
+          ? new SnapshotApiError('injected AccessDenied', 'AccessDeniedException', 'permanent', 403)
+          : undefined,
     });
     // Counts PUTs in flight around the real client.
     const client = Object.assign(Object.create(inner) as MemorySnapshotClient, {
@@ -62,7 +70,13 @@ describe('core: flusher (uploads and write-back)', () => {
     const locks = new BlockLocks();
     const failures: string[] = [];
     let flusher: Flusher | undefined;
-    const cache = new BlockCache({ capacityBlocks: 64, writerWaitTimeoutMs: 2000, zeroEntriesMax: 16, requestWriteback: () => flusher?.writeBack(), isLocked: (index) => locks.isLocked(index) });
+    const cache = new BlockCache({
+      capacityBlocks: 64,
+      writerWaitTimeoutMs: 2000,
+      zeroEntriesMax: 16,
+      requestWriteback: () => flusher?.writeBack(),
+      isLocked: (index) => locks.isLocked(index),
+    });
     flusher = new Flusher({
       client,
       snapshotId,
@@ -125,10 +139,18 @@ describe('core: flusher (uploads and write-back)', () => {
     assert.equal(h.cache.peek(5)!.baseMerged, false);
     h.flusher.writeBack(2);
     await settled(h);
-    assert.deepEqual([1, 2, 3, 4].map((index) => h.cache.peek(index)!.isDirty), [false, true, false, true], 'the coldest blocks written whole went first');
+    assert.deepEqual(
+      [1, 2, 3, 4].map((index) => h.cache.peek(index)!.isDirty),
+      [false, true, false, true],
+      'the coldest blocks written whole went first',
+    );
     h.flusher.writeBack(2);
     await settled(h);
-    assert.deepEqual([2, 4].map((index) => h.cache.peek(index)!.isDirty), [false, false], 'then the other whole one, then the complete one written in part, passing over 5');
+    assert.deepEqual(
+      [2, 4].map((index) => h.cache.peek(index)!.isDirty),
+      [false, false],
+      'then the other whole one, then the complete one written in part, passing over 5',
+    );
     h.flusher.writeBack(5);
     await settled(h);
     assert.equal(h.cache.peek(5)!.isDirty, true, 'left for fsync to report');
@@ -166,6 +188,9 @@ describe('core: flusher (uploads and write-back)', () => {
     await settled(h);
     assert.equal(block.isDirty, true);
     assert.match(block.lastFailure!.message, /injected/);
-    assert.deepEqual(h.failures.map((line) => line.split(':')[0]), ['5']);
+    assert.deepEqual(
+      h.failures.map((line) => line.split(':')[0]),
+      ['5'],
+    );
   });
 });

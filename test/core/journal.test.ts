@@ -117,9 +117,18 @@ describe('core: journal', () => {
     const { replay, journal: reopened } = await Journal.open(directory, async () => {});
     await reopened.close();
     assert.equal(replay.slotCount, 2);
-    assert.deepEqual(replay.slotClaims.get(1)!.map((claim) => claim.slot), [0]);
-    assert.deepEqual(replay.slotClaims.get(2)!.map((claim) => claim.slot), [1]);
-    assert.deepEqual(replay.slotClaims.get(3)!.map((claim) => claim.slot), [0]);
+    assert.deepEqual(
+      replay.slotClaims.get(1)!.map((claim) => claim.slot),
+      [0],
+    );
+    assert.deepEqual(
+      replay.slotClaims.get(2)!.map((claim) => claim.slot),
+      [1],
+    );
+    assert.deepEqual(
+      replay.slotClaims.get(3)!.map((claim) => claim.slot),
+      [0],
+    );
     assert.ok(replay.slotClaims.get(3)![0].digest.equals(digest(3)));
   });
 
@@ -147,7 +156,10 @@ describe('core: journal', () => {
     assert.deepEqual([...replay.acknowledged.keys()].sort(), [1, 9]);
     assert.ok(replay.acknowledged.get(1)!.equals(digest(49)));
     assert.deepEqual([...replay.unacknowledged.keys()].sort(), [2, 4]);
-    assert.deepEqual(replay.slotClaims.get(2)!.map((claim) => claim.slot), [5]);
+    assert.deepEqual(
+      replay.slotClaims.get(2)!.map((claim) => claim.slot),
+      [5],
+    );
   });
 
   it('a compaction that cannot write leaves the old journal whole and in use', async () => {

@@ -50,10 +50,16 @@ describe('core: local copy', () => {
     await keep(copy, 2, 'whole');
     await keep(copy, 3, 'whole');
     await keep(copy, 4, 'whole'); // displaces 2, the oldest whole copy
-    assert.deepEqual([1, 2, 3, 4].map((index) => copy.holds(index)), [true, false, true, true]);
+    assert.deepEqual(
+      [1, 2, 3, 4].map((index) => copy.holds(index)),
+      [true, false, true, true],
+    );
     await keep(copy, 5, 'whole'); // displaces 3
     await keep(copy, 6, 'whole'); // displaces 4; block 1 (pieces) stays
-    assert.deepEqual([1, 3, 4, 5, 6].map((index) => copy.holds(index)), [true, false, false, true, true]);
+    assert.deepEqual(
+      [1, 3, 4, 5, 6].map((index) => copy.holds(index)),
+      [true, false, false, true, true],
+    );
     assert.equal(copy.fileBytes, 3 * B, 'the file never grows past the budget');
   });
 
@@ -63,7 +69,10 @@ describe('core: local copy', () => {
     await keep(copy, 2, 'pieces');
     assert.ok(await copy.readRange(1, 0, 10)); // 1 is now more recent than 2
     await keep(copy, 3, 'pieces');
-    assert.deepEqual([1, 2, 3].map((index) => copy.holds(index)), [true, false, true]);
+    assert.deepEqual(
+      [1, 2, 3].map((index) => copy.holds(index)),
+      [true, false, true],
+    );
     // Only pieces copies are left: a whole block gets no copy at all.
     assert.equal(await copy.allocate('whole', notBusy), undefined);
   });
@@ -73,10 +82,16 @@ describe('core: local copy', () => {
     await keep(copy, 1, 'rewritten');
     await keep(copy, 2, 'pieces');
     await keep(copy, 3, 'rewritten'); // displaces 2
-    assert.deepEqual([1, 2, 3].map((index) => copy.holds(index)), [true, false, true]);
+    assert.deepEqual(
+      [1, 2, 3].map((index) => copy.holds(index)),
+      [true, false, true],
+    );
     assert.equal(await copy.allocate('pieces', notBusy), undefined);
     await keep(copy, 4, 'rewritten'); // displaces 1, the least recently used
-    assert.deepEqual([1, 3, 4].map((index) => copy.holds(index)), [false, true, true]);
+    assert.deepEqual(
+      [1, 3, 4].map((index) => copy.holds(index)),
+      [false, true, true],
+    );
   });
 
   it('never takes the slot of a block that is being uploaded', async () => {

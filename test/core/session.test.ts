@@ -93,7 +93,10 @@ describe('core: session (journal, resume, complete)', () => {
     await session.close();
     writeFileSync(path.join(stateDir, session.snapshotId, 'journal.log'), '');
     await assert.rejects(SnapshotSession.resume(service, session.snapshotId, tuning), (error: Error) => {
-      return error instanceof UserError && /was written by an earlier ebs-fuse \(journal\.log\); resume or complete it with that version$/.test(error.message);
+      return (
+        error instanceof UserError &&
+        /was written by an earlier ebs-fuse \(journal\.log\); resume or complete it with that version$/.test(error.message)
+      );
     });
   });
 
@@ -115,12 +118,17 @@ describe('core: session (journal, resume, complete)', () => {
   it('keeps the state and says how to continue when the final flush fails', async () => {
     let failing = true;
     const service = new MemorySnapshotClient({
-      failBefore: (operation) => (failing && operation === 'put' ? new SnapshotApiError('down', 'InternalServerException', 'transient', 500) : undefined),
+      failBefore: (operation) =>
+        failing && operation === 'put' ? new SnapshotApiError('down', 'InternalServerException', 'transient', 500) : undefined,
     });
     const session = await SnapshotSession.start(service, { volumeSizeGiB: 1 }, tuning);
     await session.file.write(0, Buffer.alloc(100, 1));
     await assert.rejects(session.finish({ complete: true, timeoutMs: 5000 }), (error: Error) => {
-      return error instanceof UserError && error.message.includes(`--resume ${session.snapshotId}`) && error.message.includes(`complete ${session.snapshotId}`);
+      return (
+        error instanceof UserError &&
+        error.message.includes(`--resume ${session.snapshotId}`) &&
+        error.message.includes(`complete ${session.snapshotId}`)
+      );
     });
     assert.ok(existsSync(path.join(stateDir, session.snapshotId, 'blocks.journal')));
     failing = false;

@@ -43,7 +43,10 @@ describe('core: transfer (block list paging, bounded pool, in-order results)', (
     const calls: ListPageParams[] = [];
     const client = pagedClient([{ indexes: [], next: '1' }, { indexes: [1, 5], next: '2' }, { indexes: [7, 9] }], calls);
     const list = await SnapshotBlockList.open(client, 'snap-1', 100);
-    assert.deepEqual((await collect(list.entries())).map((entry) => entry.blockIndex), [1, 5, 7, 9]);
+    assert.deepEqual(
+      (await collect(list.entries())).map((entry) => entry.blockIndex),
+      [1, 5, 7, 9],
+    );
     assert.deepEqual(calls, [{ maxResults: 100 }, { maxResults: 100, nextToken: '1' }, { maxResults: 100, startingBlockIndex: 6 }]);
   });
 
@@ -76,7 +79,10 @@ describe('core: transfer (block list paging, bounded pool, in-order results)', (
     });
     assert.equal(maxRunning, 4);
     assert.ok(maxAhead < 6, `an item started ${maxAhead} after the oldest unfinished one`);
-    assert.deepEqual(order, Array.from({ length: 60 }, (_, i) => i));
+    assert.deepEqual(
+      order,
+      Array.from({ length: 60 }, (_, i) => i),
+    );
   });
 
   it('stops at the first failure, lets running work finish, and throws that failure', async () => {

@@ -45,10 +45,16 @@ function sorted(values: Iterable<number>): number[] {
 describe('core: upload', () => {
   let dir: string;
   let random: SeededRandom;
-  const options = (filePath: string, extra: Partial<UploadOptions> = {}): UploadOptions => ({ filePath, snapshot: {}, concurrency: 8, ...extra });
+  const options = (filePath: string, extra: Partial<UploadOptions> = {}): UploadOptions => ({
+    filePath,
+    snapshot: {},
+    concurrency: 8,
+    ...extra,
+  });
 
   before(function () {
-    if (!existsSync(DEFAULT_EXTENTS_HELPER)) throw new Error(`${DEFAULT_EXTENTS_HELPER} is missing: run scripts/setup.sh (it runs native/build-extents.sh)`);
+    if (!existsSync(DEFAULT_EXTENTS_HELPER))
+      throw new Error(`${DEFAULT_EXTENTS_HELPER} is missing: run scripts/setup.sh (it runs native/build-extents.sh)`);
   });
   beforeEach(() => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'ebs-fuse-upload-'));
@@ -85,11 +91,17 @@ describe('core: upload', () => {
 
   it('without hole detection reads every block, and still sends only the non-zero ones', async () => {
     const file = path.join(dir, 'sparse.img');
-    const pieces: Array<[number, Buffer]> = [[5 * B + 7, random.bytes(B)], [100 * B, Buffer.alloc(B)]];
+    const pieces: Array<[number, Buffer]> = [
+      [5 * B + 7, random.bytes(B)],
+      [100 * B, Buffer.alloc(B)],
+    ];
     await sparseFile(file, 128 * B, pieces);
     const service = new MemorySnapshotClient();
     const lines: string[] = [];
-    const result = await uploadFile(service, options(file, { extentsHelperPath: path.join(dir, 'no-such-helper'), log: (line) => lines.push(line) }));
+    const result = await uploadFile(
+      service,
+      options(file, { extentsHelperPath: path.join(dir, 'no-such-helper'), log: (line) => lines.push(line) }),
+    );
     assert.equal(result.holesDetected, false);
     assert.equal(result.dataBlocksRead, 128);
     assert.deepEqual(sorted(service.snapshots.get(result.snapshotId)!.ownBlocks.keys()), sorted(nonZeroBlocks(pieces)));
@@ -150,7 +162,10 @@ describe('core: upload', () => {
 
   it('encrypted: a written zero block is sent, a hole is not', async () => {
     const file = path.join(dir, 'enc.img');
-    const pieces: Array<[number, Buffer]> = [[3 * B, Buffer.alloc(B)], [7 * B, random.bytes(B)]];
+    const pieces: Array<[number, Buffer]> = [
+      [3 * B, Buffer.alloc(B)],
+      [7 * B, random.bytes(B)],
+    ];
     await sparseFile(file, GIB, pieces);
     const service = new MemorySnapshotClient();
     const result = await uploadFile(service, options(file, { snapshot: { encrypted: true } }));
@@ -163,7 +178,11 @@ describe('core: upload', () => {
     const parentFile = path.join(dir, 'parent.img');
     const parentBlocks = new Map<number, Buffer>();
     for (const index of [0, 1, 2, 3, 4, 5, 6, 10, 11]) parentBlocks.set(index, random.bytes(B));
-    await sparseFile(parentFile, GIB, [...parentBlocks].map(([index, data]) => [index * B, data]));
+    await sparseFile(
+      parentFile,
+      GIB,
+      [...parentBlocks].map(([index, data]) => [index * B, data]),
+    );
     const parent = await uploadFile(service, options(parentFile));
 
     // The child: 0, 1, 3, 5, 10 as in the parent; 2 changed; 4 overwritten with zeros;
@@ -177,7 +196,11 @@ describe('core: upload', () => {
     childBlocks.set(12, random.bytes(B));
     childBlocks.set(13, Buffer.alloc(B));
     const childFile = path.join(dir, 'child.img');
-    await sparseFile(childFile, GIB, [...childBlocks].map(([index, data]) => [index * B, data]));
+    await sparseFile(
+      childFile,
+      GIB,
+      [...childBlocks].map(([index, data]) => [index * B, data]),
+    );
 
     const getsBefore = service.callCounts.get;
     const child = await uploadFile(service, options(childFile, { snapshot: { parentSnapshotId: parent.snapshotId } }));
@@ -185,9 +208,13 @@ describe('core: upload', () => {
 
     const childImage = (index: number): Buffer => childBlocks.get(index) ?? Buffer.alloc(B);
     const parentImage = (index: number): Buffer => parentBlocks.get(index) ?? Buffer.alloc(B);
-    const differing = sorted(new Set([...parentBlocks.keys(), ...childBlocks.keys()])).filter((index) => !childImage(index).equals(parentImage(index)));
+    const differing = sorted(new Set([...parentBlocks.keys(), ...childBlocks.keys()])).filter(
+      (index) => !childImage(index).equals(parentImage(index)),
+    );
     assert.deepEqual(sorted(service.snapshots.get(child.snapshotId)!.ownBlocks.keys()), differing);
-    assert.ok(service.imageRange(child.snapshotId, 0, 16).equals(Buffer.concat(Array.from({ length: 16 }, (_, index) => childImage(index)))));
+    assert.ok(
+      service.imageRange(child.snapshotId, 0, 16).equals(Buffer.concat(Array.from({ length: 16 }, (_, index) => childImage(index)))),
+    );
     // Fetched only where the child has non-zero data and the parent has a block.
     const compared = [...childBlocks].filter(([index, data]) => parentBlocks.has(index) && data.some((byte) => byte !== 0)).length;
     assert.equal(service.callCounts.get - getsBefore, compared);
@@ -195,7 +222,7 @@ describe('core: upload', () => {
     assert.equal(child.blocksEqualToParent, 5);
   });
 
-  it('with a parent larger than the file takes the parent\'s size and zeros its data past the file\'s end', async () => {
+  it("with a parent larger than the file takes the parent's size and zeros its data past the file's end", async () => {
     const service = new MemorySnapshotClient();
     const parentFile = path.join(dir, 'parent.img');
     const far = random.bytes(B);
@@ -210,18 +237,27 @@ describe('core: upload', () => {
       /--size 1 is smaller than the parent snapshot .* \(2 GiB\)/,
     );
     const lines: string[] = [];
-    const child = await uploadFile(service, options(childFile, { snapshot: { parentSnapshotId: parent.snapshotId }, log: (line) => lines.push(line) }));
+    const child = await uploadFile(
+      service,
+      options(childFile, { snapshot: { parentSnapshotId: parent.snapshotId }, log: (line) => lines.push(line) }),
+    );
     assert.equal(child.volumeSizeGiB, 2);
     assert.deepEqual(sorted(service.snapshots.get(child.snapshotId)!.ownBlocks.keys()), [0, 3000]);
     assert.ok(service.imageRange(child.snapshotId, 3000, 1).equals(Buffer.alloc(B)));
-    assert.ok(lines.some((line) => line.includes('the size of the parent')), lines.join('\n'));
+    assert.ok(
+      lines.some((line) => line.includes('the size of the parent')),
+      lines.join('\n'),
+    );
   });
 
   it('an unreadable parent is a one-line error before any snapshot starts', async () => {
     const service = new MemorySnapshotClient();
     const file = path.join(dir, 'f.img');
     await sparseFile(file, B, [[0, random.bytes(B)]]);
-    await assert.rejects(uploadFile(service, options(file, { snapshot: { parentSnapshotId: 'snap-0123456789abcdef0' } })), /^UserError: cannot read the parent snapshot snap-0123456789abcdef0: /);
+    await assert.rejects(
+      uploadFile(service, options(file, { snapshot: { parentSnapshotId: 'snap-0123456789abcdef0' } })),
+      /^UserError: cannot read the parent snapshot snap-0123456789abcdef0: /,
+    );
     assert.equal(service.callCounts.start, 0);
   });
 
@@ -240,7 +276,9 @@ describe('core: upload', () => {
     await writeFile(file, Buffer.alloc(200 * B, 0x5a));
     const service = new MemorySnapshotClient({
       failBefore: (operation, detail) =>
-        operation === 'put' && detail.blockIndex === 17 ? new SnapshotApiError('access denied', 'AccessDeniedException', 'permanent', 403) : undefined,
+        operation === 'put' && detail.blockIndex === 17
+          ? new SnapshotApiError('access denied', 'AccessDeniedException', 'permanent', 403)
+          : undefined,
     });
     await assert.rejects(uploadFile(service, options(file, { concurrency: 4 })), (error: Error) => {
       assert.ok(error instanceof UserError);
@@ -259,7 +297,10 @@ describe('core: upload', () => {
     const service = new MemorySnapshotClient({ latencyMs: 10 });
     const abort = new AbortController();
     setTimeout(() => abort.abort(new Error('stop')), 30);
-    await assert.rejects(uploadFile(service, options(file, { concurrency: 2, signal: abort.signal })), /was interrupted; the snapshot stays pending/);
+    await assert.rejects(
+      uploadFile(service, options(file, { concurrency: 2, signal: abort.signal })),
+      /was interrupted; the snapshot stays pending/,
+    );
     assert.ok(service.callCounts.put < 64, `${service.callCounts.put} PUTs`);
     assert.equal(service.callCounts.complete, 0);
   });
@@ -275,10 +316,16 @@ describe('core: upload of a stream', () => {
       })(),
     );
 
-  it('sends the non-zero blocks of a stream in order, leaves a short stream\'s rest absent, and completes with LINEAR', async () => {
+  it("sends the non-zero blocks of a stream in order, leaves a short stream's rest absent, and completes with LINEAR", async () => {
     const image = Buffer.concat([random.bytes(3 * B), Buffer.alloc(2 * B), random.bytes(B + 12345)]);
     const service = new MemorySnapshotClient();
-    const result = await uploadStream(service, { stream: chunked(image), name: 'standard input', volumeSizeGiB: 1, snapshot: {}, concurrency: 4 });
+    const result = await uploadStream(service, {
+      stream: chunked(image),
+      name: 'standard input',
+      volumeSizeGiB: 1,
+      snapshot: {},
+      concurrency: 4,
+    });
     assert.equal(result.status, 'completed');
     assert.equal(result.bytesRead, image.length);
     assert.deepEqual([result.blocksPut, result.zeroBlocksSkipped, result.dataBlocksRead], [5, 2, 7]);
@@ -296,15 +343,27 @@ describe('core: upload of a stream', () => {
     const image = Buffer.alloc(GIB + 1);
     image[GIB] = 1;
     await assert.rejects(
-      uploadStream(service, { stream: chunked(image, 1024 * 1024), name: 'standard input', volumeSizeGiB: 1, snapshot: {}, concurrency: 8 }),
+      uploadStream(service, {
+        stream: chunked(image, 1024 * 1024),
+        name: 'standard input',
+        volumeSizeGiB: 1,
+        snapshot: {},
+        concurrency: 8,
+      }),
       (error: Error) => {
         assert.ok(error instanceof UserError);
-        assert.match(error.message, /^standard input is longer than the volume \(1073741824 bytes, --size\); snap-\S+ was not completed .*larger --size$/);
+        assert.match(
+          error.message,
+          /^standard input is longer than the volume \(1073741824 bytes, --size\); snap-\S+ was not completed .*larger --size$/,
+        );
         return true;
       },
     );
     assert.equal(service.callCounts.complete, 0);
-    assert.deepEqual([...service.snapshots.values()].map((snapshot) => snapshot.status), ['pending']);
+    assert.deepEqual(
+      [...service.snapshots.values()].map((snapshot) => snapshot.status),
+      ['pending'],
+    );
   });
 
   it('reads the stream only as fast as blocks are PUT: what it holds stays bounded by the concurrency', async () => {

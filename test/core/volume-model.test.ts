@@ -25,13 +25,18 @@ const REGION_BLOCKS = 48; // 24 MiB exercised through a 16 MiB cache: eviction h
 const CACHE_BLOCKS = 32;
 const STEPS = 400;
 
-async function runModel(seed: number, diskCacheSizeBytes: DiskBudget): Promise<{ fsyncOk: number; fsyncFailed: number; puts: number; heldNowhere: number }> {
+async function runModel(
+  seed: number,
+  diskCacheSizeBytes: DiskBudget,
+): Promise<{ fsyncOk: number; fsyncFailed: number; puts: number; heldNowhere: number }> {
   const random = new SeededRandom(seed);
   let failureRate = 0;
   const client = new MemorySnapshotClient({
     latencyMs: 1,
     failBefore: (operation) =>
-      operation === 'put' && random.next() < failureRate ? new SnapshotApiError('injected', 'InternalServerException', 'transient', 500) : undefined,
+      operation === 'put' && random.next() < failureRate
+        ? new SnapshotApiError('injected', 'InternalServerException', 'transient', 500)
+        : undefined,
   });
   const { snapshotId } = await client.startSnapshot({ volumeSizeGiB: 1 });
   const stateDirectory = mkdtempSync(path.join(os.tmpdir(), 'ebs-fuse-model-'));

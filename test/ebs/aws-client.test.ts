@@ -82,7 +82,8 @@ describe('AwsSnapshotClient against local-ebs', function () {
     return client;
   }
   const stats = (target: LocalEbsProcess = server): Promise<LocalEbsStats> => getLocalEbsStats(target.endpoint, target.credentials);
-  const setFaults = (spec: string, target: LocalEbsProcess = server): Promise<void> => setLocalEbsFaults(target.endpoint, target.credentials, spec);
+  const setFaults = (spec: string, target: LocalEbsProcess = server): Promise<void> =>
+    setLocalEbsFaults(target.endpoint, target.credentials, spec);
 
   /** A pending snapshot with the given blocks, through a plain client. */
   async function pendingSnapshot(blocks: Record<number, Buffer>): Promise<string> {
@@ -140,17 +141,30 @@ describe('AwsSnapshotClient against local-ebs', function () {
       let progress = 0;
       for (const [blockIndex, data] of written) {
         progress += 30;
-        await client.putSnapshotBlock({ snapshotId: started.snapshotId, blockIndex, data, checksumBase64: sha256Base64(data), progressPercent: progress });
+        await client.putSnapshotBlock({
+          snapshotId: started.snapshotId,
+          blockIndex,
+          data,
+          checksumBase64: sha256Base64(data),
+          progressPercent: progress,
+        });
       }
       const digests = new Map([...written].map(([index, data]) => [index, sha256Digest(data)]));
       assert.equal(
-        await client.completeSnapshot({ snapshotId: started.snapshotId, changedBlocksCount: written.size, linearChecksumBase64: linearChecksumBase64(digests) }),
+        await client.completeSnapshot({
+          snapshotId: started.snapshotId,
+          changedBlocksCount: written.size,
+          linearChecksumBase64: linearChecksumBase64(digests),
+        }),
         'completed',
       );
 
       const before = Date.now();
       const page = await client.listSnapshotBlocks(started.snapshotId);
-      assert.deepEqual(page.blocks.map((block) => block.blockIndex), [...written.keys()]);
+      assert.deepEqual(
+        page.blocks.map((block) => block.blockIndex),
+        [...written.keys()],
+      );
       assert.equal(page.volumeSizeGiB, 2);
       assert.equal(page.nextToken, undefined);
       assert.ok(page.expiryTime instanceof Date && page.expiryTime.getTime() > before, `expiry ${page.expiryTime.toISOString()}`);
@@ -160,7 +174,10 @@ describe('AwsSnapshotClient against local-ebs', function () {
       }
       // startingBlockIndex skips what is before it.
       const tail = await client.listSnapshotBlocks(started.snapshotId, { startingBlockIndex: 4 });
-      assert.deepEqual(tail.blocks.map((block) => block.blockIndex), [4095]);
+      assert.deepEqual(
+        tail.blocks.map((block) => block.blockIndex),
+        [4095],
+      );
 
       const child = await client.startSnapshot({ volumeSizeGiB: 2, parentSnapshotId: started.snapshotId });
       assert.equal(child.parentSnapshotId, started.snapshotId);
@@ -168,7 +185,10 @@ describe('AwsSnapshotClient against local-ebs', function () {
       await client.putSnapshotBlock({ snapshotId: child.snapshotId, blockIndex: 3, data: changed, checksumBase64: sha256Base64(changed) });
       await client.completeSnapshot({ snapshotId: child.snapshotId, changedBlocksCount: 1 });
       const diff = await client.listChangedBlocks(child.snapshotId, started.snapshotId);
-      assert.deepEqual(diff.changedBlocks.map((block) => [block.blockIndex, Boolean(block.firstBlockToken), Boolean(block.secondBlockToken)]), [[3, true, true]]);
+      assert.deepEqual(
+        diff.changedBlocks.map((block) => [block.blockIndex, Boolean(block.firstBlockToken), Boolean(block.secondBlockToken)]),
+        [[3, true, true]],
+      );
       assert.ok(diff.expiryTime instanceof Date);
       const [entry] = diff.changedBlocks;
       assert.ok((await client.getSnapshotBlock(child.snapshotId, 3, entry.secondBlockToken!)).equals(changed));
@@ -185,7 +205,9 @@ describe('AwsSnapshotClient against local-ebs', function () {
       const indexes = Array.from({ length: count }, (_, i) => i * 3);
       // 8 PUTs in flight, as the mount would run them, over the keep-alive agent.
       for (let i = 0; i < indexes.length; i += 8) {
-        await Promise.all(indexes.slice(i, i + 8).map((blockIndex) => client.putSnapshotBlock({ snapshotId, blockIndex, data, checksumBase64 })));
+        await Promise.all(
+          indexes.slice(i, i + 8).map((blockIndex) => client.putSnapshotBlock({ snapshotId, blockIndex, data, checksumBase64 })),
+        );
       }
       await client.completeSnapshot({ snapshotId, changedBlocksCount: count });
       const seen: number[] = [];
@@ -292,7 +314,13 @@ describe('AwsSnapshotClient against local-ebs', function () {
     const faulted: Array<{ spec: string; kinds: Array<[FailureKind, string, number | undefined]> }> = [
       { spec: '500=1', kinds: [['transient', 'InternalServerException', 500]] },
       // local-ebs alternates the account-level and the modeled throttle.
-      { spec: 'throttle=1', kinds: [['throttled', 'ThrottlingException', 400], ['throttled', 'RequestThrottledException', 400]] },
+      {
+        spec: 'throttle=1',
+        kinds: [
+          ['throttled', 'ThrottlingException', 400],
+          ['throttled', 'RequestThrottledException', 400],
+        ],
+      },
       { spec: 'reset=1', kinds: [['transient', 'ECONNRESET', undefined]] },
     ];
     for (const { spec, kinds } of faulted) {
@@ -334,8 +362,20 @@ describe('AwsSnapshotClient against local-ebs', function () {
       const short = Buffer.alloc(1000, 1);
       // Our client refuses to send such a body, so the SDK below it sends it.
       const sdkError = await client.sdk
-        .send(new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: 0, BlockData: short, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(short), ChecksumAlgorithm: 'SHA256' }))
-        .then(() => assert.fail('the short PUT was accepted'), (error: unknown) => error);
+        .send(
+          new PutSnapshotBlockCommand({
+            SnapshotId: snapshotId,
+            BlockIndex: 0,
+            BlockData: short,
+            DataLength: BLOCK_SIZE_BYTES,
+            Checksum: sha256Base64(short),
+            ChecksumAlgorithm: 'SHA256',
+          }),
+        )
+        .then(
+          () => assert.fail('the short PUT was accepted'),
+          (error: unknown) => error,
+        );
       assert.match(String((sdkError as Error).message), /Failed to read block data/);
       const classified = classifyEbsError(sdkError);
       assert.equal(classified.kind, 'transient');
@@ -346,7 +386,9 @@ describe('AwsSnapshotClient against local-ebs', function () {
     it('refuses a block of the wrong length before sending it', async () => {
       const before = requestsOf(await stats(), 'PutSnapshotBlock');
       const data = Buffer.alloc(4096);
-      const error = await rejection(aws().putSnapshotBlock({ snapshotId: 'snap-1', blockIndex: 0, data, checksumBase64: sha256Base64(data) }));
+      const error = await rejection(
+        aws().putSnapshotBlock({ snapshotId: 'snap-1', blockIndex: 0, data, checksumBase64: sha256Base64(data) }),
+      );
       assert.equal(error.kind, 'permanent');
       assert.equal(requestsOf(await stats(), 'PutSnapshotBlock'), before);
     });
@@ -364,13 +406,25 @@ describe('AwsSnapshotClient against local-ebs', function () {
       const entries = [...written];
       for (let i = 0; i < entries.length; i += 6) {
         await Promise.all(
-          entries.slice(i, i + 6).map(([blockIndex, data]) => client.putSnapshotBlock({ snapshotId, blockIndex, data, checksumBase64: sha256Base64(data) })),
+          entries
+            .slice(i, i + 6)
+            .map(([blockIndex, data]) => client.putSnapshotBlock({ snapshotId, blockIndex, data, checksumBase64: sha256Base64(data) })),
         );
       }
       const digests = new Map(entries.map(([index, data]) => [index, sha256Digest(data)]));
-      assert.equal(await client.completeSnapshot({ snapshotId, changedBlocksCount: digests.size, linearChecksumBase64: linearChecksumBase64(digests) }), 'completed');
+      assert.equal(
+        await client.completeSnapshot({
+          snapshotId,
+          changedBlocksCount: digests.size,
+          linearChecksumBase64: linearChecksumBase64(digests),
+        }),
+        'completed',
+      );
       const page = await client.listSnapshotBlocks(snapshotId);
-      assert.deepEqual(page.blocks.map((block) => block.blockIndex), [...written.keys()]);
+      assert.deepEqual(
+        page.blocks.map((block) => block.blockIndex),
+        [...written.keys()],
+      );
       for (const block of page.blocks) {
         assert.ok((await client.getSnapshotBlock(snapshotId, block.blockIndex, block.blockToken)).equals(written.get(block.blockIndex)!));
       }
@@ -392,7 +446,9 @@ describe('AwsSnapshotClient against local-ebs', function () {
       const before = requestsOf(await stats(), 'PutSnapshotBlock');
       const data = blockOf('permanent');
       const started = Date.now();
-      const error = await rejection(client.putSnapshotBlock({ snapshotId: 'snap-0fedcba987654321', blockIndex: 0, data, checksumBase64: sha256Base64(data) }));
+      const error = await rejection(
+        client.putSnapshotBlock({ snapshotId: 'snap-0fedcba987654321', blockIndex: 0, data, checksumBase64: sha256Base64(data) }),
+      );
       assert.equal(error.kind, 'permanent');
       assert.equal(error.code, 'ResourceNotFoundException');
       assert.equal(requestsOf(await stats(), 'PutSnapshotBlock') - before, 1);

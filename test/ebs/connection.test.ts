@@ -124,7 +124,11 @@ describe('connection options', function () {
       assert.equal(parseEndpoint('https://ebs.eu-west-1.amazonaws.com'), 'https://ebs.eu-west-1.amazonaws.com');
       assert.equal(parseEndpoint('http://proxy:3128/prefix'), 'http://proxy:3128/prefix');
       for (const bad of ['127.0.0.1:8080', 'ftp://host', 'nonsense', '', 'http://user:pw@host', 'http://host/?q=1']) {
-        assert.throws(() => parseEndpoint(bad), (error: unknown) => error instanceof UserError && !error.message.includes('\n') && /--endpoint/.test(error.message), bad);
+        assert.throws(
+          () => parseEndpoint(bad),
+          (error: unknown) => error instanceof UserError && !error.message.includes('\n') && /--endpoint/.test(error.message),
+          bad,
+        );
       }
     });
   });
@@ -133,7 +137,10 @@ describe('connection options', function () {
     it('with no server for DIR, runs one in-process; the next command with DIR sees the same snapshots', async () => {
       const dataDir = path.join(scratch, 'embedded');
       const first = await open({ local: dataDir });
-      assert.match(first.endpointDescription, /^http:\/\/127\.0\.0\.1:\d+ \(local-ebs in this process, on its own thread, data in .*embedded\)$/);
+      assert.match(
+        first.endpointDescription,
+        /^http:\/\/127\.0\.0\.1:\d+ \(local-ebs in this process, on its own thread, data in .*embedded\)$/,
+      );
       assert.equal(readRunningLocalEbs(dataDir)?.pid, process.pid);
       const { snapshotId } = await first.client.startSnapshot({ volumeSizeGiB: 1 });
       await first.client.putSnapshotBlock({ snapshotId, blockIndex: 1, data: block, checksumBase64: sha256Base64(block) });
@@ -148,16 +155,21 @@ describe('connection options', function () {
 
       const second = await open({ local: dataDir });
       const page = await second.client.listSnapshotBlocks(snapshotId);
-      assert.deepEqual(page.blocks.map((entry) => entry.blockIndex), [1]);
+      assert.deepEqual(
+        page.blocks.map((entry) => entry.blockIndex),
+        [1],
+      );
       assert.ok((await second.client.getSnapshotBlock(snapshotId, 1, page.blocks[0].blockToken)).equals(block));
     });
 
-    it('a data directory that cannot be made (under /proc, where Node\'s recursive mkdir never returns) fails in one line', async () => {
+    it("a data directory that cannot be made (under /proc, where Node's recursive mkdir never returns) fails in one line", async () => {
       const started = Date.now();
       await assert.rejects(
         open({ local: '/proc/ebs-fuse-no-such-dir/data' }),
         (error: Error) =>
-          error instanceof UserError && !error.message.includes('\n') && error.message.startsWith('cannot create the local-ebs data directory /proc/ebs-fuse-no-such-dir/data: ENOENT'),
+          error instanceof UserError &&
+          !error.message.includes('\n') &&
+          error.message.startsWith('cannot create the local-ebs data directory /proc/ebs-fuse-no-such-dir/data: ENOENT'),
       );
       assert.ok(Date.now() - started < 10_000);
     });
@@ -179,7 +191,10 @@ describe('connection options', function () {
     it('attaches to a local-ebs process that holds DIR, with its credentials, and leaves it running', async () => {
       const before = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.StartSnapshot ?? 0;
       const client = await open({ local: server.dataDir });
-      assert.ok(client.endpointDescription.startsWith(`${server.endpoint} (local-ebs process ${server.child.pid}`), client.endpointDescription);
+      assert.ok(
+        client.endpointDescription.startsWith(`${server.endpoint} (local-ebs process ${server.child.pid}`),
+        client.endpointDescription,
+      );
       await client.client.startSnapshot({ volumeSizeGiB: 1 });
       const after = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.StartSnapshot ?? 0;
       assert.equal(after - before, 1, 'the request went to the process');
@@ -190,7 +205,10 @@ describe('connection options', function () {
 
     it('cannot be combined with --endpoint or --profile', async () => {
       for (const extra of [{ endpoint: 'http://127.0.0.1:1' }, { profile: 'p' }]) {
-        await assert.rejects(open({ local: path.join(scratch, 'never'), ...extra }), (error: unknown) => error instanceof UserError && /--local cannot be combined/.test(error.message));
+        await assert.rejects(
+          open({ local: path.join(scratch, 'never'), ...extra }),
+          (error: unknown) => error instanceof UserError && /--local cannot be combined/.test(error.message),
+        );
       }
       assert.ok(!existsSync(path.join(scratch, 'never')));
     });
@@ -198,11 +216,17 @@ describe('connection options', function () {
 
   describe('AWS configuration', () => {
     it('an invalid --endpoint is a one-line UserError', async () => {
-      await assert.rejects(open({ endpoint: 'localhost:8080' }), (error: unknown) => error instanceof UserError && /--endpoint must be an http or https URL/.test(error.message));
+      await assert.rejects(
+        open({ endpoint: 'localhost:8080' }),
+        (error: unknown) => error instanceof UserError && /--endpoint must be an http or https URL/.test(error.message),
+      );
     });
 
     it('no region anywhere and no endpoint is a one-line UserError', async () => {
-      await assert.rejects(open({}), (error: unknown) => error instanceof UserError && /no AWS region configured.*--region/.test(error.message));
+      await assert.rejects(
+        open({}),
+        (error: unknown) => error instanceof UserError && /no AWS region configured.*--region/.test(error.message),
+      );
     });
 
     it('a custom endpoint works without a region, with credentials from the environment', async () => {
@@ -213,7 +237,7 @@ describe('connection options', function () {
       assert.match((await client.client.startSnapshot({ volumeSizeGiB: 1 })).snapshotId, /^snap-/);
     });
 
-    it('AWS_ENDPOINT_URL_EBS and AWS_REGION are the SDK\'s, and respected', async () => {
+    it("AWS_ENDPOINT_URL_EBS and AWS_REGION are the SDK's, and respected", async () => {
       process.env.AWS_ACCESS_KEY_ID = server.credentials.accessKeyId;
       process.env.AWS_SECRET_ACCESS_KEY = server.credentials.secretAccessKey;
       process.env.AWS_REGION = 'eu-central-1';

@@ -119,8 +119,17 @@ describe('RetryingSnapshotClient', () => {
     await client.putSnapshotBlock(block);
     assert.equal(inner.attempts, 3);
     assert.equal(client.retryCount, 2);
-    assert.deepEqual(events.map((event) => [event.operation, event.attempt]), [['PutSnapshotBlock', 1], ['PutSnapshotBlock', 2]]);
-    assert.deepEqual(clock.sleeps, events.map((event) => event.delayMs));
+    assert.deepEqual(
+      events.map((event) => [event.operation, event.attempt]),
+      [
+        ['PutSnapshotBlock', 1],
+        ['PutSnapshotBlock', 2],
+      ],
+    );
+    assert.deepEqual(
+      clock.sleeps,
+      events.map((event) => event.delayMs),
+    );
   });
 
   it('fails fast on a permanent error: one attempt, no back-off, the error unchanged', async () => {
@@ -161,7 +170,12 @@ describe('RetryingSnapshotClient', () => {
       assert.equal(error.code, 'Scriptedthrottled');
       assert.equal(error.httpStatus, 500);
       assert.equal(error.reason, 'WHY');
-      assert.match(error.message, new RegExp(`^scripted throttled failure ${maxAttempts} \\(gave up after ${maxAttempts} attempts in [0-9.]+ s, the attempt limit\\)$`));
+      assert.match(
+        error.message,
+        new RegExp(
+          `^scripted throttled failure ${maxAttempts} \\(gave up after ${maxAttempts} attempts in [0-9.]+ s, the attempt limit\\)$`,
+        ),
+      );
       return true;
     });
     assert.equal(inner.attempts, maxAttempts);
@@ -203,7 +217,10 @@ describe('RetryingSnapshotClient', () => {
         await assert.rejects(client.putSnapshotBlock(block));
         const expected = Array.from({ length: policy.maxAttempts - 1 }, (_, i) => expectedDelayMs(policy, kind, i + 1, random));
         assert.deepEqual(clock.sleeps, expected, `${kind} at random ${random}`);
-        assert.deepEqual(events.map((event) => event.delayMs), expected);
+        assert.deepEqual(
+          events.map((event) => event.delayMs),
+          expected,
+        );
         assert.ok(clock.sleeps.every((ms) => ms <= policy.maxDelayMs));
       }
     }
@@ -298,7 +315,10 @@ describe('RetryingSnapshotClient', () => {
     } finally {
       process.off('warning', onWarning);
     }
-    assert.deepEqual(warnings.filter((name) => name === 'MaxListenersExceededWarning'), []);
+    assert.deepEqual(
+      warnings.filter((name) => name === 'MaxListenersExceededWarning'),
+      [],
+    );
   });
 
   it('the system clock sleeps for real and wakes early on abort', async () => {

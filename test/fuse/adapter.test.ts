@@ -112,7 +112,9 @@ describe('fuse adapter (real FUSE mount, in-memory file)', function () {
       assert.ok((await file.read(0, data.length)).equals(data));
       // Reading back through the mount goes through the adapter's read.
       assert.ok((await readFile(mount.filePath)).subarray(0, data.length).equals(data));
-      process.stderr.write(`      (dd bs=1M of ${data.length / MIB} MiB into the in-memory file: ${(data.length / MIB / seconds).toFixed(0)} MiB/s)\n`);
+      process.stderr.write(
+        `      (dd bs=1M of ${data.length / MIB} MiB into the in-memory file: ${(data.length / MIB / seconds).toFixed(0)} MiB/s)\n`,
+      );
       assert.equal(dir, mount.mountpoint);
     } finally {
       await rm(source, { force: true });
@@ -202,7 +204,10 @@ describe('fuse adapter (real FUSE mount, in-memory file)', function () {
       file.failFsync = true;
       assert.equal(await errnoOf(() => handle.close()), 'EIO');
       closed = true;
-      assert.ok(logs.some((line) => line.includes('close of snapshot.img')), logs.join('\n'));
+      assert.ok(
+        logs.some((line) => line.includes('close of snapshot.img')),
+        logs.join('\n'),
+      );
     } finally {
       if (!closed) await handle.close().catch(() => undefined);
     }
@@ -225,10 +230,13 @@ describe('fuse adapter (real FUSE mount, in-memory file)', function () {
     } finally {
       await handle.close();
     }
-    assert.ok(logs.some((line) => line.includes('read-back store unreadable')), logs.join('\n'));
+    assert.ok(
+      logs.some((line) => line.includes('read-back store unreadable')),
+      logs.join('\n'),
+    );
   });
 
-  it('lets an fsync take longer than fuse-native\'s default 15 s op timeout', async function () {
+  it("lets an fsync take longer than fuse-native's default 15 s op timeout", async function () {
     this.timeout(60_000);
     const file = new MemoryVolumeFile(VOLUME_BYTES);
     file.fsyncDelayMs = 16_000;

@@ -28,7 +28,7 @@ export class MemoryVolumeFile implements VolumeFile {
     if (this.readFailure) throw this.readFailure;
     const end = Math.min(offsetBytes + length, this.sizeBytes);
     const out = Buffer.alloc(Math.max(0, end - offsetBytes));
-    for (let position = offsetBytes; position < end; ) {
+    for (let position = offsetBytes; position < end;) {
       const index = Math.floor(position / CHUNK_BYTES);
       const within = position - index * CHUNK_BYTES;
       const count = Math.min(CHUNK_BYTES - within, end - position);
@@ -43,7 +43,7 @@ export class MemoryVolumeFile implements VolumeFile {
     if (offsetBytes >= this.sizeBytes) throw new FileOperationError('ENOSPC', 'past the end');
     const end = Math.min(offsetBytes + data.length, this.sizeBytes);
     const copy = Buffer.from(data.subarray(0, end - offsetBytes));
-    for (let position = offsetBytes; position < end; ) {
+    for (let position = offsetBytes; position < end;) {
       const index = Math.floor(position / CHUNK_BYTES);
       const within = position - index * CHUNK_BYTES;
       const count = Math.min(CHUNK_BYTES - within, end - position);

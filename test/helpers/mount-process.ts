@@ -163,7 +163,11 @@ export class MountProcess {
         }
         if (this.exitResult) {
           finish();
-          reject(new Error(`mount exited (code ${this.exitResult.code}, signal ${this.exitResult.signal}) before printing ${count} lines; stderr:\n${this.stderr}`));
+          reject(
+            new Error(
+              `mount exited (code ${this.exitResult.code}, signal ${this.exitResult.signal}) before printing ${count} lines; stderr:\n${this.stderr}`,
+            ),
+          );
           return true;
         }
         return false;

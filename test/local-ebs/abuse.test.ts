@@ -8,13 +8,32 @@ import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
+import {
+  CompleteSnapshotCommand,
+  EBSClient,
+  GetSnapshotBlockCommand,
+  ListSnapshotBlocksCommand,
+  PutSnapshotBlockCommand,
+  StartSnapshotCommand,
+} from '@aws-sdk/client-ebs';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
 import { Sha256, getLocalEbsStats } from '../../src/local-ebs/admin-client';
-import { CONNECTION_LIMIT_ENV, DEFAULT_CONNECTION_LIMITS, resolveConnectionLimits, type ConnectionLimits } from '../../src/local-ebs/limits';
-import { CLI_PATH, REPO_ROOT, removeTemporaryDataDirs, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import {
+  CONNECTION_LIMIT_ENV,
+  DEFAULT_CONNECTION_LIMITS,
+  resolveConnectionLimits,
+  type ConnectionLimits,
+} from '../../src/local-ebs/limits';
+import {
+  CLI_PATH,
+  REPO_ROOT,
+  removeTemporaryDataDirs,
+  startLocalEbsProcess,
+  stopAllLocalEbsProcesses,
+  type LocalEbsProcess,
+} from '../helpers/local-ebs-process';
 import { rawRequest, type RawRequest } from './raw-client';
 
 /** Longer than any answer here takes; a request still unanswered then is a hang. */
@@ -72,9 +91,19 @@ function exchange(port: number, parts: Array<string | Buffer> | string | Buffer,
       clearTimeout(timer);
       socket.destroy();
       const parsed = parseResponse(received, options.head === true);
-      resolve({ status: parsed?.status, headers: parsed?.headers ?? {}, body: parsed?.body ?? Buffer.alloc(0), closed, hung, elapsedMs: performance.now() - t0 });
+      resolve({
+        status: parsed?.status,
+        headers: parsed?.headers ?? {},
+        body: parsed?.body ?? Buffer.alloc(0),
+        closed,
+        hung,
+        elapsedMs: performance.now() - t0,
+      });
     };
-    const timer = setTimeout(() => finish(false, !parseResponse(received, options.head === true) || options.untilClosed === true), timeoutMs);
+    const timer = setTimeout(
+      () => finish(false, !parseResponse(received, options.head === true) || options.untilClosed === true),
+      timeoutMs,
+    );
     socket.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
       if (!options.untilClosed && parseResponse(received, options.head === true)) finish(false, false);
@@ -91,7 +120,13 @@ function describeExchange(result: Exchange): string {
 }
 
 /** A modeled error: the status, x-amzn-ErrorType, a JSON body with Message (no stack) and the Reason. */
-function assertModeled(result: Pick<Exchange, 'status' | 'headers' | 'body'>, status: number, type: string, reason?: string, label = ''): void {
+function assertModeled(
+  result: Pick<Exchange, 'status' | 'headers' | 'body'>,
+  status: number,
+  type: string,
+  reason?: string,
+  label = '',
+): void {
   const text = `${label}: ${result.status} ${result.body.toString('utf8').slice(0, 300)}`;
   assert.equal(result.status, status, text);
   assert.equal(result.headers['x-amzn-errortype'], type, text);
@@ -126,7 +161,10 @@ async function signedHeaders(server: LocalEbsProcess, options: SignOptions): Pro
   const url = new URL(server.endpoint);
   const host = options.host ?? url.host;
   const signer = new SignatureV4({
-    credentials: { accessKeyId: server.credentials.accessKeyId, secretAccessKey: options.secretAccessKey ?? server.credentials.secretAccessKey },
+    credentials: {
+      accessKeyId: server.credentials.accessKeyId,
+      secretAccessKey: options.secretAccessKey ?? server.credentials.secretAccessKey,
+    },
     region: 'us-east-1',
     service: 'ebs',
     sha256: Sha256,
@@ -147,9 +185,17 @@ async function signedHeaders(server: LocalEbsProcess, options: SignOptions): Pro
 }
 
 /** An HTTP/1.1 request as bytes, with `Host` set to the server's unless `headers` has one. */
-function requestBytes(server: LocalEbsProcess, method: string, target: string, headers: Record<string, string>, body: Buffer = Buffer.alloc(0)): Buffer {
+function requestBytes(
+  server: LocalEbsProcess,
+  method: string,
+  target: string,
+  headers: Record<string, string>,
+  body: Buffer = Buffer.alloc(0),
+): Buffer {
   const all: Record<string, string> = { host: new URL(server.endpoint).host, ...headers };
-  const head = `${method} ${target} HTTP/1.1\r\n${Object.entries(all).map(([name, value]) => `${name}: ${value}`).join('\r\n')}\r\n\r\n`;
+  const head = `${method} ${target} HTTP/1.1\r\n${Object.entries(all)
+    .map(([name, value]) => `${name}: ${value}`)
+    .join('\r\n')}\r\n\r\n`;
   return Buffer.concat([Buffer.from(head, 'latin1'), body]);
 }
 
@@ -163,7 +209,12 @@ function block(byte: number): Buffer {
 }
 
 function putHeaders(data: Buffer): Record<string, string> {
-  return { 'x-amz-data-length': String(BLOCK_SIZE_BYTES), 'x-amz-checksum': sha256Base64(data), 'x-amz-checksum-algorithm': 'SHA256', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
+  return {
+    'x-amz-data-length': String(BLOCK_SIZE_BYTES),
+    'x-amz-checksum': sha256Base64(data),
+    'x-amz-checksum-algorithm': 'SHA256',
+    'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+  };
 }
 
 /** Starts a local-ebs process with LOCAL_EBS_* limits in its environment (the child copies it at spawn). */
@@ -196,7 +247,16 @@ async function makeReference(server: LocalEbsProcess): Promise<Reference> {
   try {
     const data = block(0x42);
     const snapshotId = (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1 }))).SnapshotId!;
-    await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: 0, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }));
+    await ebs.send(
+      new PutSnapshotBlockCommand({
+        SnapshotId: snapshotId,
+        BlockIndex: 0,
+        BlockData: data,
+        DataLength: BLOCK_SIZE_BYTES,
+        Checksum: sha256Base64(data),
+        ChecksumAlgorithm: 'SHA256',
+      }),
+    );
     await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snapshotId, ChangedBlocksCount: 1 }));
     const pendingId = (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1, Timeout: 4320 }))).SnapshotId!;
     return { snapshotId, data, pendingId };
@@ -211,11 +271,25 @@ async function assertServing(server: LocalEbsProcess, reference: Reference): Pro
   const ebs = ebsClient(server);
   try {
     const list = await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: reference.snapshotId }));
-    assert.deepEqual(list.Blocks?.map((b) => b.BlockIndex), [0]);
-    const got = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: reference.snapshotId, BlockIndex: 0, BlockToken: list.Blocks![0].BlockToken }));
+    assert.deepEqual(
+      list.Blocks?.map((b) => b.BlockIndex),
+      [0],
+    );
+    const got = await ebs.send(
+      new GetSnapshotBlockCommand({ SnapshotId: reference.snapshotId, BlockIndex: 0, BlockToken: list.Blocks![0].BlockToken }),
+    );
     assert.ok(Buffer.from(await got.BlockData!.transformToByteArray()).equals(reference.data));
     const data = block(0x17);
-    await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: reference.pendingId, BlockIndex: 1, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }));
+    await ebs.send(
+      new PutSnapshotBlockCommand({
+        SnapshotId: reference.pendingId,
+        BlockIndex: 1,
+        BlockData: data,
+        DataLength: BLOCK_SIZE_BYTES,
+        Checksum: sha256Base64(data),
+        ChecksumAlgorithm: 'SHA256',
+      }),
+    );
   } finally {
     ebs.destroy();
   }
@@ -253,7 +327,10 @@ describe('local-ebs under hostile requests', function () {
 
   it('malformed request lines and headers: 400 ValidationException and the connection closed', async () => {
     const cases: Array<[string, string | Buffer]> = [
-      ['TLS hello and binary garbage', Buffer.from([0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03, 0xff, 0xfe, 0x00, 0x0d, 0x0a, 0x0d, 0x0a])],
+      [
+        'TLS hello and binary garbage',
+        Buffer.from([0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03, 0xff, 0xfe, 0x00, 0x0d, 0x0a, 0x0d, 0x0a]),
+      ],
       ['a header without a colon', 'GET /snapshots HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n'],
       ['a space before the colon', 'GET /snapshots HTTP/1.1\r\nHost : x\r\n\r\n'],
       ['a 100 KB header block', `GET /snapshots HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(100_000)}\r\n\r\n`],
@@ -264,10 +341,19 @@ describe('local-ebs under hostile requests', function () {
       ['a negative Content-Length', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}'],
       ['a non-numeric Content-Length', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}'],
       ['Content-Length 2^64', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551616\r\n\r\n{}'],
-      ['Content-Length with Transfer-Encoding chunked', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n'],
+      [
+        'Content-Length with Transfer-Encoding chunked',
+        'POST /snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+      ],
       ['Transfer-Encoding gzip', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}'],
-      ['Transfer-Encoding chunked twice', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n'],
-      ['Transfer-Encoding chunked, identity', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n2\r\n{}\r\n0\r\n\r\n'],
+      [
+        'Transfer-Encoding chunked twice',
+        'POST /snapshots HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+      ],
+      [
+        'Transfer-Encoding chunked, identity',
+        'POST /snapshots HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+      ],
       ['a chunk size that is not hex', 'POST /snapshots HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n'],
       ['lines ended by LF alone', 'GET /snapshots HTTP/1.1\nHost: x\n\n'],
       ['a NUL byte in the path', 'GET /snapshots/snap-\0/blocks HTTP/1.1\r\nHost: x\r\n\r\n'],
@@ -320,8 +406,18 @@ describe('local-ebs under hostile requests', function () {
       ['30,000 nested arrays', nested(30_000), 'INVALID_PARAMETER_VALUE'],
     ];
     for (const [label, body, reason] of cases) {
-      const response = await rawRequest(server.endpoint, server.credentials, { method: 'POST', path: '/snapshots', body: Buffer.from(body) });
-      assertModeled({ status: response.status, headers: headerRecord(response.headers), body: response.body }, 400, 'ValidationException', reason, label);
+      const response = await rawRequest(server.endpoint, server.credentials, {
+        method: 'POST',
+        path: '/snapshots',
+        body: Buffer.from(body),
+      });
+      assertModeled(
+        { status: response.status, headers: headerRecord(response.headers), body: response.body },
+        400,
+        'ValidationException',
+        reason,
+        label,
+      );
     }
     // Unknown members are ignored, as AWS's JSON protocols do, even deeply nested ones.
     const unknown = await rawRequest(server.endpoint, server.credentials, {
@@ -340,7 +436,9 @@ describe('local-ebs under hostile requests', function () {
     for (const target of ['/snapshots', `/snapshots/${pendingId}/blocks/0`, `/snapshots/completion/${pendingId}`, '/no/such/route']) {
       const method = target.includes('/blocks/') ? 'PUT' : 'POST';
       // Only the headers go out: an answer proves nothing of the body was waited for.
-      const result = await exchange(port, `${method} ${target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n`, { untilClosed: true });
+      const result = await exchange(port, `${method} ${target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n`, {
+        untilClosed: true,
+      });
       assert.equal(result.hung, false, `${target}: ${describeExchange(result)}`);
       if (target === '/no/such/route') assertModeled(result, 404, 'UnknownOperationException', undefined, target);
       else assertModeled(result, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', target);
@@ -377,21 +475,29 @@ describe('local-ebs under hostile requests', function () {
         socket.on('drain', pump);
         socket.on('error', () => stop(true));
         socket.on('close', () => stop(true));
-        socket.write(`${method} ${target} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n${method === 'PUT' ? 'x-amz-data-length: 524288\r\n' : ''}\r\n`);
+        socket.write(
+          `${method} ${target} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n${method === 'PUT' ? 'x-amz-data-length: 524288\r\n' : ''}\r\n`,
+        );
         pump();
       });
       const parsed = parseResponse(outcome.answer, false);
       assert.ok(outcome.closed, `${method} ${target}: the server closes the connection (sent ${outcome.sentBytes} bytes)`);
       assert.ok(parsed, `${method} ${target}: an answer before the close`);
       assertModeled(parsed, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', target);
-      assert.match(JSON.parse(parsed.body.toString()).Message as string, new RegExp(`${capBytes === BLOCK_SIZE_BYTES ? 'larger than DataLength' : `larger than ${capBytes} bytes`}`));
+      assert.match(
+        JSON.parse(parsed.body.toString()).Message as string,
+        new RegExp(`${capBytes === BLOCK_SIZE_BYTES ? 'larger than DataLength' : `larger than ${capBytes} bytes`}`),
+      );
       // What the kernel buffers on both sides, well under the 256 MiB the client would send.
       assert.ok(outcome.sentBytes < 64 * 1024 * 1024, `sent ${outcome.sentBytes} bytes before the close`);
     }
 
     // Expect: 100-continue gets its refusal instead of a 100 when the body would be refused anyway,
     // and a 100 before the answer otherwise; another expectation is ignored.
-    const refusedEarly = await exchange(port, `POST /snapshots HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1073741824\r\n\r\n`);
+    const refusedEarly = await exchange(
+      port,
+      `POST /snapshots HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1073741824\r\n\r\n`,
+    );
     assertModeled(refusedEarly, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', 'Expect: 100-continue over the cap');
     const target = `/snapshots/${reference.snapshotId}/blocks`;
     const continued = await new Promise<Buffer>((resolve) => {
@@ -412,16 +518,39 @@ describe('local-ebs under hostile requests', function () {
         socket.write(requestBytes(server, 'GET', target, { ...headers, expect: '100-continue' })),
       );
     });
-    assert.ok(continued.toString('latin1').startsWith('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 '), continued.toString('latin1').slice(0, 200));
-    const oddExpectation = await exchange(port, requestBytes(server, 'GET', target, { ...(await signedHeaders(server, { method: 'GET', path: target })), expect: 'magic' }));
+    assert.ok(
+      continued.toString('latin1').startsWith('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 '),
+      continued.toString('latin1').slice(0, 200),
+    );
+    const oddExpectation = await exchange(
+      port,
+      requestBytes(server, 'GET', target, { ...(await signedHeaders(server, { method: 'GET', path: target })), expect: 'magic' }),
+    );
     assert.equal(oddExpectation.status, 200, describeExchange(oddExpectation));
 
     // A body on a GET is read within the cap, covered by the signature, and otherwise ignored.
-    const get = await rawRequest(server.endpoint, server.credentials, { method: 'GET', path: `/snapshots/${reference.snapshotId}/blocks`, body: Buffer.from('{"ignored":true}') });
+    const get = await rawRequest(server.endpoint, server.credentials, {
+      method: 'GET',
+      path: `/snapshots/${reference.snapshotId}/blocks`,
+      body: Buffer.from('{"ignored":true}'),
+    });
     assert.equal(get.status, 200, get.body.toString());
-    assert.deepEqual((get.json().Blocks as Array<{ BlockIndex: number }>).map((b) => b.BlockIndex), [0]);
-    const bigGet = await rawRequest(server.endpoint, server.credentials, { method: 'GET', path: `/snapshots/${reference.snapshotId}/blocks`, body: Buffer.alloc(65 * 1024, 0x20) });
-    assertModeled({ status: bigGet.status, headers: headerRecord(bigGet.headers), body: bigGet.body }, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', 'GET body over the cap');
+    assert.deepEqual(
+      (get.json().Blocks as Array<{ BlockIndex: number }>).map((b) => b.BlockIndex),
+      [0],
+    );
+    const bigGet = await rawRequest(server.endpoint, server.credentials, {
+      method: 'GET',
+      path: `/snapshots/${reference.snapshotId}/blocks`,
+      body: Buffer.alloc(65 * 1024, 0x20),
+    });
+    assertModeled(
+      { status: bigGet.status, headers: headerRecord(bigGet.headers), body: bigGet.body },
+      400,
+      'ValidationException',
+      'INVALID_PARAMETER_VALUE',
+      'GET body over the cap',
+    );
     await assertServing(server, reference);
   });
 
@@ -457,37 +586,110 @@ describe('local-ebs under hostile requests', function () {
     for (const raw of oddIds) {
       for (const [operation, request] of reqs(raw)) {
         const response = await rawRequest(server.endpoint, server.credentials, request);
-        assertModeled({ status: response.status, headers: headerRecord(response.headers), body: response.body }, 400, 'ValidationException', 'INVALID_SNAPSHOT_ID', `${operation} ${raw}`);
+        assertModeled(
+          { status: response.status, headers: headerRecord(response.headers), body: response.body },
+          400,
+          'ValidationException',
+          'INVALID_SNAPSHOT_ID',
+          `${operation} ${raw}`,
+        );
       }
       const decoded = decodeURIComponent(raw);
       for (const [operation, request] of [
         ['firstSnapshotId', { method: 'GET', path: `/snapshots/${snapshotId}/changedblocks`, query: { firstSnapshotId: decoded } }],
-        ['ParentSnapshotId', { method: 'POST', path: '/snapshots', body: Buffer.from(JSON.stringify({ VolumeSize: 1, ParentSnapshotId: decoded })) }],
+        [
+          'ParentSnapshotId',
+          { method: 'POST', path: '/snapshots', body: Buffer.from(JSON.stringify({ VolumeSize: 1, ParentSnapshotId: decoded })) },
+        ],
       ] as Array<[string, RawRequest]>) {
         const response = await rawRequest(server.endpoint, server.credentials, request);
-        assertModeled({ status: response.status, headers: headerRecord(response.headers), body: response.body }, 400, 'ValidationException', 'INVALID_SNAPSHOT_ID', `${operation} ${raw}`);
+        assertModeled(
+          { status: response.status, headers: headerRecord(response.headers), body: response.body },
+          400,
+          'ValidationException',
+          'INVALID_SNAPSHOT_ID',
+          `${operation} ${raw}`,
+        );
       }
     }
     // An empty segment matches no route at all.
     for (const target of ['/snapshots//blocks', '/snapshots//blocks/0', '/snapshots/completion/']) {
-      const response = await rawRequest(server.endpoint, server.credentials, { method: target.startsWith('/snapshots/completion') ? 'POST' : 'GET', path: target });
-      assertModeled({ status: response.status, headers: headerRecord(response.headers), body: response.body }, 404, 'UnknownOperationException', undefined, target);
+      const response = await rawRequest(server.endpoint, server.credentials, {
+        method: target.startsWith('/snapshots/completion') ? 'POST' : 'GET',
+        path: target,
+      });
+      assertModeled(
+        { status: response.status, headers: headerRecord(response.headers), body: response.body },
+        404,
+        'UnknownOperationException',
+        undefined,
+        target,
+      );
     }
 
     // Block indexes that are not a 32-bit decimal, and one that is but lies outside the volume.
-    const badIndexes = ['-1', '1e9', '0x10', '9007199254740992', '2147483648', '4294967296', '1.0', '+1', '%2D1', '%201', '%00', '%E2%91%A0', '1%2F..'];
+    const badIndexes = [
+      '-1',
+      '1e9',
+      '0x10',
+      '9007199254740992',
+      '2147483648',
+      '4294967296',
+      '1.0',
+      '+1',
+      '%2D1',
+      '%201',
+      '%00',
+      '%E2%91%A0',
+      '1%2F..',
+    ];
     for (const index of badIndexes) {
-      const put = await rawRequest(server.endpoint, server.credentials, { method: 'PUT', path: `/snapshots/${pendingId}/blocks/${index}`, headers: putHeaders(data), body: data });
-      assertModeled({ status: put.status, headers: headerRecord(put.headers), body: put.body }, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', `PUT block ${index}`);
-      const get = await rawRequest(server.endpoint, server.credentials, { method: 'GET', path: `/snapshots/${snapshotId}/blocks/${index}`, query: { blockToken: 'AAAA' } });
-      assertModeled({ status: get.status, headers: headerRecord(get.headers), body: get.body }, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', `GET block ${index}`);
+      const put = await rawRequest(server.endpoint, server.credentials, {
+        method: 'PUT',
+        path: `/snapshots/${pendingId}/blocks/${index}`,
+        headers: putHeaders(data),
+        body: data,
+      });
+      assertModeled(
+        { status: put.status, headers: headerRecord(put.headers), body: put.body },
+        400,
+        'ValidationException',
+        'INVALID_PARAMETER_VALUE',
+        `PUT block ${index}`,
+      );
+      const get = await rawRequest(server.endpoint, server.credentials, {
+        method: 'GET',
+        path: `/snapshots/${snapshotId}/blocks/${index}`,
+        query: { blockToken: 'AAAA' },
+      });
+      assertModeled(
+        { status: get.status, headers: headerRecord(get.headers), body: get.body },
+        400,
+        'ValidationException',
+        'INVALID_PARAMETER_VALUE',
+        `GET block ${index}`,
+      );
     }
-    const outside = await rawRequest(server.endpoint, server.credentials, { method: 'PUT', path: `/snapshots/${pendingId}/blocks/1000000000`, headers: putHeaders(data), body: data });
-    assertModeled({ status: outside.status, headers: headerRecord(outside.headers), body: outside.body }, 400, 'ValidationException', 'INVALID_BLOCK', 'PUT block 1e9 in digits');
+    const outside = await rawRequest(server.endpoint, server.credentials, {
+      method: 'PUT',
+      path: `/snapshots/${pendingId}/blocks/1000000000`,
+      headers: putHeaders(data),
+      body: data,
+    });
+    assertModeled(
+      { status: outside.status, headers: headerRecord(outside.headers), body: outside.body },
+      400,
+      'ValidationException',
+      'INVALID_BLOCK',
+      'PUT block 1e9 in digits',
+    );
 
     // Only snapshot directories the server made itself, nothing beside the data directory's own files.
     const snapshotDirs = readdirSync(path.join(server.dataDir, 'snapshots'));
-    assert.ok(snapshotDirs.every((name) => SNAPSHOT_DIR_PATTERN.test(name)), snapshotDirs.join(' '));
+    assert.ok(
+      snapshotDirs.every((name) => SNAPSHOT_DIR_PATTERN.test(name)),
+      snapshotDirs.join(' '),
+    );
     assert.deepEqual(readdirSync(server.dataDir).sort(), ['server.json', 'snapshots', 'store.json', 'token-key']);
     await assertServing(server, reference);
   });
@@ -497,7 +699,15 @@ describe('local-ebs under hostile requests', function () {
     // Signed exactly as sent, repeated keys included.
     const list = async (rawQuery: string): Promise<Exchange> => {
       const pathname = `/snapshots/${snapshotId}/blocks`;
-      return exchange(port, requestBytes(server, 'GET', rawQuery === '' ? pathname : `${pathname}?${rawQuery}`, await signedHeadersForQuery(server, pathname, rawQuery)));
+      return exchange(
+        port,
+        requestBytes(
+          server,
+          'GET',
+          rawQuery === '' ? pathname : `${pathname}?${rawQuery}`,
+          await signedHeadersForQuery(server, pathname, rawQuery),
+        ),
+      );
     };
     const cases: Array<[string, number, string, string?]> = [
       ['pageToken=garbage!!', 400, 'ValidationException', 'INVALID_PAGE_TOKEN'],
@@ -515,18 +725,43 @@ describe('local-ebs under hostile requests', function () {
     ];
     for (const [query, status, type, reason] of cases) assertModeled(await list(query), status, type, reason, query);
     // Refused before the signature is checked: the query cannot be decoded at all.
-    const undecodable = await rawRequest(server.endpoint, server.credentials, { method: 'GET', path: `/snapshots/${snapshotId}/blocks`, query: { maxResults: '%ZZ' }, rawQuery: 'maxResults=%ZZ' });
-    assertModeled({ status: undecodable.status, headers: headerRecord(undecodable.headers), body: undecodable.body }, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', '%ZZ');
+    const undecodable = await rawRequest(server.endpoint, server.credentials, {
+      method: 'GET',
+      path: `/snapshots/${snapshotId}/blocks`,
+      query: { maxResults: '%ZZ' },
+      rawQuery: 'maxResults=%ZZ',
+    });
+    assertModeled(
+      { status: undecodable.status, headers: headerRecord(undecodable.headers), body: undecodable.body },
+      400,
+      'ValidationException',
+      'INVALID_PARAMETER_VALUE',
+      '%ZZ',
+    );
     for (const query of ['maxResults=100&maxResults=abc', 'startingBlockIndex=0&startingBlockIndex=5', 'unknown=1&other']) {
       const response = await list(query);
       assert.equal(response.status, 200, `${query}: ${describeExchange(response)}`);
-      assert.deepEqual((JSON.parse(response.body.toString()).Blocks as Array<{ BlockIndex: number }>).map((b) => b.BlockIndex), [0], query);
+      assert.deepEqual(
+        (JSON.parse(response.body.toString()).Blocks as Array<{ BlockIndex: number }>).map((b) => b.BlockIndex),
+        [0],
+        query,
+      );
     }
     // Block tokens: garbage is refused, and a good one followed by garbage is read as the good one.
     const token = (JSON.parse((await list('')).body.toString()).Blocks as Array<{ BlockToken: string }>)[0].BlockToken;
     for (const bad of ['garbage!!', 'AAAA', `${'A'.repeat(300)}`, '']) {
-      const response = await rawRequest(server.endpoint, server.credentials, { method: 'GET', path: `/snapshots/${snapshotId}/blocks/0`, query: { blockToken: bad } });
-      assertModeled({ status: response.status, headers: headerRecord(response.headers), body: response.body }, 400, 'ValidationException', 'INVALID_BLOCK_TOKEN', `blockToken=${bad}`);
+      const response = await rawRequest(server.endpoint, server.credentials, {
+        method: 'GET',
+        path: `/snapshots/${snapshotId}/blocks/0`,
+        query: { blockToken: bad },
+      });
+      assertModeled(
+        { status: response.status, headers: headerRecord(response.headers), body: response.body },
+        400,
+        'ValidationException',
+        'INVALID_BLOCK_TOKEN',
+        `blockToken=${bad}`,
+      );
     }
     const escape = (s: string) => encodeURIComponent(s);
     const repeated = await rawRequest(server.endpoint, server.credentials, {
@@ -537,8 +772,15 @@ describe('local-ebs under hostile requests', function () {
     });
     // The signature covers both values, so this one is signed by hand.
     assert.equal(repeated.status, 403, 'a query other than the one signed is refused');
-    const headers = await signedHeadersForQuery(server, `/snapshots/${snapshotId}/blocks/0`, `blockToken=${escape(token)}&blockToken=garbage`);
-    const both = await exchange(port, requestBytes(server, 'GET', `/snapshots/${snapshotId}/blocks/0?blockToken=${escape(token)}&blockToken=garbage`, headers));
+    const headers = await signedHeadersForQuery(
+      server,
+      `/snapshots/${snapshotId}/blocks/0`,
+      `blockToken=${escape(token)}&blockToken=garbage`,
+    );
+    const both = await exchange(
+      port,
+      requestBytes(server, 'GET', `/snapshots/${snapshotId}/blocks/0?blockToken=${escape(token)}&blockToken=garbage`, headers),
+    );
     assert.equal(both.status, 200, describeExchange(both));
     assert.ok(both.body.equals(reference.data));
     await assertServing(server, reference);
@@ -546,29 +788,59 @@ describe('local-ebs under hostile requests', function () {
 
   it('SigV4 abuse: a 100 KB Authorization, a signature for another host or method, an old or future date: 400 or 403', async () => {
     const target = `/snapshots/${reference.snapshotId}/blocks`;
-    const huge = await exchange(port, requestBytes(server, 'GET', target, { authorization: `AWS4-HMAC-SHA256 Credential=${'A'.repeat(100_000)}`, 'x-amz-date': '20200101T000000Z' }), { untilClosed: true });
+    const huge = await exchange(
+      port,
+      requestBytes(server, 'GET', target, {
+        authorization: `AWS4-HMAC-SHA256 Credential=${'A'.repeat(100_000)}`,
+        'x-amz-date': '20200101T000000Z',
+      }),
+      { untilClosed: true },
+    );
     assertModeled(huge, 400, 'ValidationException', 'INVALID_PARAMETER_VALUE', '100 KB Authorization');
     assert.ok(huge.closed);
-    const big = await exchange(port, requestBytes(server, 'GET', target, { authorization: `AWS4-HMAC-SHA256 Credential=${'A'.repeat(10_000)}, SignedHeaders=host, Signature=00` }));
+    const big = await exchange(
+      port,
+      requestBytes(server, 'GET', target, {
+        authorization: `AWS4-HMAC-SHA256 Credential=${'A'.repeat(10_000)}, SignedHeaders=host, Signature=00`,
+      }),
+    );
     assertModeled(big, 403, 'IncompleteSignatureException', undefined, '10 KB Authorization');
-    const amzDate = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
-    const manyHeaders = await exchange(port, requestBytes(server, 'GET', target, {
-      authorization: `AWS4-HMAC-SHA256 Credential=${server.credentials.accessKeyId}/${amzDate.slice(0, 8)}/us-east-1/ebs/aws4_request, SignedHeaders=${'a;'.repeat(3000)}host;x-amz-date, Signature=${'0'.repeat(64)}`,
-      'x-amz-date': amzDate,
-    }));
+    const amzDate = new Date()
+      .toISOString()
+      .replace(/[-:]/g, '')
+      .replace(/\.\d{3}Z$/, 'Z');
+    const manyHeaders = await exchange(
+      port,
+      requestBytes(server, 'GET', target, {
+        authorization: `AWS4-HMAC-SHA256 Credential=${server.credentials.accessKeyId}/${amzDate.slice(0, 8)}/us-east-1/ebs/aws4_request, SignedHeaders=${'a;'.repeat(3000)}host;x-amz-date, Signature=${'0'.repeat(64)}`,
+        'x-amz-date': amzDate,
+      }),
+    );
     assertModeled(manyHeaders, 403, 'InvalidSignatureException', undefined, 'thousands of signed header names');
 
     // Signed for another host, sent to this one.
     const otherHost = await signedHeaders(server, { method: 'GET', path: target, host: 'ebs.us-east-1.amazonaws.com' });
     const { host: _signedHost, ...withoutHost } = otherHost;
     void _signedHost;
-    assertModeled(await exchange(port, requestBytes(server, 'GET', target, withoutHost)), 403, 'InvalidSignatureException', undefined, 'another host');
+    assertModeled(
+      await exchange(port, requestBytes(server, 'GET', target, withoutHost)),
+      403,
+      'InvalidSignatureException',
+      undefined,
+      'another host',
+    );
 
     // Signed as a GET, sent as a PUT with the same headers and body.
     const data = block(0x51);
     const blockPath = `/snapshots/${reference.pendingId}/blocks/2`;
     const asGet = await signedHeaders(server, { method: 'GET', path: blockPath, headers: putHeaders(data), body: data });
-    assertModeled(await exchange(port, requestBytes(server, 'PUT', blockPath, asGet, data)), 403, 'InvalidSignatureException', undefined, 'another method');
+    assertModeled(
+      await exchange(port, requestBytes(server, 'PUT', blockPath, asGet, data)),
+      403,
+      'InvalidSignatureException',
+      undefined,
+      'another method',
+    );
 
     // A request signed 20 minutes ago (a replay) and one dated 20 minutes ahead.
     const old = await signedHeaders(server, { method: 'GET', path: target, signingDate: new Date(Date.now() - 20 * 60_000) });
@@ -582,12 +854,23 @@ describe('local-ebs under hostile requests', function () {
 
     // The wrong secret.
     const wrong = await signedHeaders(server, { method: 'GET', path: target, secretAccessKey: 'not-the-secret' });
-    assertModeled(await exchange(port, requestBytes(server, 'GET', target, wrong)), 403, 'InvalidSignatureException', undefined, 'wrong secret');
+    assertModeled(
+      await exchange(port, requestBytes(server, 'GET', target, wrong)),
+      403,
+      'InvalidSignatureException',
+      undefined,
+      'wrong secret',
+    );
 
     // Signed, then sent without its Host header.
     const { host: _host, ...hostless } = await signedHeaders(server, { method: 'GET', path: target });
     void _host;
-    const noHost = await exchange(port, `GET ${target} HTTP/1.1\r\n${Object.entries(hostless).map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n`);
+    const noHost = await exchange(
+      port,
+      `GET ${target} HTTP/1.1\r\n${Object.entries(hostless)
+        .map(([name, value]) => `${name}: ${value}\r\n`)
+        .join('')}\r\n`,
+    );
     assertModeled(noHost, 403, 'InvalidSignatureException', undefined, 'no Host');
     assert.match(noHost.body.toString(), /host/);
     await assertServing(server, reference);
@@ -619,7 +902,13 @@ describe('local-ebs under hostile requests', function () {
     }
     // Signed or not makes no difference: routing comes first.
     const signed = await rawRequest(server.endpoint, server.credentials, { method: 'DELETE', path: `/snapshots/${id}/blocks/0` });
-    assertModeled({ status: signed.status, headers: headerRecord(signed.headers), body: signed.body }, 404, 'UnknownOperationException', undefined, 'signed DELETE');
+    assertModeled(
+      { status: signed.status, headers: headerRecord(signed.headers), body: signed.body },
+      404,
+      'UnknownOperationException',
+      undefined,
+      'signed DELETE',
+    );
     // A HEAD gets the same status and error type, without a body.
     const head = await exchange(port, `HEAD /snapshots/${id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`, { head: true });
     assert.deepEqual([head.status, head.headers['x-amzn-errortype']], [404, 'UnknownOperationException']);
@@ -634,7 +923,8 @@ describe('local-ebs under hostile requests', function () {
       const timer = setTimeout(() => socket.destroy(), HANG_MS);
       socket.on('data', (chunk: Buffer) => {
         received = Buffer.concat([received, chunk]);
-        if ((received.toString('latin1').match(/HTTP\/1\.1 /g) ?? []).length === 16 && received.toString('latin1').endsWith('}')) socket.destroy();
+        if ((received.toString('latin1').match(/HTTP\/1\.1 /g) ?? []).length === 16 && received.toString('latin1').endsWith('}'))
+          socket.destroy();
       });
       socket.on('close', () => {
         clearTimeout(timer);
@@ -644,7 +934,10 @@ describe('local-ebs under hostile requests', function () {
     });
     const statuses = sixteen.toString('latin1').match(/HTTP\/1\.1 (\d{3})/g) ?? [];
     assert.equal(statuses.length, 16, sixteen.toString('latin1').slice(0, 500));
-    assert.ok(statuses.every((line) => line === 'HTTP/1.1 403'), 'each unsigned request gets its 403');
+    assert.ok(
+      statuses.every((line) => line === 'HTTP/1.1 403'),
+      'each unsigned request gets its 403',
+    );
     const flood = await exchange(port, request.repeat(500), { untilClosed: true });
     assert.deepEqual([flood.hung, flood.closed], [false, true], describeExchange(flood));
     await assertServing(server, reference);
@@ -655,16 +948,18 @@ describe('local-ebs under hostile requests', function () {
     const target = `/snapshots/${reference.pendingId}/blocks/3`;
     const headers = await signedHeaders(server, { method: 'PUT', path: target, headers: putHeaders(data), body: data });
     const sockets = await Promise.all(
-      Array.from({ length: 40 }, (_, i) =>
-        new Promise<net.Socket>((resolve) => {
-          const socket = net.connect(port, '127.0.0.1', () => {
-            // Half of a body, half of the headers, or only the request line.
-            const bytes = requestBytes(server, 'PUT', target, headers, data.subarray(0, BLOCK_SIZE_BYTES / 2));
-            socket.write(i % 3 === 0 ? bytes : i % 3 === 1 ? bytes.subarray(0, 200) : bytes.subarray(0, 20));
-            setTimeout(() => resolve(socket), 50);
-          });
-          socket.on('error', () => undefined);
-        }),
+      Array.from(
+        { length: 40 },
+        (_, i) =>
+          new Promise<net.Socket>((resolve) => {
+            const socket = net.connect(port, '127.0.0.1', () => {
+              // Half of a body, half of the headers, or only the request line.
+              const bytes = requestBytes(server, 'PUT', target, headers, data.subarray(0, BLOCK_SIZE_BYTES / 2));
+              socket.write(i % 3 === 0 ? bytes : i % 3 === 1 ? bytes.subarray(0, 200) : bytes.subarray(0, 20));
+              setTimeout(() => resolve(socket), 50);
+            });
+            socket.on('error', () => undefined);
+          }),
       ),
     );
     for (const [i, socket] of sockets.entries()) {
@@ -687,11 +982,13 @@ describe('local-ebs under hostile requests', function () {
     // One signature, sent 300 times: a replay within the 15 minutes is accepted, as AWS accepts it.
     const bytes = requestBytes(server, 'GET', target, await signedHeaders(server, { method: 'GET', path: target }));
     const connected = await Promise.all(
-      Array.from({ length: 300 }, () =>
-        new Promise<net.Socket>((resolve, reject) => {
-          const socket = net.connect(port, '127.0.0.1', () => resolve(socket));
-          socket.once('error', reject);
-        }),
+      Array.from(
+        { length: 300 },
+        () =>
+          new Promise<net.Socket>((resolve, reject) => {
+            const socket = net.connect(port, '127.0.0.1', () => resolve(socket));
+            socket.once('error', reject);
+          }),
       ),
     );
     try {
@@ -721,7 +1018,11 @@ describe('local-ebs under hostile requests', function () {
             }),
         ),
       );
-      assert.deepEqual(answers.filter((status) => status !== 200), [], 'every connection got its 200');
+      assert.deepEqual(
+        answers.filter((status) => status !== 200),
+        [],
+        'every connection got its 200',
+      );
     } finally {
       for (const socket of connected) socket.destroy();
     }
@@ -738,14 +1039,29 @@ async function signedHeadersForQuery(server: LocalEbsProcess, pathname: string, 
   }
   const url = new URL(server.endpoint);
   const signer = new SignatureV4({ credentials: { ...server.credentials }, region: 'us-east-1', service: 'ebs', sha256: Sha256 });
-  const signed = await signer.sign({ method: 'GET', protocol: 'http:', hostname: url.hostname, port: Number(url.port), path: pathname, query, headers: { host: url.host }, body: Buffer.alloc(0) });
+  const signed = await signer.sign({
+    method: 'GET',
+    protocol: 'http:',
+    hostname: url.hostname,
+    port: Number(url.port),
+    path: pathname,
+    query,
+    headers: { host: url.host },
+    body: Buffer.alloc(0),
+  });
   return signed.headers;
 }
 
 describe('local-ebs timeouts and connection cap', function () {
   this.timeout(30_000);
   // Short deadlines so that the test takes seconds; the defaults are in limits.ts.
-  const limits: ConnectionLimits = { headersTimeoutMs: 1500, requestTimeoutMs: 2500, keepAliveTimeoutMs: 500, idleTimeoutMs: 20_000, maxConnections: 64 };
+  const limits: ConnectionLimits = {
+    headersTimeoutMs: 1500,
+    requestTimeoutMs: 2500,
+    keepAliveTimeoutMs: 500,
+    idleTimeoutMs: 20_000,
+    maxConnections: 64,
+  };
   let server: LocalEbsProcess;
   let reference: Reference;
 
@@ -783,7 +1099,9 @@ describe('local-ebs timeouts and connection cap', function () {
       });
       if (kind === 'loris') {
         // The header block, one byte every 200 ms: never complete.
-        const header = Buffer.from(`GET /snapshots/${reference.snapshotId}/blocks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ${'a'.repeat(1000)}`);
+        const header = Buffer.from(
+          `GET /snapshots/${reference.snapshotId}/blocks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ${'a'.repeat(1000)}`,
+        );
         let sent = 0;
         slow.timer = setInterval(() => {
           if (!socket.destroyed) socket.write(header.subarray(sent, ++sent));
@@ -800,7 +1118,12 @@ describe('local-ebs timeouts and connection cap', function () {
     };
     const data = block(0x71);
     const target = `/snapshots/${reference.pendingId}/blocks/4`;
-    const bodyHead = requestBytes(server, 'PUT', target, await signedHeaders(server, { method: 'PUT', path: target, headers: putHeaders(data), body: data }));
+    const bodyHead = requestBytes(
+      server,
+      'PUT',
+      target,
+      await signedHeaders(server, { method: 'PUT', path: target, headers: putHeaders(data), body: data }),
+    );
     const slows = [...Array.from({ length: 30 }, () => open('loris')), open('silent'), open('slow-body', bodyHead)];
     try {
       // While they hang around, another client is served, each call promptly.
@@ -810,7 +1133,16 @@ describe('local-ebs timeouts and connection cap', function () {
         for (let i = 0; i < 6; i++) {
           const start = performance.now();
           const fresh = block(0x80 + i);
-          await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: reference.pendingId, BlockIndex: 10 + i, BlockData: fresh, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(fresh), ChecksumAlgorithm: 'SHA256' }));
+          await ebs.send(
+            new PutSnapshotBlockCommand({
+              SnapshotId: reference.pendingId,
+              BlockIndex: 10 + i,
+              BlockData: fresh,
+              DataLength: BLOCK_SIZE_BYTES,
+              Checksum: sha256Base64(fresh),
+              ChecksumAlgorithm: 'SHA256',
+            }),
+          );
           await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: reference.snapshotId }));
           latenciesMs.push(performance.now() - start);
         }
@@ -818,8 +1150,14 @@ describe('local-ebs timeouts and connection cap', function () {
         ebs.destroy();
       }
       const servedByMs = performance.now() - t0;
-      assert.ok(servedByMs < limits.headersTimeoutMs, `served within ${servedByMs.toFixed(0)} ms, before any slow client could be timed out`);
-      assert.ok(slows.every((slow) => slow.closedAtMs === undefined), 'the slow clients were still connected while the others were served');
+      assert.ok(
+        servedByMs < limits.headersTimeoutMs,
+        `served within ${servedByMs.toFixed(0)} ms, before any slow client could be timed out`,
+      );
+      assert.ok(
+        slows.every((slow) => slow.closedAtMs === undefined),
+        'the slow clients were still connected while the others were served',
+      );
       assert.ok(Math.max(...latenciesMs) < 500, `latencies ${latenciesMs.map((ms) => ms.toFixed(0)).join(' ')} ms`);
 
       // Then each is closed, shortly after its deadline, with a 408 RequestTimeoutException.
@@ -831,7 +1169,10 @@ describe('local-ebs timeouts and connection cap', function () {
         const deadlineMs = i === slows.length - 1 ? limits.requestTimeoutMs : limits.headersTimeoutMs;
         const label = `slow client ${i}`;
         assert.ok(slow.closedAtMs !== undefined, `${label} was never closed`);
-        assert.ok(slow.closedAtMs >= deadlineMs - 100 && slow.closedAtMs <= deadlineMs + 1500, `${label} closed at ${slow.closedAtMs.toFixed(0)} ms, deadline ${deadlineMs} ms`);
+        assert.ok(
+          slow.closedAtMs >= deadlineMs - 100 && slow.closedAtMs <= deadlineMs + 1500,
+          `${label} closed at ${slow.closedAtMs.toFixed(0)} ms, deadline ${deadlineMs} ms`,
+        );
         const parsed = parseResponse(slow.received, false);
         assert.ok(parsed, `${label}: an answer before the close`);
         assertModeled(parsed, 408, 'RequestTimeoutException', undefined, label);
@@ -849,10 +1190,17 @@ describe('local-ebs timeouts and connection cap', function () {
 
   it('an idle keep-alive connection is closed 1 s after keepAliveTimeout (Node leaves the client that second to close first)', async () => {
     const target = `/snapshots/${reference.snapshotId}/blocks`;
-    const result = await exchange(server.port, requestBytes(server, 'GET', target, await signedHeaders(server, { method: 'GET', path: target })), { untilClosed: true });
+    const result = await exchange(
+      server.port,
+      requestBytes(server, 'GET', target, await signedHeaders(server, { method: 'GET', path: target })),
+      { untilClosed: true },
+    );
     assert.equal(result.status, 200, describeExchange(result));
     const expectedMs = limits.keepAliveTimeoutMs + 1000;
-    assert.ok(result.closed && result.elapsedMs >= expectedMs - 100 && result.elapsedMs <= expectedMs + 500, `closed after ${result.elapsedMs.toFixed(0)} ms`);
+    assert.ok(
+      result.closed && result.elapsedMs >= expectedMs - 100 && result.elapsedMs <= expectedMs + 500,
+      `closed after ${result.elapsedMs.toFixed(0)} ms`,
+    );
     // Closed quietly: the connection was between requests, so there is nothing to answer.
     assert.equal(result.body.length > 0 && /RequestTimeout/.test(result.body.toString()), false);
   });
@@ -899,17 +1247,24 @@ describe('local-ebs connection limits: configuration', () => {
     ]) {
       assert.throws(() => resolveConnectionLimits({}, { [name]: value }), new RegExp(`invalid ${name}=`), name);
     }
-    assert.throws(() => resolveConnectionLimits({}, { LOCAL_EBS_HEADERS_TIMEOUT_MS: '5000', LOCAL_EBS_REQUEST_TIMEOUT_MS: '1000' }), /longer than the request timeout/);
+    assert.throws(
+      () => resolveConnectionLimits({}, { LOCAL_EBS_HEADERS_TIMEOUT_MS: '5000', LOCAL_EBS_REQUEST_TIMEOUT_MS: '1000' }),
+      /longer than the request timeout/,
+    );
   });
 
   it('the CLI refuses a bad LOCAL_EBS_* value with one line and a non-zero exit', async function () {
     this.timeout(15_000);
     const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, [CLI_PATH, 'local-ebs', '--port', '0', '--data', '/nonexistent-never-created', '--access-key-id', 'a', '--secret-access-key', 'b'], {
-        cwd: REPO_ROOT,
-        env: { ...process.env, LOCAL_EBS_HEADERS_TIMEOUT_MS: 'soon' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      const child = spawn(
+        process.execPath,
+        [CLI_PATH, 'local-ebs', '--port', '0', '--data', '/nonexistent-never-created', '--access-key-id', 'a', '--secret-access-key', 'b'],
+        {
+          cwd: REPO_ROOT,
+          env: { ...process.env, LOCAL_EBS_HEADERS_TIMEOUT_MS: 'soon' },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

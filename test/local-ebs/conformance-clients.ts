@@ -82,7 +82,9 @@ async function jsError(call: () => Promise<unknown>): Promise<ObservedError> {
   return { code: null };
 }
 
-async function listAll<T>(fetch: (token: string | undefined) => Promise<{ entries: T[]; next?: string }>): Promise<{ pages: number[]; entries: T[] }> {
+async function listAll<T>(
+  fetch: (token: string | undefined) => Promise<{ entries: T[]; next?: string }>,
+): Promise<{ pages: number[]; entries: T[] }> {
   const pages: number[] = [];
   const entries: T[] = [];
   let token: string | undefined;
@@ -168,9 +170,13 @@ export async function driveJs(endpoint: string, credentials: TestCredentials, bi
     });
     const firstPage = await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: bigId, MaxResults: 100 }));
     const last = firstPage.Blocks![firstPage.Blocks!.length - 1];
-    const bigBlock = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: bigId, BlockIndex: last.BlockIndex, BlockToken: last.BlockToken }));
+    const bigBlock = await ebs.send(
+      new GetSnapshotBlockCommand({ SnapshotId: bigId, BlockIndex: last.BlockIndex, BlockToken: last.BlockToken }),
+    );
     const bigData = Buffer.from(await bigBlock.BlockData!.transformToByteArray());
-    const invalidPageToken = await jsError(() => ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: childId, NextToken: firstPage.NextToken })));
+    const invalidPageToken = await jsError(() =>
+      ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: childId, NextToken: firstPage.NextToken })),
+    );
     const unrelated = await jsError(() => ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: bigId, SecondSnapshotId: childId })));
     const wrong = makeJsClient(endpoint, { accessKeyId: credentials.accessKeyId, secretAccessKey: 'wrong-secret' });
     const badSignature = await jsError(() => wrong.send(new ListSnapshotBlocksCommand({ SnapshotId: childId })));
@@ -178,7 +184,12 @@ export async function driveJs(endpoint: string, credentials: TestCredentials, bi
 
     return {
       parentId,
-      start: { status: started.Status!, blockSize: started.BlockSize!, volumeSize: started.VolumeSize!, httpStatus: started.$metadata.httpStatusCode! },
+      start: {
+        status: started.Status!,
+        blockSize: started.BlockSize!,
+        volumeSize: started.VolumeSize!,
+        httpStatus: started.$metadata.httpStatusCode!,
+      },
       retrySameId: retried.SnapshotId === parentId,
       conflict,
       put: { httpStatus: put.$metadata.httpStatusCode!, checksum: put.Checksum!, expected: sha256Base64(blocks[5]) },
@@ -193,7 +204,11 @@ export async function driveJs(endpoint: string, credentials: TestCredentials, bi
       childComplete: childComplete.Status!,
       childBlocks: listed.Blocks!.map((b) => b.BlockIndex!),
       childReads,
-      changed: changed.ChangedBlocks!.map((c) => ({ index: c.BlockIndex!, first: c.FirstBlockToken !== undefined, second: c.SecondBlockToken !== undefined })),
+      changed: changed.ChangedBlocks!.map((c) => ({
+        index: c.BlockIndex!,
+        first: c.FirstBlockToken !== undefined,
+        second: c.SecondBlockToken !== undefined,
+      })),
       changedNoFirst: own.ChangedBlocks!.map((c) => c.BlockIndex!),
       invalidBlockToken,
       bigPages: big.pages,
@@ -229,7 +244,9 @@ export function boto3Available(): boolean {
 export async function driveBoto3(endpoint: string, credentials: TestCredentials, bigId: string): Promise<Observed> {
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'local-ebs-boto3-'));
   const script = path.join(__dirname, 'boto3_conformance.py');
-  const result = await run(PYTHON, [script, endpoint, bigId], awsClientEnv(credentials, scratch)).finally(() => rmSync(scratch, { recursive: true, force: true }));
+  const result = await run(PYTHON, [script, endpoint, bigId], awsClientEnv(credentials, scratch)).finally(() =>
+    rmSync(scratch, { recursive: true, force: true }),
+  );
   if (result.code !== 0) throw new Error(`boto3 scenario failed (exit ${result.code}):\n${result.stderr.slice(-4000)}`);
   return JSON.parse(result.stdout) as Observed;
 }
@@ -282,7 +299,10 @@ async function driveAwsCliIn(scratch: string, endpoint: string, credentials: Tes
   const ok = async (args: string[], useEnv = env): Promise<CliResult> => {
     const result = await run(awsPath, [...base, '--debug', 'ebs', ...args], useEnv);
     if (result.code !== 0) throw new Error(`aws ebs ${args[0]} failed (exit ${result.code}): ${result.stderr.slice(-2000)}`);
-    return { json: result.stdout.trim() === '' ? {} : (JSON.parse(result.stdout) as Record<string, unknown>), status: lastHttpStatus(result.stderr) };
+    return {
+      json: result.stdout.trim() === '' ? {} : (JSON.parse(result.stdout) as Record<string, unknown>),
+      status: lastHttpStatus(result.stderr),
+    };
   };
   // The CLI prints only the code and message; --debug shows the response body with the Reason.
   const fails = async (args: string[], useEnv = env): Promise<ObservedError> => {
@@ -307,21 +327,48 @@ async function driveAwsCliIn(scratch: string, endpoint: string, credentials: Tes
   };
   const putArgs = (snapshotId: string, index: number, file: string, checksum: string, dataLength = BLOCK_SIZE_BYTES): string[] => [
     'put-snapshot-block',
-    '--snapshot-id', snapshotId,
-    '--block-index', String(index),
-    '--block-data', file,
-    '--data-length', String(dataLength),
-    '--checksum', checksum,
-    '--checksum-algorithm', 'SHA256',
+    '--snapshot-id',
+    snapshotId,
+    '--block-index',
+    String(index),
+    '--block-data',
+    file,
+    '--data-length',
+    String(dataLength),
+    '--checksum',
+    checksum,
+    '--checksum-algorithm',
+    'SHA256',
   ];
   const getBlock = async (snapshotId: string, index: number, token: string): Promise<{ data: Buffer; json: Record<string, unknown> }> => {
     const out = path.join(scratch, `get-${snapshotId}-${index}.bin`);
-    const result = await ok(['get-snapshot-block', '--snapshot-id', snapshotId, '--block-index', String(index), '--block-token', token, out]);
+    const result = await ok([
+      'get-snapshot-block',
+      '--snapshot-id',
+      snapshotId,
+      '--block-index',
+      String(index),
+      '--block-token',
+      token,
+      out,
+    ]);
     return { data: readFileSync(out), json: result.json };
   };
 
   const token = `tok-${client}-${randomUUID()}`;
-  const startArgs = ['start-snapshot', '--volume-size', '1', '--description', `conformance ${client}`, '--tags', `Key=client,Value=${client}`, '--client-token', token, '--timeout', '60'];
+  const startArgs = [
+    'start-snapshot',
+    '--volume-size',
+    '1',
+    '--description',
+    `conformance ${client}`,
+    '--tags',
+    `Key=client,Value=${client}`,
+    '--client-token',
+    token,
+    '--timeout',
+    '60',
+  ];
   const startResult = await ok(startArgs);
   const started = startResult.json;
   const parentId = started.SnapshotId as string;
@@ -337,7 +384,19 @@ async function driveAwsCliIn(scratch: string, endpoint: string, credentials: Tes
   const readWhilePending = await fails(['list-snapshot-blocks', '--snapshot-id', parentId]);
   const unknownSnapshot = await fails(['list-snapshot-blocks', '--snapshot-id', 'snap-0123456789abcdef0']);
   const linear = linearOf({ 0: b0.data, 5: b5.data });
-  const completeResult = await ok(['complete-snapshot', '--snapshot-id', parentId, '--changed-blocks-count', '2', '--checksum', linear, '--checksum-algorithm', 'SHA256', '--checksum-aggregation-method', 'LINEAR']);
+  const completeResult = await ok([
+    'complete-snapshot',
+    '--snapshot-id',
+    parentId,
+    '--changed-blocks-count',
+    '2',
+    '--checksum',
+    linear,
+    '--checksum-algorithm',
+    'SHA256',
+    '--checksum-aggregation-method',
+    'LINEAR',
+  ]);
   const completed = completeResult.json;
   const writeAfterComplete = await fails(putArgs(parentId, 2, b0.file, sha256Base64(b0.data)));
 
@@ -348,39 +407,86 @@ async function driveAwsCliIn(scratch: string, endpoint: string, credentials: Tes
   await ok(putArgs(childId, 5, c5.file, sha256Base64(c5.data)));
   await ok(putArgs(childId, 7, c7.file, sha256Base64(c7.data)));
   const childComplete = (await ok(['complete-snapshot', '--snapshot-id', childId, '--changed-blocks-count', '2'])).json;
-  const listed = (await ok(['list-snapshot-blocks', '--snapshot-id', childId])).json as { Blocks: Array<{ BlockIndex: number; BlockToken: string }> };
+  const listed = (await ok(['list-snapshot-blocks', '--snapshot-id', childId])).json as {
+    Blocks: Array<{ BlockIndex: number; BlockToken: string }>;
+  };
   const tokens = new Map(listed.Blocks.map((b) => [b.BlockIndex, b.BlockToken]));
   const childReads: Observed['childReads'] = {};
   for (const index of [0, 5]) {
     const got = await getBlock(childId, index, tokens.get(index)!);
     // This CLI prints the header-bound DataLength as the header's text ("524288").
-    childReads[String(index)] = { sha: sha256Base64(got.data), headerChecksum: got.json.Checksum as string, dataLength: Number(got.json.DataLength) };
+    childReads[String(index)] = {
+      sha: sha256Base64(got.data),
+      headerChecksum: got.json.Checksum as string,
+      dataLength: Number(got.json.DataLength),
+    };
   }
   type Changed = { ChangedBlocks: Array<{ BlockIndex: number; FirstBlockToken?: string; SecondBlockToken?: string }>; NextToken?: string };
   const changed = (await ok(['list-changed-blocks', '--first-snapshot-id', parentId, '--second-snapshot-id', childId])).json as Changed;
   const own = (await ok(['list-changed-blocks', '--second-snapshot-id', childId])).json as Changed;
-  const invalidBlockToken = await fails(['get-snapshot-block', '--snapshot-id', childId, '--block-index', '5', '--block-token', tokens.get(0)!, path.join(scratch, 'bad.bin')]);
+  const invalidBlockToken = await fails([
+    'get-snapshot-block',
+    '--snapshot-id',
+    childId,
+    '--block-index',
+    '5',
+    '--block-token',
+    tokens.get(0)!,
+    path.join(scratch, 'bad.bin'),
+  ]);
 
   // Pagination by hand (one request per call), so that NextToken passes through the CLI.
   type Blocks = { Blocks: Array<{ BlockIndex: number; BlockToken: string }>; NextToken?: string };
   const big = await listAll(async (next) => {
-    const page = (await ok(['list-snapshot-blocks', '--snapshot-id', bigId, '--max-results', '100', '--no-paginate', ...(next ? ['--next-token', next] : [])])).json as Blocks;
+    const page = (
+      await ok([
+        'list-snapshot-blocks',
+        '--snapshot-id',
+        bigId,
+        '--max-results',
+        '100',
+        '--no-paginate',
+        ...(next ? ['--next-token', next] : []),
+      ])
+    ).json as Blocks;
     return { entries: page.Blocks, next: page.NextToken };
   });
   const bigChanged = await listAll(async (next) => {
-    const page = (await ok(['list-changed-blocks', '--second-snapshot-id', bigId, '--max-results', '100', '--no-paginate', ...(next ? ['--next-token', next] : [])])).json as Changed;
+    const page = (
+      await ok([
+        'list-changed-blocks',
+        '--second-snapshot-id',
+        bigId,
+        '--max-results',
+        '100',
+        '--no-paginate',
+        ...(next ? ['--next-token', next] : []),
+      ])
+    ).json as Changed;
     return { entries: page.ChangedBlocks, next: page.NextToken };
   });
   const firstPage = (await ok(['list-snapshot-blocks', '--snapshot-id', bigId, '--max-results', '100', '--no-paginate'])).json as Blocks;
   const last = firstPage.Blocks[firstPage.Blocks.length - 1];
   const bigData = (await getBlock(bigId, last.BlockIndex, last.BlockToken)).data;
-  const invalidPageToken = await fails(['list-snapshot-blocks', '--snapshot-id', childId, '--next-token', firstPage.NextToken!, '--no-paginate']);
+  const invalidPageToken = await fails([
+    'list-snapshot-blocks',
+    '--snapshot-id',
+    childId,
+    '--next-token',
+    firstPage.NextToken!,
+    '--no-paginate',
+  ]);
   const unrelated = await fails(['list-changed-blocks', '--first-snapshot-id', bigId, '--second-snapshot-id', childId]);
   const badSignature = await fails(['list-snapshot-blocks', '--snapshot-id', childId], { ...env, AWS_SECRET_ACCESS_KEY: 'wrong-secret' });
 
   return {
     parentId,
-    start: { status: started.Status as string, blockSize: started.BlockSize as number, volumeSize: started.VolumeSize as number, httpStatus: startResult.status! },
+    start: {
+      status: started.Status as string,
+      blockSize: started.BlockSize as number,
+      volumeSize: started.VolumeSize as number,
+      httpStatus: startResult.status!,
+    },
     retrySameId: retried.SnapshotId === parentId,
     conflict,
     put: { httpStatus: putResult.status!, checksum: put.Checksum as string, expected: sha256Base64(b5.data) },
@@ -395,7 +501,11 @@ async function driveAwsCliIn(scratch: string, endpoint: string, credentials: Tes
     childComplete: childComplete.Status as string,
     childBlocks: listed.Blocks.map((b) => b.BlockIndex),
     childReads,
-    changed: changed.ChangedBlocks.map((c) => ({ index: c.BlockIndex, first: c.FirstBlockToken !== undefined, second: c.SecondBlockToken !== undefined })),
+    changed: changed.ChangedBlocks.map((c) => ({
+      index: c.BlockIndex,
+      first: c.FirstBlockToken !== undefined,
+      second: c.SecondBlockToken !== undefined,
+    })),
     changedNoFirst: own.ChangedBlocks.map((c) => c.BlockIndex),
     invalidBlockToken,
     bigPages: big.pages,

@@ -3,11 +3,33 @@
 // parent/child lineage) and must see the modeled results and errors.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { CompleteSnapshotCommand, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
+import {
+  CompleteSnapshotCommand,
+  GetSnapshotBlockCommand,
+  ListSnapshotBlocksCommand,
+  PutSnapshotBlockCommand,
+  StartSnapshotCommand,
+} from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
-import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
-import { awsCliPath, boto3Available, driveAwsCli, driveBoto3, driveJs, makeJsClient, pattern, type Observed, type ObservedError } from './conformance-clients';
+import {
+  CLI_PATH,
+  startLocalEbsProcess,
+  stopAllLocalEbsProcesses,
+  removeTemporaryDataDirs,
+  type LocalEbsProcess,
+} from '../helpers/local-ebs-process';
+import {
+  awsCliPath,
+  boto3Available,
+  driveAwsCli,
+  driveBoto3,
+  driveJs,
+  makeJsClient,
+  pattern,
+  type Observed,
+  type ObservedError,
+} from './conformance-clients';
 
 const BIG_BLOCK_COUNT = 120;
 const BIG_INDEX_STRIDE = 7;
@@ -56,7 +78,11 @@ function checkObserved(client: string, o: Observed, bigIndexes: number[]): void 
   assert.deepEqual(o.bigChangedPages, expectedPages);
   assert.deepEqual(o.bigChangedIndexes, bigIndexes);
   assert.equal(o.bigRead.index, bigIndexes[PAGE_SIZE - 1]);
-  assert.equal(o.bigRead.sha, sha256Base64(pattern(`big-${o.bigRead.index}`)), 'a block written by the JS client reads back byte-identical');
+  assert.equal(
+    o.bigRead.sha,
+    sha256Base64(pattern(`big-${o.bigRead.index}`)),
+    'a block written by the JS client reads back byte-identical',
+  );
   expectError(o.invalidPageToken, 'ValidationException', 400, 'INVALID_PAGE_TOKEN');
   expectError(o.unrelated, 'ValidationException', 400, 'UNRELATED_SNAPSHOTS');
   expectError(o.badSignature, 'InvalidSignatureException', 403);
@@ -81,7 +107,14 @@ describe('local-ebs conformance with three clients', function () {
           for (let index = queue.shift(); index !== undefined; index = queue.shift()) {
             const data = pattern(`big-${index}`);
             await ebs.send(
-              new PutSnapshotBlockCommand({ SnapshotId: bigId, BlockIndex: index, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }),
+              new PutSnapshotBlockCommand({
+                SnapshotId: bigId,
+                BlockIndex: index,
+                BlockData: data,
+                DataLength: BLOCK_SIZE_BYTES,
+                Checksum: sha256Base64(data),
+                ChecksumAlgorithm: 'SHA256',
+              }),
             );
           }
         }),
@@ -133,9 +166,14 @@ describe('local-ebs conformance with three clients', function () {
       for (const client of ['boto3', 'cli']) {
         const { parentId } = observed(client);
         const listed = await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: parentId }));
-        assert.deepEqual(listed.Blocks!.map((b) => b.BlockIndex), [0, 5]);
+        assert.deepEqual(
+          listed.Blocks!.map((b) => b.BlockIndex),
+          [0, 5],
+        );
         for (const block of listed.Blocks!) {
-          const got = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: parentId, BlockIndex: block.BlockIndex, BlockToken: block.BlockToken }));
+          const got = await ebs.send(
+            new GetSnapshotBlockCommand({ SnapshotId: parentId, BlockIndex: block.BlockIndex, BlockToken: block.BlockToken }),
+          );
           const data = Buffer.from(await got.BlockData!.transformToByteArray());
           assert.ok(data.equals(pattern(`${client}-parent-${block.BlockIndex}`)), `${client} block ${block.BlockIndex} differs`);
         }

@@ -2,17 +2,35 @@
 // directory, and every block that got a 201 must be there, intact.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
+import {
+  CompleteSnapshotCommand,
+  EBSClient,
+  GetSnapshotBlockCommand,
+  ListSnapshotBlocksCommand,
+  PutSnapshotBlockCommand,
+  StartSnapshotCommand,
+} from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
-import { startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import {
+  startLocalEbsProcess,
+  stopAllLocalEbsProcesses,
+  removeTemporaryDataDirs,
+  type LocalEbsProcess,
+} from '../helpers/local-ebs-process';
 
 const BLOCK_COUNT = 300;
 const WRITERS = 16;
 const ACKS_BEFORE_KILL = 80;
 
 function content(index: number): Buffer {
-  return Buffer.from(createHash('sha256').update(`crash-${index}`).digest('hex').repeat(BLOCK_SIZE_BYTES / 64), 'ascii');
+  return Buffer.from(
+    createHash('sha256')
+      .update(`crash-${index}`)
+      .digest('hex')
+      .repeat(BLOCK_SIZE_BYTES / 64),
+    'ascii',
+  );
 }
 
 function client(server: LocalEbsProcess): EBSClient {
@@ -44,7 +62,14 @@ describe('local-ebs crash safety', function () {
           inflight++;
           try {
             await ebs.send(
-              new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: index, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }),
+              new PutSnapshotBlockCommand({
+                SnapshotId: snapshotId,
+                BlockIndex: index,
+                BlockData: data,
+                DataLength: BLOCK_SIZE_BYTES,
+                Checksum: sha256Base64(data),
+                ChecksumAlgorithm: 'SHA256',
+              }),
             );
             acked.add(index);
           } catch {
@@ -74,7 +99,12 @@ describe('local-ebs crash safety', function () {
     const all = Array.from({ length: BLOCK_COUNT }, (_, i) => i);
 
     for (let round = 0; round < 2; round++) {
-      const inflightAtKill = await streamThenKill(snapshotId, all.filter((i) => !acked.has(i)), acked, ACKS_BEFORE_KILL);
+      const inflightAtKill = await streamThenKill(
+        snapshotId,
+        all.filter((i) => !acked.has(i)),
+        acked,
+        ACKS_BEFORE_KILL,
+      );
       assert.ok(inflightAtKill > 0, `round ${round}: the kill came while ${inflightAtKill} PUTs were in flight`);
       server = await startLocalEbsProcess({ dataDir });
     }
@@ -86,14 +116,31 @@ describe('local-ebs crash safety', function () {
     try {
       for (const index of all.filter((i) => !acked.has(i))) {
         const data = content(index);
-        await ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: index, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }));
+        await ebs.send(
+          new PutSnapshotBlockCommand({
+            SnapshotId: snapshotId,
+            BlockIndex: index,
+            BlockData: data,
+            DataLength: BLOCK_SIZE_BYTES,
+            Checksum: sha256Base64(data),
+            ChecksumAlgorithm: 'SHA256',
+          }),
+        );
       }
-      assert.equal((await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snapshotId, ChangedBlocksCount: BLOCK_COUNT }))).Status, 'completed');
+      assert.equal(
+        (await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snapshotId, ChangedBlocksCount: BLOCK_COUNT }))).Status,
+        'completed',
+      );
       const listed = await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: snapshotId }));
-      assert.deepEqual(listed.Blocks!.map((b) => b.BlockIndex), all);
+      assert.deepEqual(
+        listed.Blocks!.map((b) => b.BlockIndex),
+        all,
+      );
       for (const entry of listed.Blocks!) {
         if (!acked.has(entry.BlockIndex!)) continue;
-        const got = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: entry.BlockIndex, BlockToken: entry.BlockToken }));
+        const got = await ebs.send(
+          new GetSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: entry.BlockIndex, BlockToken: entry.BlockToken }),
+        );
         const data = Buffer.from(await got.BlockData!.transformToByteArray());
         assert.ok(data.equals(content(entry.BlockIndex!)), `block ${entry.BlockIndex} differs after the crash`);
       }

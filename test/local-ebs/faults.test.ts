@@ -10,13 +10,28 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CompleteSnapshotCommand, EBSClient, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, PutSnapshotBlockCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
+import {
+  CompleteSnapshotCommand,
+  EBSClient,
+  GetSnapshotBlockCommand,
+  ListSnapshotBlocksCommand,
+  PutSnapshotBlockCommand,
+  StartSnapshotCommand,
+} from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { AwsSnapshotClient } from '../../src/ebs/aws-client';
 import { sha256Base64 } from '../../src/ebs/checksum';
 import { parseFaultSpec } from '../../src/local-ebs/faults';
 import { expireLocalEbsSnapshot, getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
-import { CLI_PATH, REPO_ROOT, TEST_CREDENTIALS, startLocalEbsProcess, stopAllLocalEbsProcesses, removeTemporaryDataDirs, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import {
+  CLI_PATH,
+  REPO_ROOT,
+  TEST_CREDENTIALS,
+  startLocalEbsProcess,
+  stopAllLocalEbsProcesses,
+  removeTemporaryDataDirs,
+  type LocalEbsProcess,
+} from '../helpers/local-ebs-process';
 
 interface Failure {
   name: string;
@@ -77,7 +92,23 @@ describe('local-ebs fault spec', () => {
   });
 
   it('refuses what is not in the grammar', () => {
-    for (const bad of ['500', '500=2', 'deny=yes', 'expired=1.5', 'deny=1,deny=0', '500=-0.1', 'throttle=abc', 'latency=20', 'latency=50-10ms', 'rate=0', 'rate=1.5', 'ops=put+delete', 'boom=1', '500=0.1,500=0.2', '500=0.1,,']) {
+    for (const bad of [
+      '500',
+      '500=2',
+      'deny=yes',
+      'expired=1.5',
+      'deny=1,deny=0',
+      '500=-0.1',
+      'throttle=abc',
+      'latency=20',
+      'latency=50-10ms',
+      'rate=0',
+      'rate=1.5',
+      'ops=put+delete',
+      'boom=1',
+      '500=0.1,500=0.2',
+      '500=0.1,,',
+    ]) {
       assert.throws(() => parseFaultSpec(bad), /--faults/, bad);
     }
   });
@@ -89,7 +120,16 @@ describe('local-ebs faults seen by a client', function () {
   let ebs: EBSClient;
   const data = Buffer.alloc(BLOCK_SIZE_BYTES, 0x5a);
   const put = (snapshotId: string, index: number) =>
-    ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: index, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }));
+    ebs.send(
+      new PutSnapshotBlockCommand({
+        SnapshotId: snapshotId,
+        BlockIndex: index,
+        BlockData: data,
+        DataLength: BLOCK_SIZE_BYTES,
+        Checksum: sha256Base64(data),
+        ChecksumAlgorithm: 'SHA256',
+      }),
+    );
   const start = async () => (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1 }))).SnapshotId!;
   const faults = (spec: string) => setLocalEbsFaults(server.endpoint, server.credentials, spec);
 
@@ -124,7 +164,10 @@ describe('local-ebs faults seen by a client', function () {
     const byName = new Map([first, second].map((f) => [f.name, f]));
     assert.deepEqual([...byName.keys()].sort(), ['RequestThrottledException', 'ThrottlingException']);
     assert.equal(byName.get('ThrottlingException')!.status, 400);
-    assert.deepEqual([byName.get('RequestThrottledException')!.status, byName.get('RequestThrottledException')!.reason], [400, 'ACCOUNT_THROTTLED']);
+    assert.deepEqual(
+      [byName.get('RequestThrottledException')!.status, byName.get('RequestThrottledException')!.reason],
+      [400, 'ACCOUNT_THROTTLED'],
+    );
   });
 
   it('reset: the connection is destroyed without an answer', async () => {
@@ -153,7 +196,13 @@ describe('local-ebs faults seen by a client', function () {
     const puts = 300;
     const latencyMs = 4000;
     const id = await start();
-    const wide = new AwsSnapshotClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxSockets: puts, requestTimeoutMs: 60_000 });
+    const wide = new AwsSnapshotClient({
+      endpoint: server.endpoint,
+      region: 'us-east-1',
+      credentials: { ...server.credentials },
+      maxSockets: puts,
+      requestTimeoutMs: 60_000,
+    });
     try {
       await faults(`latency=${latencyMs}ms,ops=put`);
       const startedMs = performance.now();
@@ -178,11 +227,14 @@ describe('local-ebs faults seen by a client', function () {
     await faults('rate=5');
     const results = await Promise.allSettled(Array.from({ length: 15 }, (_, i) => put(id, i)));
     const ok = results.filter((r) => r.status === 'fulfilled').length;
-    const refused = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as { name: string; Reason?: string; $metadata?: { httpStatusCode?: number } }] : []));
+    const refused = results.flatMap((r) =>
+      r.status === 'rejected' ? [r.reason as { name: string; Reason?: string; $metadata?: { httpStatusCode?: number } }] : [],
+    );
     // A burst of one second's worth passes; a little refill may land while the burst arrives.
     assert.ok(ok >= 5 && ok <= 7, `${ok} PUTs passed`);
     assert.ok(refused.length > 0);
-    for (const e of refused) assert.deepEqual([e.name, e.Reason, e.$metadata?.httpStatusCode], ['RequestThrottledException', 'RESOURCE_LEVEL_THROTTLE', 400]);
+    for (const e of refused)
+      assert.deepEqual([e.name, e.Reason, e.$metadata?.httpStatusCode], ['RequestThrottledException', 'RESOURCE_LEVEL_THROTTLE', 400]);
     await put(other, 0); // the limit is per snapshot
     await faults('');
   });
@@ -206,16 +258,35 @@ describe('local-ebs faults seen by a client', function () {
     await faults('deny=1,ops=put+complete');
     const failed = await failure(put(id, 0));
     assert.deepEqual([failed.name, failed.status, failed.reason], ['AccessDeniedException', 403, 'UNAUTHORIZED_ACCOUNT']);
-    assert.match(failed.message, new RegExp(`^User: arn:aws:iam::123456789012:user/\\S+ is not authorized to perform: ebs:PutSnapshotBlock on resource: arn:aws:ec2:us-east-1::snapshot/${id} `));
+    assert.match(
+      failed.message,
+      new RegExp(
+        `^User: arn:aws:iam::123456789012:user/\\S+ is not authorized to perform: ebs:PutSnapshotBlock on resource: arn:aws:ec2:us-east-1::snapshot/${id} `,
+      ),
+    );
     const completeFailed = await failure(ebs.send(new CompleteSnapshotCommand({ SnapshotId: id, ChangedBlocksCount: 0 })));
     assert.deepEqual([completeFailed.name, completeFailed.reason], ['AccessDeniedException', 'UNAUTHORIZED_ACCOUNT']);
     const other = await start(); // StartSnapshot is not in ops
     // With the SDK's own retries (3 attempts), a permanent failure is sent once.
-    const retrying = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxAttempts: 3 });
+    const retrying = new EBSClient({
+      endpoint: server.endpoint,
+      region: 'us-east-1',
+      credentials: { ...server.credentials },
+      maxAttempts: 3,
+    });
     try {
       const before = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.PutSnapshotBlock ?? 0;
       const again = await failure(
-        retrying.send(new PutSnapshotBlockCommand({ SnapshotId: other, BlockIndex: 0, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' })),
+        retrying.send(
+          new PutSnapshotBlockCommand({
+            SnapshotId: other,
+            BlockIndex: 0,
+            BlockData: data,
+            DataLength: BLOCK_SIZE_BYTES,
+            Checksum: sha256Base64(data),
+            ChecksumAlgorithm: 'SHA256',
+          }),
+        ),
       );
       const after = await getLocalEbsStats(server.endpoint, server.credentials);
       assert.equal(again.name, 'AccessDeniedException');
@@ -233,9 +304,17 @@ describe('local-ebs faults seen by a client', function () {
     await faults('expired=1');
     for (const attempt of [start(), put(id, 0), ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))]) {
       const failed = await failure(attempt);
-      assert.deepEqual([failed.name, failed.status, failed.message], ['ExpiredTokenException', 403, 'The security token included in the request is expired']);
+      assert.deepEqual(
+        [failed.name, failed.status, failed.message],
+        ['ExpiredTokenException', 403, 'The security token included in the request is expired'],
+      );
     }
-    const retrying = new EBSClient({ endpoint: server.endpoint, region: 'us-east-1', credentials: { ...server.credentials }, maxAttempts: 3 });
+    const retrying = new EBSClient({
+      endpoint: server.endpoint,
+      region: 'us-east-1',
+      credentials: { ...server.credentials },
+      maxAttempts: 3,
+    });
     try {
       const before = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.StartSnapshot ?? 0;
       assert.equal((await failure(retrying.send(new StartSnapshotCommand({ VolumeSize: 1 })))).name, 'ExpiredTokenException');
@@ -267,9 +346,18 @@ describe('local-ebs faults seen by a client', function () {
     const done = await start();
     await put(done, 0);
     await ebs.send(new CompleteSnapshotCommand({ SnapshotId: done, ChangedBlocksCount: 1 }));
-    await assert.rejects(expireLocalEbsSnapshot(server.endpoint, server.credentials, done), /400 ValidationException.*completed: only a pending snapshot can time out/);
-    await assert.rejects(expireLocalEbsSnapshot(server.endpoint, server.credentials, 'snap-0123456789abcdef0'), /404 ResourceNotFoundException/);
-    await assert.rejects(expireLocalEbsSnapshot(server.endpoint, server.credentials, '../etc'), /400 ValidationException.*INVALID_SNAPSHOT_ID/);
+    await assert.rejects(
+      expireLocalEbsSnapshot(server.endpoint, server.credentials, done),
+      /400 ValidationException.*completed: only a pending snapshot can time out/,
+    );
+    await assert.rejects(
+      expireLocalEbsSnapshot(server.endpoint, server.credentials, 'snap-0123456789abcdef0'),
+      /404 ResourceNotFoundException/,
+    );
+    await assert.rejects(
+      expireLocalEbsSnapshot(server.endpoint, server.credentials, '../etc'),
+      /400 ValidationException.*INVALID_SNAPSHOT_ID/,
+    );
     assert.equal((await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: done }))).Blocks?.length, 1);
   });
 
@@ -349,7 +437,10 @@ describe('local-ebs command errors', function () {
     const server = await startLocalEbsProcess({ credentials: TEST_CREDENTIALS, extraArgs: [] });
     assert.equal(await server.stop(), 0);
     const dataDir = tempDir();
-    const child = spawn(process.execPath, [CLI_PATH, 'local-ebs', '--port', '0', '--data', dataDir], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI_PATH, 'local-ebs', '--port', '0', '--data', dataDir], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     try {
       let stderr = '';
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

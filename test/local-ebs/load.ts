@@ -48,8 +48,22 @@ async function main(): Promise<void> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
   const signer = new SignatureV4({ credentials: server.credentials, region: 'us-east-1', service: 'ebs', sha256: Sha256 });
 
-  const send = async (method: string, path: string, headers: Record<string, string>, body: Buffer): Promise<{ status: number; body: string }> => {
-    const signed = await signer.sign({ method, protocol: 'http:', hostname: url.hostname, port: Number(url.port), path, query: {}, headers: { host: url.host, 'content-length': String(body.length), ...headers }, body });
+  const send = async (
+    method: string,
+    path: string,
+    headers: Record<string, string>,
+    body: Buffer,
+  ): Promise<{ status: number; body: string }> => {
+    const signed = await signer.sign({
+      method,
+      protocol: 'http:',
+      hostname: url.hostname,
+      port: Number(url.port),
+      path,
+      query: {},
+      headers: { host: url.host, 'content-length': String(body.length), ...headers },
+      body,
+    });
     return new Promise((resolve, reject) => {
       const request = http.request({ method, host: url.hostname, port: url.port, path, headers: signed.headers, agent }, (response) => {
         let text = '';
@@ -85,13 +99,18 @@ async function main(): Promise<void> {
         data.writeUInt32BE(index, 0);
         const checksum = createHash('sha256').update(data).digest('base64');
         const t = performance.now();
-        const response = await send('PUT', `/snapshots/${snapshotId}/blocks/${index}`, {
-          'content-type': 'application/octet-stream',
-          'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
-          'x-amz-data-length': String(BLOCK_SIZE_BYTES),
-          'x-amz-checksum': checksum,
-          'x-amz-checksum-algorithm': 'SHA256',
-        }, data);
+        const response = await send(
+          'PUT',
+          `/snapshots/${snapshotId}/blocks/${index}`,
+          {
+            'content-type': 'application/octet-stream',
+            'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+            'x-amz-data-length': String(BLOCK_SIZE_BYTES),
+            'x-amz-checksum': checksum,
+            'x-amz-checksum-algorithm': 'SHA256',
+          },
+          data,
+        );
         latenciesMs.push(performance.now() - t);
         if (response.status === 201) ok++;
         else failed++;

@@ -53,16 +53,33 @@ export async function rawRequest(endpoint: string, credentials: TestCredentials,
     sent = signed.headers;
   }
   const escape = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-  const queryText = request.rawQuery ?? Object.entries(request.query ?? {}).map(([k, v]) => `${escape(k)}=${escape(v)}`).join('&');
+  const queryText =
+    request.rawQuery ??
+    Object.entries(request.query ?? {})
+      .map(([k, v]) => `${escape(k)}=${escape(v)}`)
+      .join('&');
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { method: request.method, host: url.hostname, port: url.port, path: queryText ? `${request.path}?${queryText}` : request.path, headers: sent, timeout: RAW_TIMEOUT_MS, agent: false },
+      {
+        method: request.method,
+        host: url.hostname,
+        port: url.port,
+        path: queryText ? `${request.path}?${queryText}` : request.path,
+        headers: sent,
+        timeout: RAW_TIMEOUT_MS,
+        agent: false,
+      },
       (response) => {
         const parts: Buffer[] = [];
         response.on('data', (chunk: Buffer) => parts.push(chunk));
         response.on('end', () => {
           const body = Buffer.concat(parts);
-          resolve({ status: response.statusCode ?? 0, headers: response.headers, body, json: () => JSON.parse(body.toString('utf8')) as Record<string, unknown> });
+          resolve({
+            status: response.statusCode ?? 0,
+            headers: response.headers,
+            body,
+            json: () => JSON.parse(body.toString('utf8')) as Record<string, unknown>,
+          });
           req.destroy();
         });
         response.on('error', reject);

@@ -27,7 +27,13 @@ const MINUTE_MS = 60_000;
 
 /** A block of a label's SHA-256 hex, repeated: distinct labels, distinct blocks. */
 function block(label: string): Buffer {
-  return Buffer.from(createHash('sha256').update(label).digest('hex').repeat(BLOCK_SIZE_BYTES / 64), 'ascii');
+  return Buffer.from(
+    createHash('sha256')
+      .update(label)
+      .digest('hex')
+      .repeat(BLOCK_SIZE_BYTES / 64),
+    'ascii',
+  );
 }
 
 async function failure(promise: Promise<unknown>): Promise<{ name: string; reason?: string; status?: number; message: string }> {
@@ -48,7 +54,16 @@ describe('local-ebs server', function () {
   let clockOffsetMs = 0;
 
   const put = (snapshotId: string, index: number, data: Buffer) =>
-    ebs.send(new PutSnapshotBlockCommand({ SnapshotId: snapshotId, BlockIndex: index, BlockData: data, DataLength: BLOCK_SIZE_BYTES, Checksum: sha256Base64(data), ChecksumAlgorithm: 'SHA256' }));
+    ebs.send(
+      new PutSnapshotBlockCommand({
+        SnapshotId: snapshotId,
+        BlockIndex: index,
+        BlockData: data,
+        DataLength: BLOCK_SIZE_BYTES,
+        Checksum: sha256Base64(data),
+        ChecksumAlgorithm: 'SHA256',
+      }),
+    );
   const start = async (input: { VolumeSize: number; ParentSnapshotId?: string; Timeout?: number; ClientToken?: string }) =>
     (await ebs.send(new StartSnapshotCommand(input))).SnapshotId!;
   const complete = (snapshotId: string, count: number, checksum?: string) =>
@@ -56,7 +71,13 @@ describe('local-ebs server', function () {
       new CompleteSnapshotCommand(
         checksum === undefined
           ? { SnapshotId: snapshotId, ChangedBlocksCount: count }
-          : { SnapshotId: snapshotId, ChangedBlocksCount: count, Checksum: checksum, ChecksumAlgorithm: 'SHA256', ChecksumAggregationMethod: 'LINEAR' },
+          : {
+              SnapshotId: snapshotId,
+              ChangedBlocksCount: count,
+              Checksum: checksum,
+              ChecksumAlgorithm: 'SHA256',
+              ChecksumAggregationMethod: 'LINEAR',
+            },
       ),
     );
   const snapshotWith = async (blocks: Record<number, string>, parent?: string): Promise<string> => {
@@ -82,10 +103,17 @@ describe('local-ebs server', function () {
   it('holds its data directory: server.json, a refused second server, release on close', async () => {
     const file = path.join(dataDir, 'server.json');
     assert.equal(statSync(file).mode & 0o777, 0o600);
-    assert.deepEqual(readRunningLocalEbs(dataDir), { pid: process.pid, endpoint: server.endpoint, accessKeyId: TEST_CREDENTIALS.accessKeyId, secretAccessKey: TEST_CREDENTIALS.secretAccessKey });
+    assert.deepEqual(readRunningLocalEbs(dataDir), {
+      pid: process.pid,
+      endpoint: server.endpoint,
+      accessKeyId: TEST_CREDENTIALS.accessKeyId,
+      secretAccessKey: TEST_CREDENTIALS.secretAccessKey,
+    });
     await assert.rejects(
       startLocalEbs({ dataDir, ...TEST_CREDENTIALS }),
-      (error: Error) => error.name === 'UserError' && error.message === `local-ebs data directory ${dataDir} is in use by pid ${process.pid} at ${server.endpoint}`,
+      (error: Error) =>
+        error.name === 'UserError' &&
+        error.message === `local-ebs data directory ${dataDir} is in use by pid ${process.pid} at ${server.endpoint}`,
     );
     await server.close();
     assert.equal(existsSync(file), false);
@@ -114,7 +142,10 @@ describe('local-ebs server', function () {
 
   it('CompleteSnapshot checks ChangedBlocksCount and the LINEAR checksum, and a failed check leaves it pending', async () => {
     const id = await start({ VolumeSize: 1 });
-    const blocks = new Map([[9, block('x')], [2, block('y')]]);
+    const blocks = new Map([
+      [9, block('x')],
+      [2, block('y')],
+    ]);
     for (const [index, data] of blocks) await put(id, index, data);
     await put(id, 9, block('x')); // a rewrite counts once
     const badCount = await failure(complete(id, 3));
@@ -170,7 +201,9 @@ describe('local-ebs server', function () {
     const blocks: Record<number, string> = {};
     for (let i = 0; i < 250; i++) blocks[(i * 37) % 2048] = `b${i}`;
     const id = await snapshotWith(blocks);
-    const expected = Object.keys(blocks).map(Number).sort((a, b) => a - b);
+    const expected = Object.keys(blocks)
+      .map(Number)
+      .sort((a, b) => a - b);
     const seen: number[] = [];
     let token: string | undefined;
     let pages = 0;
@@ -188,21 +221,42 @@ describe('local-ebs server', function () {
 
     const other = await snapshotWith({ 0: 'other' });
     const first = await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id, MaxResults: 100 }));
-    assert.equal((await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: other, NextToken: first.NextToken })))).reason, 'INVALID_PAGE_TOKEN');
-    assert.equal((await failure(ebs.send(new ListChangedBlocksCommand({ SecondSnapshotId: id, NextToken: first.NextToken })))).reason, 'INVALID_PAGE_TOKEN');
-    assert.equal((await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id, MaxResults: 99 })))).reason, 'INVALID_PARAMETER_VALUE');
+    assert.equal(
+      (await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: other, NextToken: first.NextToken })))).reason,
+      'INVALID_PAGE_TOKEN',
+    );
+    assert.equal(
+      (await failure(ebs.send(new ListChangedBlocksCommand({ SecondSnapshotId: id, NextToken: first.NextToken })))).reason,
+      'INVALID_PAGE_TOKEN',
+    );
+    assert.equal(
+      (await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id, MaxResults: 99 })))).reason,
+      'INVALID_PARAMETER_VALUE',
+    );
 
     const entry = first.Blocks![0];
-    const wrongIndex = await failure(ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: first.Blocks![1].BlockIndex, BlockToken: entry.BlockToken })));
+    const wrongIndex = await failure(
+      ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: first.Blocks![1].BlockIndex, BlockToken: entry.BlockToken })),
+    );
     assert.equal(wrongIndex.reason, 'INVALID_BLOCK_TOKEN');
     const otherToken = (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: other }))).Blocks![0].BlockToken;
-    assert.equal((await failure(ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: 0, BlockToken: otherToken })))).reason, 'INVALID_BLOCK_TOKEN');
+    assert.equal(
+      (await failure(ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: 0, BlockToken: otherToken })))).reason,
+      'INVALID_BLOCK_TOKEN',
+    );
 
     clockOffsetMs += 61 * MINUTE_MS;
-    assert.equal((await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id, NextToken: first.NextToken })))).reason, 'INVALID_PAGE_TOKEN');
+    assert.equal(
+      (await failure(ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id, NextToken: first.NextToken })))).reason,
+      'INVALID_PAGE_TOKEN',
+    );
     await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: entry.BlockIndex, BlockToken: entry.BlockToken }));
     clockOffsetMs += 7 * 24 * 60 * MINUTE_MS;
-    assert.equal((await failure(ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: entry.BlockIndex, BlockToken: entry.BlockToken })))).reason, 'INVALID_BLOCK_TOKEN');
+    assert.equal(
+      (await failure(ebs.send(new GetSnapshotBlockCommand({ SnapshotId: id, BlockIndex: entry.BlockIndex, BlockToken: entry.BlockToken }))))
+        .reason,
+      'INVALID_BLOCK_TOKEN',
+    );
   });
 
   it('a block token sent with a literal + in the query is read as +', async () => {
@@ -214,7 +268,12 @@ describe('local-ebs server', function () {
       token = (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))).Blocks![0].BlockToken!;
     }
     assert.ok(token.includes('+'), 'no token with a + came up');
-    const response = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'GET', path: `/snapshots/${id}/blocks/0`, query: { blockToken: token }, rawQuery: `blockToken=${token}` });
+    const response = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'GET',
+      path: `/snapshots/${id}/blocks/0`,
+      query: { blockToken: token },
+      rawQuery: `blockToken=${token}`,
+    });
     assert.equal(response.status, 200, response.body.toString());
     assert.ok(response.body.equals(block('plus')));
   });
@@ -224,29 +283,55 @@ describe('local-ebs server', function () {
     const child = await snapshotWith({ 5: 'c5', 7: 'c7' }, parent);
     const sibling = await snapshotWith({ 9: 's9' }, parent);
     const listed = await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: child }));
-    assert.deepEqual(listed.Blocks!.map((b) => b.BlockIndex), [0, 5, 7, 9]);
+    assert.deepEqual(
+      listed.Blocks!.map((b) => b.BlockIndex),
+      [0, 5, 7, 9],
+    );
     const zero = listed.Blocks![0];
     const got = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: child, BlockIndex: 0, BlockToken: zero.BlockToken }));
     assert.ok(Buffer.from(await got.BlockData!.transformToByteArray()).equals(block('p0')));
 
     const shape = (r: { ChangedBlocks?: Array<{ BlockIndex?: number; FirstBlockToken?: string; SecondBlockToken?: string }> }) =>
       r.ChangedBlocks!.map((c) => [c.BlockIndex, c.FirstBlockToken !== undefined, c.SecondBlockToken !== undefined]);
-    assert.deepEqual(shape(await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: parent, SecondSnapshotId: child }))), [[5, true, true], [7, false, true]]);
-    assert.deepEqual(shape(await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: child, SecondSnapshotId: parent }))), [[5, true, true], [7, true, false]]);
-    assert.deepEqual(shape(await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: child, SecondSnapshotId: sibling }))), [[5, true, true], [7, true, false], [9, true, true]]);
+    assert.deepEqual(shape(await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: parent, SecondSnapshotId: child }))), [
+      [5, true, true],
+      [7, false, true],
+    ]);
+    assert.deepEqual(shape(await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: child, SecondSnapshotId: parent }))), [
+      [5, true, true],
+      [7, true, false],
+    ]);
+    assert.deepEqual(shape(await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: child, SecondSnapshotId: sibling }))), [
+      [5, true, true],
+      [7, true, false],
+      [9, true, true],
+    ]);
     const changed = await ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: parent, SecondSnapshotId: child }));
     const seven = changed.ChangedBlocks!.find((c) => c.BlockIndex === 7)!;
     const read = await ebs.send(new GetSnapshotBlockCommand({ SnapshotId: child, BlockIndex: 7, BlockToken: seven.SecondBlockToken }));
     assert.ok(Buffer.from(await read.BlockData!.transformToByteArray()).equals(block('c7')));
 
     const stranger = await snapshotWith({ 5: 'p5' });
-    assert.equal((await failure(ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: stranger, SecondSnapshotId: child })))).reason, 'UNRELATED_SNAPSHOTS');
+    assert.equal(
+      (await failure(ebs.send(new ListChangedBlocksCommand({ FirstSnapshotId: stranger, SecondSnapshotId: child })))).reason,
+      'UNRELATED_SNAPSHOTS',
+    );
   });
 
   it('caps bodies: an oversized Content-Length is refused before the body is sent, a chunked body once over the cap', async () => {
     const id = await start({ VolumeSize: 1 });
-    const headers = { 'x-amz-data-length': String(BLOCK_SIZE_BYTES), 'x-amz-checksum': sha256Base64(block('a')), 'x-amz-checksum-algorithm': 'SHA256', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
-    const announced = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'PUT', path: `/snapshots/${id}/blocks/0`, headers, announceLength: 1 << 30 });
+    const headers = {
+      'x-amz-data-length': String(BLOCK_SIZE_BYTES),
+      'x-amz-checksum': sha256Base64(block('a')),
+      'x-amz-checksum-algorithm': 'SHA256',
+      'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+    };
+    const announced = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'PUT',
+      path: `/snapshots/${id}/blocks/0`,
+      headers,
+      announceLength: 1 << 30,
+    });
     assert.equal(announced.status, 400);
     assert.equal(announced.headers['x-amzn-errortype'], 'ValidationException');
     const chunked = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
@@ -256,22 +341,50 @@ describe('local-ebs server', function () {
       chunks: [block('a'), Buffer.alloc(1)],
     });
     assert.equal(chunked.status, 400);
-    const json = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'POST', path: '/snapshots', body: Buffer.alloc(65 * 1024, 0x20) });
+    const json = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'POST',
+      path: '/snapshots',
+      body: Buffer.alloc(65 * 1024, 0x20),
+    });
     assert.equal(json.status, 400);
     // A chunked PUT within the cap is fine (what the JS SDK sends for a stream body).
-    const ok = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'PUT', path: `/snapshots/${id}/blocks/0`, headers, chunks: [block('a').subarray(0, 1000), block('a').subarray(1000)] });
+    const ok = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'PUT',
+      path: `/snapshots/${id}/blocks/0`,
+      headers,
+      chunks: [block('a').subarray(0, 1000), block('a').subarray(1000)],
+    });
     assert.equal(ok.status, 201);
-    const short = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'PUT', path: `/snapshots/${id}/blocks/1`, headers, body: block('a').subarray(0, 1000) });
+    const short = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'PUT',
+      path: `/snapshots/${id}/blocks/1`,
+      headers,
+      body: block('a').subarray(0, 1000),
+    });
     assert.deepEqual([short.status, short.json().Message], [400, 'Failed to read block data']);
   });
 
   it('refuses a signed body hash that does not match the body, and unsigned or unknown requests', async () => {
     const id = await start({ VolumeSize: 1 });
     const data = block('h');
-    const headers = { 'x-amz-data-length': String(BLOCK_SIZE_BYTES), 'x-amz-checksum': sha256Base64(data), 'x-amz-checksum-algorithm': 'SHA256', 'x-amz-content-sha256': 'a'.repeat(64) };
-    const mismatch = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'PUT', path: `/snapshots/${id}/blocks/0`, headers, body: data });
+    const headers = {
+      'x-amz-data-length': String(BLOCK_SIZE_BYTES),
+      'x-amz-checksum': sha256Base64(data),
+      'x-amz-checksum-algorithm': 'SHA256',
+      'x-amz-content-sha256': 'a'.repeat(64),
+    };
+    const mismatch = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'PUT',
+      path: `/snapshots/${id}/blocks/0`,
+      headers,
+      body: data,
+    });
     assert.deepEqual([mismatch.status, mismatch.headers['x-amzn-errortype']], [403, 'InvalidSignatureException']);
-    const anonymous = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'GET', path: `/snapshots/${id}/blocks`, unsigned: true });
+    const anonymous = await rawRequest(server.endpoint, TEST_CREDENTIALS, {
+      method: 'GET',
+      path: `/snapshots/${id}/blocks`,
+      unsigned: true,
+    });
     assert.deepEqual([anonymous.status, anonymous.headers['x-amzn-errortype']], [403, 'MissingAuthenticationTokenException']);
     const unknown = await rawRequest(server.endpoint, TEST_CREDENTIALS, { method: 'DELETE', path: `/snapshots/${id}` });
     assert.deepEqual([unknown.status, unknown.headers['x-amzn-errortype']], [404, 'UnknownOperationException']);
@@ -281,19 +394,67 @@ describe('local-ebs server', function () {
 
   it('answers malformed requests with modeled errors and keeps serving', async () => {
     const id = await start({ VolumeSize: 1 });
-    const putHeaders = { 'x-amz-data-length': String(BLOCK_SIZE_BYTES), 'x-amz-checksum': sha256Base64(block('m')), 'x-amz-checksum-algorithm': 'SHA256', 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' };
+    const putHeaders = {
+      'x-amz-data-length': String(BLOCK_SIZE_BYTES),
+      'x-amz-checksum': sha256Base64(block('m')),
+      'x-amz-checksum-algorithm': 'SHA256',
+      'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+    };
     const cases: Array<{ request: Parameters<typeof rawRequest>[2]; status: number; type: string; reason?: string }> = [
       { request: { method: 'GET', path: '/snapshots/snap-%E0%A4%A/blocks' }, status: 400, type: 'ValidationException' },
-      { request: { method: 'GET', path: `/snapshots/${id}/blocks`, query: { maxResults: '%ZZ' }, rawQuery: 'maxResults=%ZZ' }, status: 400, type: 'ValidationException' },
-      { request: { method: 'GET', path: '/snapshots/..%2F..%2Fetc/blocks/0', query: { blockToken: 'AAAA' } }, status: 400, type: 'ValidationException', reason: 'INVALID_SNAPSHOT_ID' },
-      { request: { method: 'PUT', path: `/snapshots/${id}/blocks/99999999999`, headers: putHeaders, body: block('m') }, status: 400, type: 'ValidationException', reason: 'INVALID_PARAMETER_VALUE' },
-      { request: { method: 'PUT', path: `/snapshots/${id}/blocks/-1`, headers: putHeaders, body: block('m') }, status: 400, type: 'ValidationException' },
-      { request: { method: 'POST', path: '/snapshots', body: Buffer.from('{"VolumeSize":') }, status: 400, type: 'ValidationException', reason: 'INVALID_PARAMETER_VALUE' },
+      {
+        request: { method: 'GET', path: `/snapshots/${id}/blocks`, query: { maxResults: '%ZZ' }, rawQuery: 'maxResults=%ZZ' },
+        status: 400,
+        type: 'ValidationException',
+      },
+      {
+        request: { method: 'GET', path: '/snapshots/..%2F..%2Fetc/blocks/0', query: { blockToken: 'AAAA' } },
+        status: 400,
+        type: 'ValidationException',
+        reason: 'INVALID_SNAPSHOT_ID',
+      },
+      {
+        request: { method: 'PUT', path: `/snapshots/${id}/blocks/99999999999`, headers: putHeaders, body: block('m') },
+        status: 400,
+        type: 'ValidationException',
+        reason: 'INVALID_PARAMETER_VALUE',
+      },
+      {
+        request: { method: 'PUT', path: `/snapshots/${id}/blocks/-1`, headers: putHeaders, body: block('m') },
+        status: 400,
+        type: 'ValidationException',
+      },
+      {
+        request: { method: 'POST', path: '/snapshots', body: Buffer.from('{"VolumeSize":') },
+        status: 400,
+        type: 'ValidationException',
+        reason: 'INVALID_PARAMETER_VALUE',
+      },
       { request: { method: 'POST', path: '/snapshots', body: Buffer.from('[1,2]') }, status: 400, type: 'ValidationException' },
-      { request: { method: 'POST', path: '/snapshots', body: Buffer.from('{"VolumeSize":1,"Tags":[null]}') }, status: 400, type: 'ValidationException', reason: 'INVALID_TAG' },
-      { request: { method: 'POST', path: `/snapshots/completion/${id}` }, status: 400, type: 'ValidationException', reason: 'INVALID_PARAMETER_VALUE' },
-      { request: { method: 'GET', path: `/snapshots/${id}/changedblocks`, query: { firstSnapshotId: 'snap-nothex' } }, status: 400, type: 'ValidationException', reason: 'INVALID_SNAPSHOT_ID' },
-      { request: { method: 'GET', path: '/snapshots/snap-0000/blocks/0', query: { blockToken: 'AAAA' } }, status: 404, type: 'ResourceNotFoundException', reason: 'SNAPSHOT_NOT_FOUND' },
+      {
+        request: { method: 'POST', path: '/snapshots', body: Buffer.from('{"VolumeSize":1,"Tags":[null]}') },
+        status: 400,
+        type: 'ValidationException',
+        reason: 'INVALID_TAG',
+      },
+      {
+        request: { method: 'POST', path: `/snapshots/completion/${id}` },
+        status: 400,
+        type: 'ValidationException',
+        reason: 'INVALID_PARAMETER_VALUE',
+      },
+      {
+        request: { method: 'GET', path: `/snapshots/${id}/changedblocks`, query: { firstSnapshotId: 'snap-nothex' } },
+        status: 400,
+        type: 'ValidationException',
+        reason: 'INVALID_SNAPSHOT_ID',
+      },
+      {
+        request: { method: 'GET', path: '/snapshots/snap-0000/blocks/0', query: { blockToken: 'AAAA' } },
+        status: 404,
+        type: 'ResourceNotFoundException',
+        reason: 'SNAPSHOT_NOT_FOUND',
+      },
       { request: { method: 'GET', path: '/' }, status: 404, type: 'UnknownOperationException' },
     ];
     for (const { request, status, type, reason } of cases) {
@@ -337,7 +498,10 @@ describe('local-ebs server', function () {
     for (const r of settled) if (r.status === 'rejected') assert.equal((r.reason as { Reason?: string }).Reason, 'INVALID_SNAPSHOT_ID');
     await complete(id, acked.length); // completed already, or now
     const listed = async () => (await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))).Blocks!.map((b) => b.BlockIndex);
-    assert.deepEqual(await listed(), acked.sort((x, y) => x - y));
+    assert.deepEqual(
+      await listed(),
+      acked.sort((x, y) => x - y),
+    );
     await server.close();
     server = await startLocalEbs({ dataDir, ...TEST_CREDENTIALS });
     ebs.destroy();

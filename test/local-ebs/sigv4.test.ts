@@ -26,13 +26,29 @@ interface ToSign {
 function encodeQuery(query: Record<string, string>): string {
   // What the SDK's HTTP handler puts on the wire: RFC 3986 escapes (+ / = become %2B %2F %3D).
   const escape = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-  return Object.entries(query).map(([k, v]) => `${escape(k)}=${escape(v)}`).join('&');
+  return Object.entries(query)
+    .map(([k, v]) => `${escape(k)}=${escape(v)}`)
+    .join('&');
 }
 
 async function sign(request: ToSign): Promise<SignedRequest> {
-  const signer = new SignatureV4({ credentials: request.credentials ?? CREDENTIALS, region: 'eu-west-1', service: request.service ?? 'ebs', sha256: Sha256 });
+  const signer = new SignatureV4({
+    credentials: request.credentials ?? CREDENTIALS,
+    region: 'eu-west-1',
+    service: request.service ?? 'ebs',
+    sha256: Sha256,
+  });
   const signed = await signer.sign(
-    { method: request.method, protocol: 'http:', hostname: '127.0.0.1', port: 8455, path: request.path, query: request.query ?? {}, headers: { host: HOST, ...request.headers }, body: request.body },
+    {
+      method: request.method,
+      protocol: 'http:',
+      hostname: '127.0.0.1',
+      port: 8455,
+      path: request.path,
+      query: request.query ?? {},
+      headers: { host: HOST, ...request.headers },
+      body: request.body,
+    },
     request.signingDate ? { signingDate: request.signingDate } : {},
   );
   const headers = new Map<string, string>();
@@ -72,7 +88,12 @@ describe('local-ebs SigV4 verification', () => {
 
   it('accepts a PUT signed with UNSIGNED-PAYLOAD and one signed with the body hash', async () => {
     const body = Buffer.alloc(1024, 7);
-    const unsigned = await sign({ method: 'PUT', path: '/snapshots/snap-0abc/blocks/0', headers: { 'x-amz-content-sha256': UNSIGNED_PAYLOAD, 'x-amz-checksum': 'abc=' }, body });
+    const unsigned = await sign({
+      method: 'PUT',
+      path: '/snapshots/snap-0abc/blocks/0',
+      headers: { 'x-amz-content-sha256': UNSIGNED_PAYLOAD, 'x-amz-checksum': 'abc=' },
+      body,
+    });
     verifier.verify(unsigned, UNSIGNED_PAYLOAD, Date.now());
     const hashed = await sign({ method: 'PUT', path: '/snapshots/snap-0abc/blocks/0', body });
     assert.equal(hashed.headers.get('x-amz-content-sha256'), createHash('sha256').update(body).digest('hex'));
@@ -83,18 +104,29 @@ describe('local-ebs SigV4 verification', () => {
     const request = await sign({ method: 'GET', path: '/snapshots/snap-0abc/blocks' });
     const headers = new Map(request.headers);
     headers.delete('authorization');
-    assert.equal(refusal(() => verifier.verify({ ...request, headers }, EMPTY_SHA256, Date.now())).code, 'MissingAuthenticationTokenException');
+    assert.equal(
+      refusal(() => verifier.verify({ ...request, headers }, EMPTY_SHA256, Date.now())).code,
+      'MissingAuthenticationTokenException',
+    );
   });
 
   it('refuses a wrong secret key: InvalidSignatureException', async () => {
-    const request = await sign({ method: 'GET', path: '/snapshots/snap-0abc/blocks', credentials: { ...CREDENTIALS, secretAccessKey: 'other' } });
+    const request = await sign({
+      method: 'GET',
+      path: '/snapshots/snap-0abc/blocks',
+      credentials: { ...CREDENTIALS, secretAccessKey: 'other' },
+    });
     const error = refusal(() => verifier.verify(request, payloadHashOf(request), Date.now()));
     assert.equal(error.code, 'InvalidSignatureException');
     assert.match(error.message, /does not match/);
   });
 
   it('refuses an unknown access key ID: UnrecognizedClientException', async () => {
-    const request = await sign({ method: 'GET', path: '/snapshots/snap-0abc/blocks', credentials: { ...CREDENTIALS, accessKeyId: 'AKIDOTHER' } });
+    const request = await sign({
+      method: 'GET',
+      path: '/snapshots/snap-0abc/blocks',
+      credentials: { ...CREDENTIALS, accessKeyId: 'AKIDOTHER' },
+    });
     assert.equal(refusal(() => verifier.verify(request, payloadHashOf(request), Date.now())).code, 'UnrecognizedClientException');
   });
 
@@ -115,16 +147,33 @@ describe('local-ebs SigV4 verification', () => {
   });
 
   it('refuses a request changed after signing: header, path, query, payload hash', async () => {
-    const request = await sign({ method: 'PUT', path: '/snapshots/snap-0abc/blocks/1', headers: { 'x-amz-checksum': 'abc=', 'x-amz-content-sha256': UNSIGNED_PAYLOAD } });
+    const request = await sign({
+      method: 'PUT',
+      path: '/snapshots/snap-0abc/blocks/1',
+      headers: { 'x-amz-checksum': 'abc=', 'x-amz-content-sha256': UNSIGNED_PAYLOAD },
+    });
     const changedHeader = new Map(request.headers).set('x-amz-checksum', 'abd=');
-    assert.equal(refusal(() => verifier.verify({ ...request, headers: changedHeader }, UNSIGNED_PAYLOAD, Date.now())).code, 'InvalidSignatureException');
-    assert.equal(refusal(() => verifier.verify({ ...request, rawPath: '/snapshots/snap-0abc/blocks/2' }, UNSIGNED_PAYLOAD, Date.now())).code, 'InvalidSignatureException');
-    assert.equal(refusal(() => verifier.verify({ ...request, rawQuery: 'x=1' }, UNSIGNED_PAYLOAD, Date.now())).code, 'InvalidSignatureException');
+    assert.equal(
+      refusal(() => verifier.verify({ ...request, headers: changedHeader }, UNSIGNED_PAYLOAD, Date.now())).code,
+      'InvalidSignatureException',
+    );
+    assert.equal(
+      refusal(() => verifier.verify({ ...request, rawPath: '/snapshots/snap-0abc/blocks/2' }, UNSIGNED_PAYLOAD, Date.now())).code,
+      'InvalidSignatureException',
+    );
+    assert.equal(
+      refusal(() => verifier.verify({ ...request, rawQuery: 'x=1' }, UNSIGNED_PAYLOAD, Date.now())).code,
+      'InvalidSignatureException',
+    );
     assert.equal(refusal(() => verifier.verify(request, EMPTY_SHA256, Date.now())).code, 'InvalidSignatureException');
   });
 
   it('refuses an x-amz-* header left out of the signature', async () => {
-    const request = await sign({ method: 'PUT', path: '/snapshots/snap-0abc/blocks/1', headers: { 'x-amz-content-sha256': UNSIGNED_PAYLOAD } });
+    const request = await sign({
+      method: 'PUT',
+      path: '/snapshots/snap-0abc/blocks/1',
+      headers: { 'x-amz-content-sha256': UNSIGNED_PAYLOAD },
+    });
     const headers = new Map(request.headers).set('x-amz-checksum', 'abc=');
     const error = refusal(() => verifier.verify({ ...request, headers }, UNSIGNED_PAYLOAD, Date.now()));
     assert.match(error.message, /x-amz-checksum/);

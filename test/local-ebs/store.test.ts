@@ -15,7 +15,15 @@ function block(fill: number): Buffer {
 }
 
 function meta(snapshotId: string, volumeSizeGiB = 1): SnapshotMeta {
-  return { snapshotId, ownerId: '123456789012', volumeSizeGiB, encrypted: false, timeoutMinutes: 60, startTimeMs: Date.now(), status: 'pending' };
+  return {
+    snapshotId,
+    ownerId: '123456789012',
+    volumeSizeGiB,
+    encrypted: false,
+    timeoutMinutes: 60,
+    startTimeMs: Date.now(),
+    status: 'pending',
+  };
 }
 
 describe('local-ebs store', () => {
@@ -35,7 +43,14 @@ describe('local-ebs store', () => {
   it('the log replays records up to the first bad one', () => {
     const records = [0, 1, 2].map((i) => encodeRecord({ blockIndex: i * 10, slot: i, digest: sha256Digest(block(i)) }));
     const whole = Buffer.concat(records);
-    assert.deepEqual(replayLog(whole).records.map((r) => [r.blockIndex, r.slot]), [[0, 0], [10, 1], [20, 2]]);
+    assert.deepEqual(
+      replayLog(whole).records.map((r) => [r.blockIndex, r.slot]),
+      [
+        [0, 0],
+        [10, 1],
+        [20, 2],
+      ],
+    );
     const short = whole.subarray(0, whole.length - 5);
     assert.deepEqual(replayLog(short), { records: replayLog(whole).records.slice(0, 2), validBytes: 2 * RECORD_BYTES });
     const flipped = Buffer.from(whole);
@@ -78,7 +93,10 @@ describe('local-ebs store', () => {
 
     store = await SnapshotStore.open(dataDir, log);
     const reopened = store.get('snap-0c')!;
-    assert.deepEqual([...reopened.ownBlocks.keys()].sort((x, y) => x - y), [0, 1, 2, 3, 4]);
+    assert.deepEqual(
+      [...reopened.ownBlocks.keys()].sort((x, y) => x - y),
+      [0, 1, 2, 3, 4],
+    );
     assert.equal(statSync(s.logFile).size, 5 * RECORD_BYTES, 'the torn tail is cut off');
     assert.equal(statSync(s.dataFile).size, 5 * BLOCK_SIZE_BYTES, 'the unacknowledged data is cut off');
     assert.ok(logs.some((line) => /torn log tail of 30 byte/.test(line)));
@@ -87,7 +105,10 @@ describe('local-ebs store', () => {
 
     store = await SnapshotStore.open(dataDir, log);
     const again = store.get('snap-0c')!;
-    assert.deepEqual([...again.ownBlocks.keys()].sort((x, y) => x - y), [0, 1, 2, 3, 4, 7]);
+    assert.deepEqual(
+      [...again.ownBlocks.keys()].sort((x, y) => x - y),
+      [0, 1, 2, 3, 4, 7],
+    );
     assert.ok((await store.readBlock(again, 7)).equals(block(7)));
     await store.close();
   });

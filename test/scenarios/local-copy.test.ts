@@ -8,7 +8,18 @@ import path from 'node:path';
 import { autoReserveBytes } from '../../src/core/local-copy';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { isMountPoint } from '../../src/fuse/mountinfo';
-import { checkExt4Tree, copyTreeIntoExt4, createZeroImage, expectEnded, LoopDevices, mustRun, ScenarioContext, sh, GIB, MIB } from './support';
+import {
+  checkExt4Tree,
+  copyTreeIntoExt4,
+  createZeroImage,
+  expectEnded,
+  LoopDevices,
+  mustRun,
+  ScenarioContext,
+  sh,
+  GIB,
+  MIB,
+} from './support';
 
 const STATE_FS_BYTES = 256 * MIB;
 /** snapshot.json, the lock, the start-up probe and the journal (45 bytes a record) beside the block copies. */
@@ -70,10 +81,14 @@ describe('scenario: the local copy within its budget', function () {
       await writeFile(source, randomBytes(GIB));
       const mount = await context.mount(2, [...args], { stateDir: stateFs });
       const sampler = samplePeakUse(stateFs);
-      const dd = await sh('dd', [`if=${source}`, `of=${mount.filePath}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], { timeoutMs: 300_000 });
+      const dd = await sh('dd', [`if=${source}`, `of=${mount.filePath}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], {
+        timeoutMs: 300_000,
+      });
       const peakBytes = await sampler.stop();
       assert.equal(dd.code, 0, dd.stderr);
-      process.stderr.write(`      peak use of the 256 MiB state directory: ${(peakBytes / MIB).toFixed(1)} MiB (budget ${(budgetBytes / MIB).toFixed(0)} MiB)\n`);
+      process.stderr.write(
+        `      peak use of the 256 MiB state directory: ${(peakBytes / MIB).toFixed(1)} MiB (budget ${(budgetBytes / MIB).toFixed(0)} MiB)\n`,
+      );
       assert.ok(peakBytes <= budgetBytes + STATE_OVERHEAD_BYTES, `peak ${peakBytes} bytes over the budget of ${budgetBytes}`);
       expectEnded(await mount.stop('SIGINT'), mount.snapshotId);
       const expected = context.file(`small-disk-${budgetBytes}.img`);
@@ -126,15 +141,27 @@ describe('scenario: the local copy within its budget', function () {
     assert.notEqual(read.code, 0);
     assert.match(read.stderr, /Input\/output error/);
     // A partial write needs the block's other bytes: its fsync fails too, and nothing wrong reaches the snapshot.
-    const partial = await sh('dd', [`if=${source}`, `of=${mount.filePath}`, 'bs=4K', 'count=1', `seek=${BLOCK_SIZE_BYTES / 4096 + 3}`, 'conv=notrunc,fsync', 'status=none']);
+    const partial = await sh('dd', [
+      `if=${source}`,
+      `of=${mount.filePath}`,
+      'bs=4K',
+      'count=1',
+      `seek=${BLOCK_SIZE_BYTES / 4096 + 3}`,
+      'conv=notrunc,fsync',
+      'status=none',
+    ]);
     assert.notEqual(partial.code, 0);
     const lines = mount.stderr.split('\n').filter((line) => /held nowhere/.test(line) && !/^ebs-fuse: mounted:/.test(line));
     const blockZero = lines.filter((line) => line.includes('block 0 (bytes 0-524287) is held nowhere'));
     assert.equal(blockZero.length, 1, mount.stderr);
-    assert.match(blockZero[0], /a pending snapshot cannot be read through the EBS API; a read of it fails with EIO\. Mount with a larger --disk-cache-size/);
+    assert.match(
+      blockZero[0],
+      /a pending snapshot cannot be read through the EBS API; a read of it fails with EIO\. Mount with a larger --disk-cache-size/,
+    );
     // The status line counts it (written every 5 s off a terminal).
     const deadline = Date.now() + 15_000;
-    while (!/\d+ reads or partial writes of blocks held nowhere/.test(mount.stderr) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+    while (!/\d+ reads or partial writes of blocks held nowhere/.test(mount.stderr) && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 200));
     assert.match(mount.stderr, /ebs-fuse: mounted: .*, [1-9]\d* reads or partial writes of blocks held nowhere/);
 
     // Both blocks written whole again: reads and the final flush work.

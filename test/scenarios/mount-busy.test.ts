@@ -29,9 +29,18 @@ describe('scenario: Ctrl-C while the file is open', function () {
     const mount = await context.mount(1);
 
     // A writer that keeps the file open after its write, as a loop device or a slow tool would.
-    const holder = spawn('sh', ['-c', `exec 3<>"$0"; dd if="$1" bs=1M count=1 seek=5 conv=notrunc status=none >&3; exec sleep ${HOLDER_LIMIT_S}`, mount.filePath, source], {
-      stdio: 'ignore',
-    });
+    const holder = spawn(
+      'sh',
+      [
+        '-c',
+        `exec 3<>"$0"; dd if="$1" bs=1M count=1 seek=5 conv=notrunc status=none >&3; exec sleep ${HOLDER_LIMIT_S}`,
+        mount.filePath,
+        source,
+      ],
+      {
+        stdio: 'ignore',
+      },
+    );
     const holderExited = new Promise((resolve) => holder.on('close', resolve));
     try {
       await mustRun('dd', [`if=${source}`, `of=${expected}`, 'bs=1M', 'count=1', 'seek=5', 'conv=notrunc', 'status=none']);

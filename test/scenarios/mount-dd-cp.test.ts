@@ -21,13 +21,31 @@ interface DdStep {
 // Offsets are in bytes through oflag=seek_bytes where they must not be aligned.
 const DD_STEPS: DdStep[] = [
   { why: '4 KiB writes at a small aligned offset', operands: ['bs=4K', 'count=300', 'seek=7', 'conv=notrunc'] },
-  { why: '128 KiB writes from just before a block boundary', operands: ['bs=128K', 'count=40', 'skip=3', 'oflag=seek_bytes', `seek=${5 * BLOCK - 3000}`, 'conv=notrunc'] },
-  { why: '1 MiB writes at an odd offset, with fsync', operands: ['bs=1M', 'count=16', 'skip=1', 'oflag=seek_bytes', `seek=${100 * MIB + 12345}`, 'conv=notrunc,fsync'] },
+  {
+    why: '128 KiB writes from just before a block boundary',
+    operands: ['bs=128K', 'count=40', 'skip=3', 'oflag=seek_bytes', `seek=${5 * BLOCK - 3000}`, 'conv=notrunc'],
+  },
+  {
+    why: '1 MiB writes at an odd offset, with fsync',
+    operands: ['bs=1M', 'count=16', 'skip=1', 'oflag=seek_bytes', `seek=${100 * MIB + 12345}`, 'conv=notrunc,fsync'],
+  },
   { why: '4 MiB writes, aligned', operands: ['bs=4M', 'count=4', 'skip=2', 'seek=50', 'conv=notrunc'] },
-  { why: '4 KiB writes straddling a block boundary over earlier data', operands: ['bs=4K', 'count=3', 'skip=100', 'oflag=seek_bytes', `seek=${3 * BLOCK - 4096 - 100}`, 'conv=notrunc'] },
-  { why: 'data past 300 MiB that the truncating dd below must zero', operands: ['bs=1M', 'count=2', 'skip=5', 'seek=400', 'conv=notrunc,fsync'] },
-  { why: 'dd without conv=notrunc: truncates to its seek offset', operands: ['bs=128K', 'count=10', 'skip=7', `seek=${(300 * MIB) / (128 * KIB)}`] },
-  { why: 'an unaligned write after the truncation', operands: ['bs=4K', 'count=33', 'skip=9', 'oflag=seek_bytes', `seek=${500 * MIB + 777}`, 'conv=notrunc'] },
+  {
+    why: '4 KiB writes straddling a block boundary over earlier data',
+    operands: ['bs=4K', 'count=3', 'skip=100', 'oflag=seek_bytes', `seek=${3 * BLOCK - 4096 - 100}`, 'conv=notrunc'],
+  },
+  {
+    why: 'data past 300 MiB that the truncating dd below must zero',
+    operands: ['bs=1M', 'count=2', 'skip=5', 'seek=400', 'conv=notrunc,fsync'],
+  },
+  {
+    why: 'dd without conv=notrunc: truncates to its seek offset',
+    operands: ['bs=128K', 'count=10', 'skip=7', `seek=${(300 * MIB) / (128 * KIB)}`],
+  },
+  {
+    why: 'an unaligned write after the truncation',
+    operands: ['bs=4K', 'count=33', 'skip=9', 'oflag=seek_bytes', `seek=${500 * MIB + 777}`, 'conv=notrunc'],
+  },
 ];
 
 describe('scenario: dd, cp and redirection through the mount', function () {
@@ -50,9 +68,11 @@ describe('scenario: dd, cp and redirection through the mount', function () {
 
     const mount = await context.mount(VOLUME_GIB);
     for (const step of DD_STEPS) {
-      const intoMount = await mustRun('dd', [`if=${source}`, `of=${mount.filePath}`, 'status=none', ...step.operands]).catch((error: Error) => {
-        throw new Error(`${step.why}: ${error.message}`);
-      });
+      const intoMount = await mustRun('dd', [`if=${source}`, `of=${mount.filePath}`, 'status=none', ...step.operands]).catch(
+        (error: Error) => {
+          throw new Error(`${step.why}: ${error.message}`);
+        },
+      );
       assert.equal(intoMount.code, 0);
       await mustRun('dd', [`if=${source}`, `of=${expected}`, 'status=none', ...step.operands]);
       await mustRun('truncate', ['-s', String(VOLUME_GIB * GIB), expected]);
@@ -94,7 +114,10 @@ describe('scenario: dd, cp and redirection through the mount', function () {
 
   for (const [name, copy] of [
     ['cp of an image file', (image: string, target: string) => mustRun('cp', [image, target])],
-    ['shell redirection: cat img > mnt/snapshot.img', (image: string, target: string) => mustRun('sh', ['-c', 'cat "$0" > "$1"', image, target])],
+    [
+      'shell redirection: cat img > mnt/snapshot.img',
+      (image: string, target: string) => mustRun('sh', ['-c', 'cat "$0" > "$1"', image, target]),
+    ],
   ] as const) {
     it(`${name} replaces the whole content (zeros after the image)`, async () => {
       const image = context.file('copy-source.img');

@@ -96,10 +96,22 @@ describe('scenario: fsync errors, the end of the file and truncation', function 
       throw error;
     }
     // close uploads like fsync, and fails the same way.
-    assert.deepEqual(failing, [{ op: 'write', value: 2 * MIB }, { op: 'fsync', code: 'EIO' }, { op: 'close', code: 'EIO' }]);
+    assert.deepEqual(failing, [
+      { op: 'write', value: 2 * MIB },
+      { op: 'fsync', code: 'EIO' },
+      { op: 'close', code: 'EIO' },
+    ]);
     await mustRun('dd', [
-      `if=${source}`, `of=${expected}`, 'bs=1M', 'iflag=skip_bytes,count_bytes', `skip=${MIB}`, `count=${2 * MIB}`,
-      'oflag=seek_bytes', `seek=${10 * MIB + 1000}`, 'conv=notrunc', 'status=none',
+      `if=${source}`,
+      `of=${expected}`,
+      'bs=1M',
+      'iflag=skip_bytes,count_bytes',
+      `skip=${MIB}`,
+      `count=${2 * MIB}`,
+      'oflag=seek_bytes',
+      `seek=${10 * MIB + 1000}`,
+      'conv=notrunc',
+      'status=none',
     ]);
     // The data stays: reading it back through the mount shows it.
     const shown = context.file('fsync-shown.bin');
@@ -149,10 +161,7 @@ describe('scenario: fsync errors, the end of the file and truncation', function 
       { op: 'fsync' },
       { op: 'close' },
     ]);
-    assert.equal(
-      (await sh('stat', ['-c', '%s', mount.filePath])).stdout.trim(),
-      String(sizeBytes),
-    );
+    assert.equal((await sh('stat', ['-c', '%s', mount.filePath])).stdout.trim(), String(sizeBytes));
 
     // The same sequence on a regular file, where truncation shrinks it, then the size restored: zeros after L.
     const expected = context.file('end-expected.img');
@@ -160,7 +169,16 @@ describe('scenario: fsync errors, the end of the file and truncation', function 
     await mustRun('dd', [`if=${source}`, `of=${expected}`, 'bs=1M', 'count=3', 'seek=2', 'conv=notrunc', 'status=none']);
     await mustRun('truncate', ['-s', String(3 * MIB + 5), expected]);
     await mustRun('truncate', ['-s', String(sizeBytes), expected]);
-    await mustRun('dd', [`if=${source}`, `of=${expected}`, 'bs=500', 'count=1', 'oflag=seek_bytes', `seek=${sizeBytes - 500}`, 'conv=notrunc', 'status=none']);
+    await mustRun('dd', [
+      `if=${source}`,
+      `of=${expected}`,
+      'bs=500',
+      'count=1',
+      'oflag=seek_bytes',
+      `seek=${sizeBytes - 500}`,
+      'conv=notrunc',
+      'status=none',
+    ]);
 
     const result = await mount.stop('SIGTERM');
     expectEnded(result, mount.snapshotId);

@@ -28,9 +28,17 @@ const CASES: FlagCase[] = [
   { name: '--size 0', args: ['MNT', '--size', '0'], message: /^--size must be at least 1 GiB, not 0$/ },
   { name: '--size negative', args: ['MNT', '--size=-3'], message: /^--size must be at least 1 GiB, not -3$/ },
   { name: '--size above 65536', args: ['MNT', '--size', '65537'], message: /^--size must be at most 65536 GiB .*not 65537$/ },
-  { name: '--size not a number', args: ['MNT', '--size', 'ten'], message: /^--size must be a whole number of GiB from 1 to 65536, not "ten"$/ },
+  {
+    name: '--size not a number',
+    args: ['MNT', '--size', 'ten'],
+    message: /^--size must be a whole number of GiB from 1 to 65536, not "ten"$/,
+  },
   { name: '--size fractional', args: ['MNT', '--size', '1.5'], message: /^--size must be a whole number of GiB/ },
-  { name: 'bad --parent-snapshot-id', args: ['MNT', '--size', '1', '--parent-snapshot-id', 'snap-XYZ'], message: /^--parent-snapshot-id must be a snapshot ID such as snap-/ },
+  {
+    name: 'bad --parent-snapshot-id',
+    args: ['MNT', '--size', '1', '--parent-snapshot-id', 'snap-XYZ'],
+    message: /^--parent-snapshot-id must be a snapshot ID such as snap-/,
+  },
   {
     name: '--encrypted with a parent',
     args: ['MNT', '--size', '1', '--parent-snapshot-id', 'snap-0123456789abcdef0', '--encrypted'],
@@ -38,22 +46,63 @@ const CASES: FlagCase[] = [
   },
   { name: 'bad --tag', args: ['MNT', '--size', '1', '--tag', 'novalue'], message: /^--tag must be KEY=VALUE/ },
   { name: '--timeout out of range', args: ['MNT', '--size', '1', '--timeout', '5'], message: /^--timeout must be from 10 to 4320, not 5$/ },
-  { name: 'bad --cache-size', args: ['MNT', '--size', '1', '--cache-size', 'lots'], message: /^--cache-size must be a size such as 256MiB/ },
+  {
+    name: 'bad --cache-size',
+    args: ['MNT', '--size', '1', '--cache-size', 'lots'],
+    message: /^--cache-size must be a size such as 256MiB/,
+  },
   { name: '--cache-size too small', args: ['MNT', '--size', '1', '--cache-size', '1MiB'], message: /^--cache-size must be at least 16MiB/ },
-  { name: 'bad --disk-cache-size', args: ['MNT', '--size', '1', '--disk-cache-size', '-1'], message: /^--disk-cache-size must be a size such as 256MiB or 2GiB, not "-1"$/ },
-  { name: '--disk-cache-size with a unit unknown', args: ['MNT', '--size', '1', '--disk-cache-size', '5 parsecs'], message: /^--disk-cache-size must be a size such as 256MiB/ },
-  { name: '--upload-concurrency 0', args: ['MNT', '--size', '1', '--upload-concurrency', '0'], message: /^--upload-concurrency must be from 1 to/ },
-  { name: '--file-name with a slash', args: ['MNT', '--size', '1', '--file-name', 'a/b'], message: /^--file-name must be a plain file name/ },
+  {
+    name: 'bad --disk-cache-size',
+    args: ['MNT', '--size', '1', '--disk-cache-size', '-1'],
+    message: /^--disk-cache-size must be a size such as 256MiB or 2GiB, not "-1"$/,
+  },
+  {
+    name: '--disk-cache-size with a unit unknown',
+    args: ['MNT', '--size', '1', '--disk-cache-size', '5 parsecs'],
+    message: /^--disk-cache-size must be a size such as 256MiB/,
+  },
+  {
+    name: '--upload-concurrency 0',
+    args: ['MNT', '--size', '1', '--upload-concurrency', '0'],
+    message: /^--upload-concurrency must be from 1 to/,
+  },
+  {
+    name: '--file-name with a slash',
+    args: ['MNT', '--size', '1', '--file-name', 'a/b'],
+    message: /^--file-name must be a plain file name/,
+  },
   { name: 'mountpoint missing', args: ['MNT', '--size', '1'], mountpoint: 'missing', message: /does not exist; create it with: mkdir -p / },
   { name: 'mountpoint not a directory', args: ['MNT', '--size', '1'], mountpoint: 'file', message: /is not a directory$/ },
   { name: 'mountpoint not empty', args: ['MNT', '--size', '1'], mountpoint: 'not-empty', message: /is not empty; use an empty directory$/ },
-  { name: 'mountpoint already mounted', args: ['MNT', '--size', '1'], mountpoint: 'mounted', message: /is already mounted; unmount it first/ },
-  { name: '--resume with --size', args: ['MNT', '--resume', 'snap-0123456789abcdef0', '--size', '1'], message: /^--size cannot be combined with --resume/ },
+  {
+    name: 'mountpoint already mounted',
+    args: ['MNT', '--size', '1'],
+    mountpoint: 'mounted',
+    message: /is already mounted; unmount it first/,
+  },
+  {
+    name: '--resume with --size',
+    args: ['MNT', '--resume', 'snap-0123456789abcdef0', '--size', '1'],
+    message: /^--size cannot be combined with --resume/,
+  },
   { name: 'bad --resume id', args: ['MNT', '--resume', 'vol-123'], message: /^--resume must be a snapshot ID such as snap-/ },
-  { name: '--resume without local state', args: ['MNT', '--resume', 'snap-0123456789abcdef0'], message: /^no local state for snap-0123456789abcdef0 in / },
+  {
+    name: '--resume without local state',
+    args: ['MNT', '--resume', 'snap-0123456789abcdef0'],
+    message: /^no local state for snap-0123456789abcdef0 in /,
+  },
   { name: '--read-only without --snapshot-id', args: ['MNT', '--read-only'], message: /^--read-only needs --snapshot-id/ },
-  { name: '--snapshot-id without --read-only', args: ['MNT', '--snapshot-id', 'snap-0123456789abcdef0'], message: /^--snapshot-id mounts a completed snapshot and needs --read-only/ },
-  { name: 'bad --endpoint', args: ['MNT', '--size', '1', '--endpoint', 'ftp://127.0.0.1:9'], message: /^--endpoint must be an http or https URL/ },
+  {
+    name: '--snapshot-id without --read-only',
+    args: ['MNT', '--snapshot-id', 'snap-0123456789abcdef0'],
+    message: /^--snapshot-id mounts a completed snapshot and needs --read-only/,
+  },
+  {
+    name: 'bad --endpoint',
+    args: ['MNT', '--size', '1', '--endpoint', 'ftp://127.0.0.1:9'],
+    message: /^--endpoint must be an http or https URL/,
+  },
   {
     name: 'no /dev/fuse',
     args: ['MNT', '--size', '1'],
@@ -101,7 +150,10 @@ describe('scenario: mount refuses bad flags with one line and exit code 1', func
 
       const env = cliEnvironment({ endpoint: UNREACHABLE_ENDPOINT, accessKeyId: 'AKIAUNUSED', secretAccessKey: 'unused' });
       const result = flagCase.namespaceSetup
-        ? await sh('unshare', ['-m', 'sh', '-c', `${flagCase.namespaceSetup} && exec "$0" "$@"`, process.execPath, CLI_PATH, ...args], { env, timeoutMs: 20_000 })
+        ? await sh('unshare', ['-m', 'sh', '-c', `${flagCase.namespaceSetup} && exec "$0" "$@"`, process.execPath, CLI_PATH, ...args], {
+            env,
+            timeoutMs: 20_000,
+          })
         : await runCli(args, { env });
 
       const lines = result.stderr.split('\n').filter((line) => line.length > 0);

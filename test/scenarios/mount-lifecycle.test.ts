@@ -28,7 +28,10 @@ describe('scenario: mount --background, status and unmount', function () {
   const mountpoints: string[] = [];
 
   const cli = (args: string[]): Promise<CommandResult> =>
-    sh(process.execPath, [CLI_PATH, ...args], { env: cliEnvironment(context.endpoint, { XDG_RUNTIME_DIR: runtimeDir }), timeoutMs: COMMAND_TIMEOUT_MS });
+    sh(process.execPath, [CLI_PATH, ...args], {
+      env: cliEnvironment(context.endpoint, { XDG_RUNTIME_DIR: runtimeDir }),
+      timeoutMs: COMMAND_TIMEOUT_MS,
+    });
 
   const status = async (mountpoint?: string): Promise<MountStatus[]> => {
     const result = await cli(['status', ...(mountpoint ? [mountpoint] : []), '--json']);
@@ -45,12 +48,25 @@ describe('scenario: mount --background, status and unmount', function () {
   };
 
   /** `mount --background` of a fresh 1 GiB snapshot; resolves once the command returned. */
-  const background = async (args: string[] = []): Promise<{ snapshotId: string; filePath: string; mountpoint: string; result: CommandResult }> => {
+  const background = async (
+    args: string[] = [],
+  ): Promise<{ snapshotId: string; filePath: string; mountpoint: string; result: CommandResult }> => {
     mountCount += 1;
     const mountpoint = context.file(`mnt-bg-${mountCount}`);
     await mkdir(mountpoint);
     mountpoints.push(mountpoint);
-    const result = await cli(['mount', mountpoint, '--size', '1', '--endpoint', context.endpoint.endpoint, '--state-dir', context.file('state'), '--background', ...args]);
+    const result = await cli([
+      'mount',
+      mountpoint,
+      '--size',
+      '1',
+      '--endpoint',
+      context.endpoint.endpoint,
+      '--state-dir',
+      context.file('state'),
+      '--background',
+      ...args,
+    ]);
     assert.equal(result.code, 0, result.stderr);
     const [snapshotId, filePath] = result.stdout.trim().split(' ');
     assert.match(snapshotId, /^snap-[0-9a-f]+$/);
@@ -97,13 +113,22 @@ describe('scenario: mount --background, status and unmount', function () {
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     assert.ok(mine, 'status lists the mount');
-    assert.deepEqual([mine.snapshotId, mine.state, mine.filePath, mine.logFile, mine.readOnly, mine.complete], [snapshotId, 'mounted', filePath, logFile, false, true]);
+    assert.deepEqual(
+      [mine.snapshotId, mine.state, mine.filePath, mine.logFile, mine.readOnly, mine.complete],
+      [snapshotId, 'mounted', filePath, logFile, false, true],
+    );
     assert.ok(mine.blocksUploaded >= 24, `${mine.blocksUploaded} blocks uploaded after fsync of 24`);
     assert.equal(mine.dirtyBlocks, 0);
     assert.equal(mine.lastError, null);
-    assert.deepEqual((await status(mountpoint)).map((mount) => mount.snapshotId), [snapshotId]);
+    assert.deepEqual(
+      (await status(mountpoint)).map((mount) => mount.snapshotId),
+      [snapshotId],
+    );
     const text = await cli(['status']);
-    assert.match(text.stdout, new RegExp(`^${mountpoint} ${snapshotId} mounted, [\\d.]+ MB uploaded, 0 dirty, 0 uploading, 0 retries$`, 'm'));
+    assert.match(
+      text.stdout,
+      new RegExp(`^${mountpoint} ${snapshotId} mounted, [\\d.]+ MB uploaded, 0 dirty, 0 uploading, 0 retries$`, 'm'),
+    );
 
     const unmounted = await cli(['unmount', mountpoint]);
     assert.equal(unmounted.stdout, `${snapshotId} completed\n`, unmounted.stderr);
@@ -125,15 +150,30 @@ describe('scenario: mount --background, status and unmount', function () {
     const mountpoint = context.file('mnt-tty');
     await mkdir(mountpoint);
     mountpoints.push(mountpoint);
-    const command = [process.execPath, CLI_PATH, 'mount', mountpoint, '--size', '1', '--endpoint', context.endpoint.endpoint, '--state-dir', context.file('state')].join(' ');
+    const command = [
+      process.execPath,
+      CLI_PATH,
+      'mount',
+      mountpoint,
+      '--size',
+      '1',
+      '--endpoint',
+      context.endpoint.endpoint,
+      '--state-dir',
+      context.file('state'),
+    ].join(' ');
     // script(1) gives the mount a pseudo-terminal as its stdout and stderr.
-    const terminal = spawn('script', ['-qfec', command, '/dev/null'], { env: cliEnvironment(context.endpoint, { XDG_RUNTIME_DIR: runtimeDir }), stdio: ['ignore', 'pipe', 'pipe'] });
+    const terminal = spawn('script', ['-qfec', command, '/dev/null'], {
+      env: cliEnvironment(context.endpoint, { XDG_RUNTIME_DIR: runtimeDir }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     terminal.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     const exited = new Promise<number | null>((resolve) => terminal.on('close', resolve));
     const killTimer = setTimeout(() => terminal.kill('SIGKILL'), COMMAND_TIMEOUT_MS);
     try {
-      for (let attempt = 0; attempt < 300 && !/^snap-\S+ \S+snapshot\.img\r?$/m.test(output); attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+      for (let attempt = 0; attempt < 300 && !/^snap-\S+ \S+snapshot\.img\r?$/m.test(output); attempt++)
+        await new Promise((resolve) => setTimeout(resolve, 100));
       const [snapshotId, filePath] = /^(snap-\S+) (\S+snapshot\.img)\r?$/m.exec(output)?.slice(1) ?? [];
       assert.ok(filePath, `the mount printed its line on the terminal:\n${output}`);
       for (const mount of await status()) pids.add(mount.pid);
@@ -151,7 +191,9 @@ describe('scenario: mount --background, status and unmount', function () {
       draws.some((piece) => /^ebs-fuse mounted: 12\.6 MB uploaded, [\d.]+ MB\/s, 0 dirty, 0 in flight, 0 retries/.test(piece)),
       `a draw after the fsync shows the 24 blocks uploaded:\n${draws.join('\n')}`,
     );
-    const logs = readdirSync(path.join(context.file('state'), 'logs')).map((name) => readFileSync(path.join(context.file('state'), 'logs', name), 'utf8'));
+    const logs = readdirSync(path.join(context.file('state'), 'logs')).map((name) =>
+      readFileSync(path.join(context.file('state'), 'logs', name), 'utf8'),
+    );
     assert.ok(logs.length > 0 && logs.every((text) => !text.includes('\x1b')), 'background logs hold no terminal escapes');
   });
 
@@ -197,16 +239,32 @@ describe('scenario: mount --background, status and unmount', function () {
     for (let attempt = 0; attempt < 50 && existsSync(`/proc/${pid}`); attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
     const died = await status(mountpoint);
     assert.deepEqual([died[0].state, died[0].snapshotId], ['died', snapshotId]);
-    assertOneLineFailure(await cli(['unmount', mountpoint]), new RegExp(`is gone without ending its mount: ${snapshotId} stays pending; run fusermount -uz .*--resume ${snapshotId}`));
+    assertOneLineFailure(
+      await cli(['unmount', mountpoint]),
+      new RegExp(`is gone without ending its mount: ${snapshotId} stays pending; run fusermount -uz .*--resume ${snapshotId}`),
+    );
     await mustRun('fusermount', ['-uz', mountpoint]);
     assert.deepEqual(await status(), [], 'a died mount whose mountpoint was cleaned up is no longer listed');
 
     const busy = context.file('busy');
     await mkdir(busy);
     await writeFile(path.join(busy, 'file'), 'x');
-    const refused = await cli(['mount', busy, '--size', '1', '--endpoint', context.endpoint.endpoint, '--state-dir', context.file('state'), '--background']);
+    const refused = await cli([
+      'mount',
+      busy,
+      '--size',
+      '1',
+      '--endpoint',
+      context.endpoint.endpoint,
+      '--state-dir',
+      context.file('state'),
+      '--background',
+    ]);
     assertOneLineFailure(refused, /mountpoint .* is not empty/);
     assert.equal(refused.stdout, '');
-    assertOneLineFailure(await cli(['mount', busy, '--size', '1', '--log-file', context.file('x.log')]), /--log-file applies only with --background/);
+    assertOneLineFailure(
+      await cli(['mount', busy, '--size', '1', '--log-file', context.file('x.log')]),
+      /--log-file applies only with --background/,
+    );
   });
 });

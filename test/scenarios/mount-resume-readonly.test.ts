@@ -19,7 +19,7 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     await context.tearDown();
   });
 
-  it('leaves a snapshot pending with --no-complete, resumes it, completes it with both runs\' data, then mounts it read-only', async () => {
+  it("leaves a snapshot pending with --no-complete, resumes it, completes it with both runs' data, then mounts it read-only", async () => {
     const source = context.file('resume-source.bin');
     await writeFile(source, randomBytes(8 * MIB));
     const expected = context.file('resume-expected.img');
@@ -37,7 +37,17 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     await mustRun('cmp', [expected, second.filePath]);
     for (const target of [second.filePath, expected]) {
       // Overlaps the first run's blocks partly, unaligned.
-      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=4K', 'count=300', 'skip=1100', 'oflag=seek_bytes', `seek=${6 * MIB + 1234}`, 'conv=notrunc', 'status=none']);
+      await mustRun('dd', [
+        `if=${source}`,
+        `of=${target}`,
+        'bs=4K',
+        'count=300',
+        'skip=1100',
+        'oflag=seek_bytes',
+        `seek=${6 * MIB + 1234}`,
+        'conv=notrunc',
+        'status=none',
+      ]);
     }
     expectEnded(await second.stop('SIGTERM'), first.snapshotId);
     await context.expectSnapshotEquals(first.snapshotId, expected);
@@ -50,7 +60,7 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     expectEnded(await readOnly.stop('SIGINT'), first.snapshotId);
   });
 
-  it('a child of a completed snapshot reads its parent\'s data and completes to parent plus changes', async () => {
+  it("a child of a completed snapshot reads its parent's data and completes to parent plus changes", async () => {
     const source = context.file('parent-source.bin');
     await writeFile(source, randomBytes(6 * MIB));
     const expected = context.file('parent-expected.img');
@@ -67,7 +77,17 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     await mustRun('cmp', [expected, child.filePath]);
     for (const target of [child.filePath, expected]) {
       // A partial write into a parent block: the rest of that block must stay the parent's.
-      await mustRun('dd', [`if=${source}`, `of=${target}`, 'bs=4K', 'count=10', 'skip=1300', 'oflag=seek_bytes', `seek=${3 * MIB + 5000}`, 'conv=notrunc', 'status=none']);
+      await mustRun('dd', [
+        `if=${source}`,
+        `of=${target}`,
+        'bs=4K',
+        'count=10',
+        'skip=1300',
+        'oflag=seek_bytes',
+        `seek=${3 * MIB + 5000}`,
+        'conv=notrunc',
+        'status=none',
+      ]);
     }
     expectEnded(await child.stop('SIGINT'), child.snapshotId);
     await context.expectSnapshotEquals(child.snapshotId, expected);
@@ -85,7 +105,15 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     let result;
     try {
       // Its close uploads like fsync, fails, and leaves the data dirty for the final flush.
-      const write = await sh('dd', [`if=${source}`, `of=${failing.filePath}`, 'bs=1M', 'count=2', 'seek=30', 'conv=notrunc', 'status=none']);
+      const write = await sh('dd', [
+        `if=${source}`,
+        `of=${failing.filePath}`,
+        'bs=1M',
+        'count=2',
+        'seek=30',
+        'conv=notrunc',
+        'status=none',
+      ]);
       assert.match(write.stderr, /Input\/output error/);
       result = await failing.stop('SIGINT');
     } finally {

@@ -31,10 +31,14 @@ describe('scenario: the packed package installed with npm install -g', function 
     const tarballs = readdirSync(packDir).filter((name) => name.endsWith('.tgz'));
     assert.equal(tarballs.length, 1, `npm pack made ${tarballs.join(', ')}`);
     const prefix = context.file('prefix');
-    await mustRun('npm', ['install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', '--loglevel=error', path.join(packDir, tarballs[0])], {
-      cwd: context.scratch,
-      timeoutMs: INSTALL_TIMEOUT_MS,
-    });
+    await mustRun(
+      'npm',
+      ['install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', '--loglevel=error', path.join(packDir, tarballs[0])],
+      {
+        cwd: context.scratch,
+        timeoutMs: INSTALL_TIMEOUT_MS,
+      },
+    );
     installedBin = path.join(prefix, 'bin', 'ebs-fuse');
     installedPackage = path.join(prefix, 'lib', 'node_modules', 'ebs-fuse');
   });
@@ -48,10 +52,13 @@ describe('scenario: the packed package installed with npm install -g', function 
     for (const absent of ['src', 'test', 'scripts', 'native/nullfs', 'tsconfig.json']) {
       assert.ok(!existsSync(path.join(installedPackage, absent)), `${absent} was packed`);
     }
-    assert.ok(!readdirSync(path.join(installedPackage, 'dist'), { recursive: true }).some((name) => String(name).endsWith('.map')), 'source maps were packed');
+    assert.ok(
+      !readdirSync(path.join(installedPackage, 'dist'), { recursive: true }).some((name) => String(name).endsWith('.map')),
+      'source maps were packed',
+    );
   });
 
-  it('is a library too: require(\'ebs-fuse\') gives upload, download and mount, with their types', async () => {
+  it("is a library too: require('ebs-fuse') gives upload, download and mount, with their types", async () => {
     const script = `const m = require(${JSON.stringify(installedPackage)}); console.log(['upload', 'download', 'mount'].map((name) => typeof m[name]).join(' '))`;
     assert.equal((await mustRun(process.execPath, ['-e', script])).stdout, 'function function function\n');
     const types = readFileSync(path.join(installedPackage, 'dist', 'index.d.ts'), 'utf8');
@@ -61,7 +68,12 @@ describe('scenario: the packed package installed with npm install -g', function 
   it('--version names the package, Node.js and libfuse versions', async () => {
     const { version } = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
     const result = await mustRun(installedBin, ['--version']);
-    assert.match(result.stdout.trim(), new RegExp(`^ebs-fuse ${version.replace(/\./g, '\\.')} \\(Node\\.js ${process.version.replace(/\./g, '\\.')}, libfuse 2\\.\\d+\\.\\d+\\)$`));
+    assert.match(
+      result.stdout.trim(),
+      new RegExp(
+        `^ebs-fuse ${version.replace(/\./g, '\\.')} \\(Node\\.js ${process.version.replace(/\./g, '\\.')}, libfuse 2\\.\\d+\\.\\d+\\)$`,
+      ),
+    );
   });
 
   it('built the extents helper on install', async () => {

@@ -100,12 +100,16 @@ describe('scenario: a child over a parent, counted at the server: full overwrite
     const getsBefore = await getSnapshotBlockCount();
     await mustRun('dd', [`if=${fresh}`, `of=${child.filePath}`, 'bs=1M', 'conv=notrunc', 'status=none'], { timeoutMs: 240_000 });
     expectEnded(await child.stop('SIGINT'), child.snapshotId);
-    assert.equal((await getSnapshotBlockCount()) - getsBefore, 0, 'GetSnapshotBlock calls while the parent volume was overwritten and flushed');
+    assert.equal(
+      (await getSnapshotBlockCount()) - getsBefore,
+      0,
+      'GetSnapshotBlock calls while the parent volume was overwritten and flushed',
+    );
 
     await context.expectSnapshotEquals(child.snapshotId, fresh);
   });
 
-  it('zeros over the parent\'s data read back as zeros, through the mount (also after eviction) and in the completed child', async () => {
+  it("zeros over the parent's data read back as zeros, through the mount (also after eviction) and in the completed child", async () => {
     const zeroRegions: Region[] = [
       // Inside the parent's 300 MiB region: a partial block, whole blocks, a partial block.
       { offset: 300 * MIB + 200 * 1024, length: 5 * MIB + 10 * 1024 },
@@ -114,7 +118,10 @@ describe('scenario: a child over a parent, counted at the server: full overwrite
     ];
     const partiallyZeroedParentBlocks = new Set(zeroRegions.flatMap(partialBlocksOf).filter((index) => parentBlocks.has(index)));
     for (const region of zeroRegions) {
-      assert.ok(blocksOf(region).every((index) => parentBlocks.has(index)), 'each zero region lies on parent data');
+      assert.ok(
+        blocksOf(region).every((index) => parentBlocks.has(index)),
+        'each zero region lies on parent data',
+      );
     }
     const expected = context.file('zeros-expected.img');
     await mustRun('cp', ['--sparse=always', parentImage, expected]);
@@ -128,7 +135,10 @@ describe('scenario: a child over a parent, counted at the server: full overwrite
     // Whole zeroed blocks need nothing from the parent; each partly zeroed one is fetched once to be merged.
     assert.equal((await getSnapshotBlockCount()) - getsBefore, partiallyZeroedParentBlocks.size);
     for (const region of zeroRegions) {
-      assert.ok((await readRange(child.filePath, region)).equals(Buffer.alloc(region.length)), `zeros at ${region.offset} read from the cache`);
+      assert.ok(
+        (await readRange(child.filePath, region)).equals(Buffer.alloc(region.length)),
+        `zeros at ${region.offset} read from the cache`,
+      );
     }
 
     // 48 MiB where the parent has nothing: three times the cache.
@@ -137,7 +147,10 @@ describe('scenario: a child over a parent, counted at the server: full overwrite
     const fillerRegion = { offset: 800 * MIB, length: 48 * MIB };
     for (const target of [child.filePath, expected]) await ddRegion(filler, target, fillerRegion, 0, target === child.filePath);
     for (const region of zeroRegions) {
-      assert.ok((await readRange(child.filePath, region)).equals(Buffer.alloc(region.length)), `zeros at ${region.offset} read after eviction`);
+      assert.ok(
+        (await readRange(child.filePath, region)).equals(Buffer.alloc(region.length)),
+        `zeros at ${region.offset} read after eviction`,
+      );
     }
     await mustRun('cmp', [expected, child.filePath], { timeoutMs: 120_000 });
 

@@ -51,8 +51,10 @@ describe('scenario: a completed ext4 snapshot mounted --read-only', function () 
     await context.tearDown();
   });
 
-  const serverCounts = async (): Promise<Record<string, number>> => (await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials)).requests;
-  const delta = (after: Record<string, number>, before: Record<string, number>, operation: string): number => (after[operation] ?? 0) - (before[operation] ?? 0);
+  const serverCounts = async (): Promise<Record<string, number>> =>
+    (await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials)).requests;
+  const delta = (after: Record<string, number>, before: Record<string, number>, operation: string): number =>
+    (after[operation] ?? 0) - (before[operation] ?? 0);
 
   async function loopMount(image: string, options: string): Promise<string> {
     const mountpoint = context.file(`loop-${loops.mountpoints.length}`);
@@ -78,7 +80,10 @@ describe('scenario: a completed ext4 snapshot mounted --read-only', function () 
     await mustRun('cp', ['-a', tree, path.join(building, 'tree')], { timeoutMs: 120_000 });
     await loopUnmount(image, building);
 
-    const upload = await runCli(['upload', image, '--endpoint', context.localEbs.endpoint], { env: cliEnvironment(context.endpoint), timeoutMs: 120_000 });
+    const upload = await runCli(['upload', image, '--endpoint', context.localEbs.endpoint], {
+      env: cliEnvironment(context.endpoint),
+      timeoutMs: 120_000,
+    });
     assert.equal(upload.code, 0, `upload failed:\n${upload.stderr}`);
     const snapshotId = upload.stdout.trim();
     const client = context.client();
@@ -94,7 +99,11 @@ describe('scenario: a completed ext4 snapshot mounted --read-only', function () 
     const getsBeforeCmp = (await serverCounts()).GetSnapshotBlock ?? 0;
     await mustRun('cmp', [image, readOnly.filePath], { timeoutMs: 120_000 });
     // The clean cache holds every block fetched (read-ahead included): one GET per block the snapshot has, none for holes.
-    assert.equal(((await serverCounts()).GetSnapshotBlock ?? 0) - getsBeforeCmp, snapshotBlocks, 'GetSnapshotBlock calls for one sequential read');
+    assert.equal(
+      ((await serverCounts()).GetSnapshotBlock ?? 0) - getsBeforeCmp,
+      snapshotBlocks,
+      'GetSnapshotBlock calls for one sequential read',
+    );
 
     const fsck = await sh('e2fsck', ['-fn', readOnly.filePath], { timeoutMs: 120_000 });
     assert.equal(fsck.code, 0, `e2fsck -fn on the read-only file: ${fsck.stdout}${fsck.stderr}`);
@@ -132,9 +141,22 @@ describe('scenario: a completed ext4 snapshot mounted --read-only', function () 
     const { snapshotId } = await client.startSnapshot({ volumeSizeGiB: 1 }).finally(() => client.close());
     const mountpoint = context.file('pending-mnt');
     await mkdir(mountpoint);
-    const result = await runCli(['mount', mountpoint, '--snapshot-id', snapshotId, '--read-only', '--endpoint', context.localEbs.endpoint, '--state-dir', context.file('state')], {
-      env: cliEnvironment(context.endpoint),
-    });
+    const result = await runCli(
+      [
+        'mount',
+        mountpoint,
+        '--snapshot-id',
+        snapshotId,
+        '--read-only',
+        '--endpoint',
+        context.localEbs.endpoint,
+        '--state-dir',
+        context.file('state'),
+      ],
+      {
+        env: cliEnvironment(context.endpoint),
+      },
+    );
     assert.notEqual(result.code, 0);
     assert.equal(result.stdout, '');
     const lines = result.stderr.trim().split('\n');

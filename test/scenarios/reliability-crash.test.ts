@@ -35,7 +35,10 @@ describe('reliability: kill -9 of the mount and --resume', function () {
       sourceBytes: 64 * MIB,
       steps: [
         // Acknowledged by its fsync, with partial blocks at both ends.
-        { chunk: { offsetBytes: 3 * MIB + 1234, lengthBytes: 10 * MIB, sourceOffsetBytes: 0, zeros: false, ddBlockBytes: MIB }, redo: true },
+        {
+          chunk: { offsetBytes: 3 * MIB + 1234, lengthBytes: 10 * MIB, sourceOffsetBytes: 0, zeros: false, ddBlockBytes: MIB },
+          redo: true,
+        },
         // Over the end of the first one; killed half-way, then written again from the start.
         {
           chunk: { offsetBytes: 9 * MIB + 777, lengthBytes: 40 * MIB, sourceOffsetBytes: 16 * MIB, zeros: false, ddBlockBytes: 128 * 1024 },
@@ -65,11 +68,21 @@ describe('reliability: kill -9 of the mount and --resume', function () {
   // With a bounded local copy, blocks streamed whole are held nowhere after the
   // resume and a block in flight may settle as its old content; fsync'd bytes
   // must all be in the completed snapshot all the same.
-  for (const [diskCacheSize, seed] of [['0', TEST_SEEDS[0] + 1], ['4MiB', TEST_SEEDS[1] + 1]] as const) {
+  for (const [diskCacheSize, seed] of [
+    ['0', TEST_SEEDS[0] + 1],
+    ['4MiB', TEST_SEEDS[1] + 1],
+  ] as const) {
     it(`kills at random points with --disk-cache-size ${diskCacheSize} (seed ${seed})`, async () => {
       process.stderr.write(`      crash seed ${seed}, --disk-cache-size ${diskCacheSize}\n`);
       await setLocalEbsFaults(context.endpoint.endpoint, context.endpoint, 'latency=0-20ms,ops=put');
-      const plan = randomCrashPlan(seed, { chunks: 6, kills: 2, spanBytes: 48 * MIB, maxChunkBytes: 24 * MIB, finalFlushKill: true, diskCacheSize });
+      const plan = randomCrashPlan(seed, {
+        chunks: 6,
+        kills: 2,
+        spanBytes: 48 * MIB,
+        maxChunkBytes: 24 * MIB,
+        finalFlushKill: true,
+        diskCacheSize,
+      });
       const outcome = await runCrashPlan(context, plan);
       assert.ok(outcome.kills >= 2);
       assert.equal(outcome.bytesLost, 0);

@@ -31,7 +31,12 @@ describe('reliability: memory stays bounded under a slow server', function () {
     { uploadConcurrency: 64, writeBytes: 256 * MIB },
   ]) {
     it(`RSS < --cache-size + 150 MiB, writers wait, no ETIMEDOUT/EIO (latency=${PUT_LATENCY_MS}ms, --upload-concurrency ${uploadConcurrency})`, async () => {
-      const outcome = await runMemory(context, { cacheSizeBytes: CACHE_SIZE_BYTES, uploadConcurrency, putLatencyMs: PUT_LATENCY_MS, writeBytes });
+      const outcome = await runMemory(context, {
+        cacheSizeBytes: CACHE_SIZE_BYTES,
+        uploadConcurrency,
+        putLatencyMs: PUT_LATENCY_MS,
+        writeBytes,
+      });
       process.stderr.write(
         `      max RSS ${(outcome.maxRssBytes / MIB).toFixed(0)} MiB (${outcome.samples} samples); ` +
           `dd ${(outcome.writeMs / 1000).toFixed(1)} s, at least ${(outcome.writeLowerBoundMs / 1000).toFixed(1)} s if the cache stays bounded\n`,

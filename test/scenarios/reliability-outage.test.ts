@@ -24,7 +24,14 @@ describe('reliability: local-ebs killed during writes and restarted', function (
   it(`an outage of ${OUTAGE_MS / 1000} s: success or EIO then a successful retry, never a wrong byte`, async () => {
     const seed = Date.now() % 1_000_000;
     process.stderr.write(`      outage seed ${seed}\n`);
-    const outcome = await runOutage(context, { seed, outageMs: OUTAGE_MS, chunks: 5, chunkBytes: 12 * MIB, cacheSize: '64MiB', attemptsPerChunk: 4 });
+    const outcome = await runOutage(context, {
+      seed,
+      outageMs: OUTAGE_MS,
+      chunks: 5,
+      chunkBytes: 12 * MIB,
+      cacheSize: '64MiB',
+      attemptsPerChunk: 4,
+    });
     assert.equal(outcome.bytesLost, 0);
     assert.ok(outcome.readDuringOutageMs >= 0, 'the read during the outage ran');
     // Served from memory or the read-back store: far below the retry policy's waits.

@@ -100,14 +100,40 @@ describe('reliability: permanent failures give EIO fast, one clear line, and kee
       const secondOffset = 40 * MIB + 777;
 
       let mount = await context.mount(1, failure.clear ? [] : ['--no-complete']);
-      await mustRun('dd', [`if=${first}`, `of=${mount.filePath}`, 'bs=1M', 'oflag=seek_bytes', `seek=${firstOffset}`, 'conv=notrunc,fsync', 'status=none']);
-      await mustRun('dd', [`if=${first}`, `of=${expected}`, 'bs=1M', 'oflag=seek_bytes', `seek=${firstOffset}`, 'conv=notrunc', 'status=none']);
+      await mustRun('dd', [
+        `if=${first}`,
+        `of=${mount.filePath}`,
+        'bs=1M',
+        'oflag=seek_bytes',
+        `seek=${firstOffset}`,
+        'conv=notrunc,fsync',
+        'status=none',
+      ]);
+      await mustRun('dd', [
+        `if=${first}`,
+        `of=${expected}`,
+        'bs=1M',
+        'oflag=seek_bytes',
+        `seek=${firstOffset}`,
+        'conv=notrunc',
+        'status=none',
+      ]);
       mount = await failure.provoke(context, mount);
       const stderrBefore = mount.stderr.length;
 
       const failed = await writeFsyncClose(mount.filePath, secondOffset, second, EIO_WITHIN_MS + 30_000);
-      await mustRun('dd', [`if=${second}`, `of=${expected}`, 'bs=1M', 'oflag=seek_bytes', `seek=${secondOffset}`, 'conv=notrunc', 'status=none']);
-      process.stderr.write(`      fsync ${failed.fsyncError} in ${failed.fsyncMs} ms, close ${failed.closeError} in ${failed.closeMs} ms\n`);
+      await mustRun('dd', [
+        `if=${second}`,
+        `of=${expected}`,
+        'bs=1M',
+        'oflag=seek_bytes',
+        `seek=${secondOffset}`,
+        'conv=notrunc',
+        'status=none',
+      ]);
+      process.stderr.write(
+        `      fsync ${failed.fsyncError} in ${failed.fsyncMs} ms, close ${failed.closeError} in ${failed.closeMs} ms\n`,
+      );
       assert.equal(failed.writeError, null, 'writes go to the cache');
       assert.equal(failed.fsyncError, 'EIO');
       assert.equal(failed.closeError, 'EIO');

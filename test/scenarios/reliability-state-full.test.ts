@@ -50,8 +50,22 @@ describe('reliability: the state directory fills up while mounted', function () 
     const expected = context.file('state-full-expected.img');
     await createZeroImage(expected, GIB);
     const write = async (target: string, offsetBytes: number, lengthBytes: number, sourceOffsetBytes: number, fsync: boolean) =>
-      sh('dd', [`if=${source}`, `of=${target}`, 'bs=1M', `skip=${sourceOffsetBytes}`, `count=${lengthBytes}`, `seek=${offsetBytes}`,
-        'iflag=skip_bytes,count_bytes', 'oflag=seek_bytes', fsync ? 'conv=notrunc,fsync' : 'conv=notrunc', 'status=none'], { timeoutMs: 180_000 });
+      sh(
+        'dd',
+        [
+          `if=${source}`,
+          `of=${target}`,
+          'bs=1M',
+          `skip=${sourceOffsetBytes}`,
+          `count=${lengthBytes}`,
+          `seek=${offsetBytes}`,
+          'iflag=skip_bytes,count_bytes',
+          'oflag=seek_bytes',
+          fsync ? 'conv=notrunc,fsync' : 'conv=notrunc',
+          'status=none',
+        ],
+        { timeoutMs: 180_000 },
+      );
 
     const mount = await context.mount(1, ['--cache-size', CACHE_SIZE], { stateDir: stateFs });
     const stateDirectory = path.join(stateFs, mount.snapshotId);
@@ -76,7 +90,9 @@ describe('reliability: the state directory fills up while mounted', function () 
     assert.equal(causeLines.length, 1, mount.stderr);
     assert.match(
       causeLines[0],
-      new RegExp(`cannot write the journal ${path.join(stateDirectory, 'blocks.journal')} \\(ENOSPC: no space left on device.*\\); free space there`),
+      new RegExp(
+        `cannot write the journal ${path.join(stateDirectory, 'blocks.journal')} \\(ENOSPC: no space left on device.*\\); free space there`,
+      ),
     );
     // The data not uploaded is kept in memory, and reads of it are served.
     assert.equal(await compareRange(expected, mount.filePath, 20 * MIB, 48 * MIB), -1);
@@ -95,7 +111,10 @@ describe('reliability: the state directory fills up while mounted', function () 
     assert.ok(replay.acknowledged.size >= 24, 'the first write was acknowledged');
     const stats = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
     const announced = new Set([...replay.acknowledged.keys(), ...replay.unacknowledged.keys()]);
-    assert.ok((stats.requests.PutSnapshotBlock ?? 0) <= announced.size, `${stats.requests.PutSnapshotBlock} PUTs for ${announced.size} blocks announced in the journal`);
+    assert.ok(
+      (stats.requests.PutSnapshotBlock ?? 0) <= announced.size,
+      `${stats.requests.PutSnapshotBlock} PUTs for ${announced.size} blocks announced in the journal`,
+    );
 
     // Room again: the next fsync succeeds, the interrupted dd can be run again, and every byte completes.
     await rm(filler);

@@ -119,7 +119,10 @@ export class RssSampler {
   private timer?: NodeJS.Timeout;
   private readonly file: string;
 
-  constructor(pid: number, private readonly intervalMs = 100) {
+  constructor(
+    pid: number,
+    private readonly intervalMs = 100,
+  ) {
     this.file = `/proc/${pid}/status`;
   }
 
@@ -236,7 +239,10 @@ export async function outputPosition(pid: number): Promise<number | undefined> {
 /** Polls until `done` says so, the command ended, or the limit passed; true if it is still running. */
 async function waitWhileRunning(command: RunningCommand, done: (position: number) => boolean, timeoutMs: number): Promise<boolean> {
   let ended = false;
-  void command.done.then(() => (ended = true), () => (ended = true));
+  void command.done.then(
+    () => (ended = true),
+    () => (ended = true),
+  );
   const deadline = Date.now() + timeoutMs;
   while (!ended && Date.now() < deadline) {
     const position = await outputPosition(command.pid);
@@ -262,7 +268,7 @@ export async function compareRange(expected: string, actual: string, offsetBytes
  */
 async function compareReadableBlocks(expected: string, actual: string, from: number, to: number, what: string): Promise<number> {
   let compared = 0;
-  for (let offset = from; offset < to; ) {
+  for (let offset = from; offset < to;) {
     const end = Math.min(to, (Math.floor(offset / BLOCK_SIZE_BYTES) + 1) * BLOCK_SIZE_BYTES);
     const shown = await readAtUnlessEio(actual, offset, end - offset);
     if (shown) {
@@ -278,7 +284,7 @@ async function compareReadableBlocks(expected: string, actual: string, from: num
 /** The range as the mount shows it, with blocks held nowhere (EIO) filled in from `fallback`. */
 async function readHeldBlocks(file: string, offsetBytes: number, fallback: Buffer): Promise<Buffer> {
   const out = Buffer.from(fallback);
-  for (let at = 0; at < out.length; ) {
+  for (let at = 0; at < out.length;) {
     const end = Math.min(out.length, (Math.floor((offsetBytes + at) / BLOCK_SIZE_BYTES) + 1) * BLOCK_SIZE_BYTES - offsetBytes);
     const shown = await readAtUnlessEio(file, offsetBytes + at, end - at);
     if (shown) shown.copy(out, at);
@@ -418,7 +424,11 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
   const outcome: CrashOutcome = { ...emptyFigures(), snapshotId: '', kills: 0, killsOnTarget: 0 };
   const counter = new ServerCounter();
   const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
-  const mountArgs = ['--cache-size', plan.cacheSize, ...(plan.diskCacheSize === undefined ? [] : ['--disk-cache-size', plan.diskCacheSize])];
+  const mountArgs = [
+    '--cache-size',
+    plan.cacheSize,
+    ...(plan.diskCacheSize === undefined ? [] : ['--disk-cache-size', plan.diskCacheSize]),
+  ];
   const bounded = plan.diskCacheSize !== undefined;
 
   let mount = await MountProcess.start({ mountpoint, sizeGiB: plan.volumeGiB, endpoint: context.endpoint, stateDir, args: mountArgs });
@@ -429,11 +439,20 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
   /** Checks the mount against the expected image over the span, except one range. */
   const verify = async (except?: WriteChunk): Promise<void> => {
     const ranges: Array<[number, number]> = except
-      ? [[0, except.offsetBytes], [except.offsetBytes + except.lengthBytes, spanBytes]]
+      ? [
+          [0, except.offsetBytes],
+          [except.offsetBytes + except.lengthBytes, spanBytes],
+        ]
       : [[0, spanBytes]];
     for (const [from, to] of ranges) {
       if (bounded) {
-        outcome.bytesVerified += await compareReadableBlocks(expected, mount.filePath, from, to, `${plan.name}: after resume, ${snapshotId}`);
+        outcome.bytesVerified += await compareReadableBlocks(
+          expected,
+          mount.filePath,
+          from,
+          to,
+          `${plan.name}: after resume, ${snapshotId}`,
+        );
         continue;
       }
       const differsAt = await compareRange(expected, mount.filePath, from, to - from);
@@ -449,11 +468,15 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
   const resume = async (): Promise<void> => {
     // The mountpoint is a dead FUSE mount now; the mount command says what to do.
     if (await isMountPoint(mountpoint).catch(() => false)) {
-      const refused = await runCli(['mount', mountpoint, '--resume', snapshotId, '--endpoint', context.endpoint.endpoint, '--state-dir', stateDir], {
-        env: cliEnvironment(context.endpoint),
-      });
+      const refused = await runCli(
+        ['mount', mountpoint, '--resume', snapshotId, '--endpoint', context.endpoint.endpoint, '--state-dir', stateDir],
+        {
+          env: cliEnvironment(context.endpoint),
+        },
+      );
       const match = /run: (fusermount -uz \S+)$/m.exec(refused.stderr);
-      if (refused.code !== 1 || !match) throw new Error(`${plan.name}: mount on the dead mountpoint did not say how to clean it: ${refused.stderr}`);
+      if (refused.code !== 1 || !match)
+        throw new Error(`${plan.name}: mount on the dead mountpoint did not say how to clean it: ${refused.stderr}`);
       const [command, ...args] = match[1].split(' ');
       await mustRun(command, args);
     }
@@ -491,7 +514,9 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
       if (onTarget) outcome.killsOnTarget += 1;
       const result = await dd.done;
       const chunkAcknowledged = result.code === 0;
-      log(`${plan.name}: chunk ${index}: killed ${killPoint.during}${killPoint.during === 'write' ? ` at ${(killPoint.fraction * 100).toFixed(0)}%` : ''}; dd ${chunkAcknowledged ? 'had finished' : 'failed'}`);
+      log(
+        `${plan.name}: chunk ${index}: killed ${killPoint.during}${killPoint.during === 'write' ? ` at ${(killPoint.fraction * 100).toFixed(0)}%` : ''}; dd ${chunkAcknowledged ? 'had finished' : 'failed'}`,
+      );
       if (chunkAcknowledged) await writeAt(expected, chunk.offsetBytes, chunkBytes(source, chunk));
       await resume();
       await verify(chunkAcknowledged ? undefined : chunk);
@@ -500,7 +525,9 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
       const before = await readAt(expected, chunk.offsetBytes, chunk.lengthBytes);
       const written = chunkBytes(source, chunk);
       // Blocks held nowhere are left out (EIO); their content is checked in the completed snapshot.
-      const shown = bounded ? await readHeldBlocks(mount.filePath, chunk.offsetBytes, before) : await readAt(mount.filePath, chunk.offsetBytes, chunk.lengthBytes);
+      const shown = bounded
+        ? await readHeldBlocks(mount.filePath, chunk.offsetBytes, before)
+        : await readAt(mount.filePath, chunk.offsetBytes, chunk.lengthBytes);
       let foreign = 0;
       for (let i = 0; i < shown.length; i += 1) if (shown[i] !== before[i] && shown[i] !== written[i]) foreign += 1;
       if (foreign > 0 || shown.length !== chunk.lengthBytes) {
@@ -541,7 +568,8 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
     const snapshotBytes = await compareSnapshot(context, snapshotId, expected, plan.volumeGiB);
     outcome.bytesLost += snapshotBytes.lost;
     outcome.bytesVerified += snapshotBytes.verified;
-    if (snapshotBytes.lost > 0) throw new Error(`${plan.name}: ${snapshotId} differs from the intended image in ${snapshotBytes.lost} bytes`);
+    if (snapshotBytes.lost > 0)
+      throw new Error(`${plan.name}: ${snapshotId} differs from the intended image in ${snapshotBytes.lost} bytes`);
     return outcome;
   } finally {
     await mount.cleanup();
@@ -563,7 +591,8 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
     try {
       await resume();
     } catch (error) {
-      if (/already completed/.test((error as Error).message)) return { code: 0, signal: null, stdout: `${snapshotId} completed`, stderr: '' };
+      if (/already completed/.test((error as Error).message))
+        return { code: 0, signal: null, stdout: `${snapshotId} completed`, stderr: '' };
       throw error;
     }
     return undefined;
@@ -574,7 +603,12 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
  * Downloads a completed snapshot with GetSnapshotBlock and compares it with the
  * expected image: the bytes compared, and the bytes that differ (lost).
  */
-export async function compareSnapshot(context: ScenarioContext, snapshotId: string, expectedImage: string, volumeGiB: number): Promise<{ verified: number; lost: number }> {
+export async function compareSnapshot(
+  context: ScenarioContext,
+  snapshotId: string,
+  expectedImage: string,
+  volumeGiB: number,
+): Promise<{ verified: number; lost: number }> {
   const downloaded = context.file(`${snapshotId}-${Date.now()}.img`);
   try {
     await downloadSnapshot(context, snapshotId, downloaded);
@@ -596,7 +630,9 @@ export const ISSUE_FAULTS = '500=0.1,throttle=0.05,reset=0.01,latency=0-50ms';
 
 /** Lines in a mount's stderr that mean an fsync, close or upload finally failed. */
 export function finalFailureLines(stderr: string): string[] {
-  return stderr.split('\n').filter((line) => /upload of block \d+ failed|could not upload|failed unexpectedly|cannot make the state durable/.test(line));
+  return stderr
+    .split('\n')
+    .filter((line) => /upload of block \d+ failed|could not upload|failed unexpectedly|cannot make the state durable/.test(line));
 }
 
 export interface WorkloadOutcome extends Figures {
@@ -635,7 +671,8 @@ export async function runDdWorkload(
         ddBlockBytes: ddSizes[random.int(0, ddSizes.length)],
       };
       const result = await sh('dd', ddArgs(sourceFile, mount.filePath, chunk));
-      if (result.code !== 0) throw new Error(`dd ${i} failed (an fsync or write failed): ${result.stderr.trim()}; mount stderr:\n${mount.stderr}`);
+      if (result.code !== 0)
+        throw new Error(`dd ${i} failed (an fsync or write failed): ${result.stderr.trim()}; mount stderr:\n${mount.stderr}`);
       await writeAt(expected, chunk.offsetBytes, chunkBytes(source, chunk));
     }
     const differsAt = await compareRange(expected, mount.filePath, 0, options.spanBytes);
@@ -790,7 +827,15 @@ export interface OutageOutcome extends Figures {
  */
 export async function runOutage(
   context: ScenarioContext,
-  options: { seed: number; outageMs: number; chunks: number; chunkBytes: number; cacheSize: string; attemptsPerChunk: number; log?: ScenarioLog },
+  options: {
+    seed: number;
+    outageMs: number;
+    chunks: number;
+    chunkBytes: number;
+    cacheSize: string;
+    attemptsPerChunk: number;
+    log?: ScenarioLog;
+  },
 ): Promise<OutageOutcome> {
   const log = options.log ?? quietLog;
   const work = path.join(context.scratch, `outage-${options.seed}-${Date.now()}`);
@@ -804,7 +849,13 @@ export async function runOutage(
   const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
   const random = new SeededRandom(options.seed);
   const mount = await context.mount(1, ['--cache-size', options.cacheSize]);
-  const outcome: OutageOutcome = { ...emptyFigures(), snapshotId: mount.snapshotId, eioFailures: 0, chunks: options.chunks, readDuringOutageMs: -1 };
+  const outcome: OutageOutcome = {
+    ...emptyFigures(),
+    snapshotId: mount.snapshotId,
+    eioFailures: 0,
+    chunks: options.chunks,
+    readDuringOutageMs: -1,
+  };
   // Chunks in a shuffled order over the span, each at an odd offset.
   const chunks: WriteChunk[] = Array.from({ length: options.chunks }, (_, i) => ({
     offsetBytes: i * (options.chunkBytes + 4096) + random.int(0, 4096),
@@ -841,7 +892,8 @@ export async function runOutage(
         if (!/Input\/output error/.test(result.stderr)) throw new Error(`dd ${index} failed, but not with EIO: ${result.stderr.trim()}`);
         outcome.eioFailures += 1;
         log(`outage ${options.seed}: dd ${index} attempt ${attempt}: EIO (${result.stderr.trim().split('\n')[0]})`);
-        if (attempt >= options.attemptsPerChunk) throw new Error(`dd ${index} still failed after ${attempt} attempts: ${result.stderr.trim()}`);
+        if (attempt >= options.attemptsPerChunk)
+          throw new Error(`dd ${index} still failed after ${attempt} attempts: ${result.stderr.trim()}`);
         // Retry once the server is back, as a person would.
         if (outage) await outage;
         await delay(1000);
@@ -897,12 +949,27 @@ export async function runMemory(
   const counter = new ServerCounter();
   const statsBefore = await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials);
   const stateDir = path.join(context.scratch, 'state');
-  const mount = await context.mount(1, ['--cache-size', `${options.cacheSizeBytes / MIB}MiB`, '--upload-concurrency', String(options.uploadConcurrency)]);
+  const mount = await context.mount(1, [
+    '--cache-size',
+    `${options.cacheSizeBytes / MIB}MiB`,
+    '--upload-concurrency',
+    String(options.uploadConcurrency),
+  ]);
   const sampler = new RssSampler(await mountPid(stateDir, mount.snapshotId), 100).start();
-  const outcome: MemoryOutcome = { ...emptyFigures(), snapshotId: mount.snapshotId, maxRssBytes: 0, samples: 0, writeMs: 0, writeLowerBoundMs: 0, ddStderr: '' };
+  const outcome: MemoryOutcome = {
+    ...emptyFigures(),
+    snapshotId: mount.snapshotId,
+    maxRssBytes: 0,
+    samples: 0,
+    writeMs: 0,
+    writeLowerBoundMs: 0,
+    ddStderr: '',
+  };
   try {
     const started = Date.now();
-    const dd = await sh('dd', [`if=${sourceFile}`, `of=${mount.filePath}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], { timeoutMs: 600_000 });
+    const dd = await sh('dd', [`if=${sourceFile}`, `of=${mount.filePath}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], {
+      timeoutMs: 600_000,
+    });
     outcome.writeMs = Date.now() - started;
     outcome.ddStderr = dd.stderr;
     if (dd.code !== 0) throw new Error(`dd failed: ${dd.stderr.trim()}`);

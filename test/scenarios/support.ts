@@ -22,7 +22,11 @@ export interface CommandResult {
 }
 
 /** Runs a command with a time limit, never through a shell. */
-export function sh(command: string, args: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<CommandResult> {
+export function sh(
+  command: string,
+  args: string[],
+  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -142,7 +146,8 @@ export class ScenarioContext {
     const blocks = await this.download(snapshotId, downloaded);
     const result = await sh('cmp', [expectedImage, downloaded]);
     await rm(downloaded, { force: true });
-    if (result.code !== 0) throw new Error(`snapshot ${snapshotId} differs from the expected image: ${result.stdout.trim()} ${result.stderr.trim()}`);
+    if (result.code !== 0)
+      throw new Error(`snapshot ${snapshotId} differs from the expected image: ${result.stdout.trim()} ${result.stderr.trim()}`);
     return blocks;
   }
 }
@@ -159,7 +164,9 @@ export function expectEnded(result: CliResult, snapshotId: string, status = 'com
   const lines = result.stdout.split('\n').filter((line) => line.length > 0);
   const last = lines[lines.length - 1];
   if (result.code !== 0 || last !== `${snapshotId} ${status}` || lines.length !== 2) {
-    throw new Error(`mount ended with code ${result.code} signal ${result.signal}, stdout ${JSON.stringify(result.stdout)}; stderr:\n${result.stderr}`);
+    throw new Error(
+      `mount ended with code ${result.code} signal ${result.signal}, stdout ${JSON.stringify(result.stdout)}; stderr:\n${result.stderr}`,
+    );
   }
 }
 
@@ -194,7 +201,13 @@ export class LoopDevices {
 }
 
 /** mkfs.ext4 on the mounted file, a loop mount, `cp -a` of `tree` into it, umount, and the loop device detached. */
-export async function copyTreeIntoExt4(context: ScenarioContext, loops: LoopDevices, filePath: string, tree: string, mkfsExtended = 'nodiscard'): Promise<void> {
+export async function copyTreeIntoExt4(
+  context: ScenarioContext,
+  loops: LoopDevices,
+  filePath: string,
+  tree: string,
+  mkfsExtended = 'nodiscard',
+): Promise<void> {
   loops.files.push(filePath);
   await mustRun('mkfs.ext4', ['-q', '-F', '-E', mkfsExtended, filePath], { timeoutMs: 180_000 });
   const inner = context.file(`inner-${path.basename(path.dirname(filePath))}`);
@@ -207,7 +220,12 @@ export async function copyTreeIntoExt4(context: ScenarioContext, loops: LoopDevi
 }
 
 /** Downloads the completed snapshot; returns e2fsck -fn's result and diff -r's of `tree` against its copy in the image. */
-export async function checkExt4Tree(context: ScenarioContext, loops: LoopDevices, snapshotId: string, tree: string): Promise<{ fsck: CommandResult; diff: CommandResult }> {
+export async function checkExt4Tree(
+  context: ScenarioContext,
+  loops: LoopDevices,
+  snapshotId: string,
+  tree: string,
+): Promise<{ fsck: CommandResult; diff: CommandResult }> {
   const image = context.file(`${snapshotId}-ext4.img`);
   loops.files.push(image);
   await context.download(snapshotId, image);

@@ -71,8 +71,10 @@ describe('scenario: upload, download and complete against local-ebs', function (
 
   const cli = (args: string[]): Promise<CliResult> =>
     runCli([...args, '--endpoint', context.localEbs.endpoint], { env: cliEnvironment(context.endpoint), timeoutMs: 120_000 });
-  const serverCounts = async (): Promise<Record<string, number>> => (await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials)).requests;
-  const delta = (after: Record<string, number>, before: Record<string, number>, operation: string): number => (after[operation] ?? 0) - (before[operation] ?? 0);
+  const serverCounts = async (): Promise<Record<string, number>> =>
+    (await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials)).requests;
+  const delta = (after: Record<string, number>, before: Record<string, number>, operation: string): number =>
+    (after[operation] ?? 0) - (before[operation] ?? 0);
 
   /** Uploads with the CLI; resolves with the snapshot ID it printed. */
   async function upload(args: string[]): Promise<string> {
@@ -161,7 +163,10 @@ describe('scenario: upload, download and complete against local-ebs', function (
     assert.ok(baseSnapshotId, 'needs the round trip');
     const target = context.file('existing.img');
     await writeFile(target, 'keep me');
-    expectOneLineError(await cli(['download', baseSnapshotId, target]), /^ebs-fuse: .*existing\.img already exists; pass --force to replace it$/);
+    expectOneLineError(
+      await cli(['download', baseSnapshotId, target]),
+      /^ebs-fuse: .*existing\.img already exists; pass --force to replace it$/,
+    );
     assert.equal((await stat(target)).size, 'keep me'.length);
 
     await setLocalEbsFaults(context.localEbs.endpoint, context.localEbs.credentials, 'corrupt=0.3');
@@ -209,10 +214,24 @@ describe('scenario: upload, download and complete against local-ebs', function (
 
   /** `… | ebs-fuse upload - ARGS`: the image arrives through a pipe, as from curl or xz. */
   const uploadFromPipe = (producer: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> =>
-    sh('bash', ['-o', 'pipefail', '-c', `${producer} | "$0" "$1" upload - "\${@:2}"`, process.execPath, CLI_PATH, ...args, '--endpoint', context.localEbs.endpoint], {
-      env: cliEnvironment(context.endpoint),
-      timeoutMs: 120_000,
-    });
+    sh(
+      'bash',
+      [
+        '-o',
+        'pipefail',
+        '-c',
+        `${producer} | "$0" "$1" upload - "\${@:2}"`,
+        process.execPath,
+        CLI_PATH,
+        ...args,
+        '--endpoint',
+        context.localEbs.endpoint,
+      ],
+      {
+        env: cliEnvironment(context.endpoint),
+        timeoutMs: 120_000,
+      },
+    );
 
   it('upload - reads the image from a pipe: the downloaded snapshot equals it, zero-padded to the volume', async () => {
     const data = context.file('piped.bin');
@@ -236,7 +255,14 @@ describe('scenario: upload, download and complete against local-ebs', function (
     const before = await serverCounts();
     const result = await uploadFromPipe(`head -c ${GIB + 1} /dev/zero`, ['--size', '1']);
     expectOneLineError(
-      { ...result, signal: null, stderr: result.stderr.split('\n').filter((line) => !line.includes('uploading standard input to')).join('\n') },
+      {
+        ...result,
+        signal: null,
+        stderr: result.stderr
+          .split('\n')
+          .filter((line) => !line.includes('uploading standard input to'))
+          .join('\n'),
+      },
       /^ebs-fuse: standard input is longer than the volume \(1073741824 bytes, --size\); snap-\S+ was not completed and stays pending/,
     );
     assert.equal(result.stdout, '');
@@ -248,7 +274,10 @@ describe('scenario: upload, download and complete against local-ebs', function (
     const file = context.file('one-byte-over.img');
     await createZeroImage(file, GIB + 1);
     const before = await serverCounts();
-    expectOneLineError(await cli(['upload', file, '--size', '1']), /^ebs-fuse: --size 1 is smaller than .*one-byte-over\.img \(1073741825 bytes, 2 GiB rounded up\); --size may only make the volume larger$/);
+    expectOneLineError(
+      await cli(['upload', file, '--size', '1']),
+      /^ebs-fuse: --size 1 is smaller than .*one-byte-over\.img \(1073741825 bytes, 2 GiB rounded up\); --size may only make the volume larger$/,
+    );
     assert.equal(delta(await serverCounts(), before, 'StartSnapshot'), 0);
   });
 
@@ -258,7 +287,15 @@ describe('scenario: upload, download and complete against local-ebs', function (
     await createZeroImage(expected, GIB);
     const data = randomBytes(3 * B + 777);
     await writeFile(context.file('session-data.bin'), data);
-    await mustRun('dd', [`if=${context.file('session-data.bin')}`, `of=${expected}`, 'bs=1M', 'oflag=seek_bytes', `seek=${5 * MIB + 333}`, 'conv=notrunc', 'status=none']);
+    await mustRun('dd', [
+      `if=${context.file('session-data.bin')}`,
+      `of=${expected}`,
+      'bs=1M',
+      'oflag=seek_bytes',
+      `seek=${5 * MIB + 333}`,
+      'conv=notrunc',
+      'status=none',
+    ]);
 
     const client = context.client();
     let snapshotId: string;
@@ -276,8 +313,14 @@ describe('scenario: upload, download and complete against local-ebs', function (
     assert.equal(completed.stdout, `${snapshotId} completed\n`);
     await context.expectSnapshotEquals(snapshotId, expected);
 
-    expectOneLineError(await cli(['complete', snapshotId, '--state-dir', stateDir]), new RegExp(`^ebs-fuse: ${snapshotId} is already completed`));
-    expectOneLineError(await cli(['complete', 'snap-0123456789abcdef0', '--state-dir', stateDir]), /^ebs-fuse: no local state for snap-0123456789abcdef0 in /);
+    expectOneLineError(
+      await cli(['complete', snapshotId, '--state-dir', stateDir]),
+      new RegExp(`^ebs-fuse: ${snapshotId} is already completed`),
+    );
+    expectOneLineError(
+      await cli(['complete', 'snap-0123456789abcdef0', '--state-dir', stateDir]),
+      /^ebs-fuse: no local state for snap-0123456789abcdef0 in /,
+    );
     expectOneLineError(await cli(['complete', 'not-a-snapshot', '--state-dir', stateDir]), /^ebs-fuse: SNAPSHOT_ID must be a snapshot ID/);
 
     // The mount keeps its state in the context's state dir.

@@ -21,7 +21,17 @@ export async function buildNullfs(cleanup: Cleanup): Promise<{ nullfs3: string; 
   const build = async (output: string, fuseVersion: string, pkg: string): Promise<string> => {
     const flags = (await run(cleanup, 'pkg-config', ['--cflags', '--libs', pkg])).stdout.trim().split(/\s+/).filter(Boolean);
     const binary = path.join(NATIVE_BUILD_DIR, output);
-    await run(cleanup, 'gcc', ['-O2', '-Wall', '-Wextra', '-Werror', `-DFUSE_USE_VERSION=${fuseVersion}`, NULLFS_SOURCE, ...flags, '-o', binary]);
+    await run(cleanup, 'gcc', [
+      '-O2',
+      '-Wall',
+      '-Wextra',
+      '-Werror',
+      `-DFUSE_USE_VERSION=${fuseVersion}`,
+      NULLFS_SOURCE,
+      ...flags,
+      '-o',
+      binary,
+    ]);
     return binary;
   };
   return { nullfs3: await build('nullfs3', '31', 'fuse3'), nullfs2: await build('nullfs2', '26', 'fuse') };
@@ -45,11 +55,18 @@ export async function mountCeiling(
   const unregister = registerFuseMountpoint(cleanup, mountpoint);
   let child: Tracked;
   if (kind === 'nullfs3') child = spawnTracked(cleanup, kind, binaries.nullfs3, ['-f', mountpoint]);
-  else if (kind === 'nullfs2') child = spawnTracked(cleanup, kind, binaries.nullfs2, ['-f', '-o', 'big_writes,max_write=131072', mountpoint]);
+  else if (kind === 'nullfs2')
+    child = spawnTracked(cleanup, kind, binaries.nullfs2, ['-f', '-o', 'big_writes,max_write=131072', mountpoint]);
   else {
-    child = spawnTracked(cleanup, kind, process.execPath, ['-r', 'tsx/cjs', path.join(BENCH_DIR, 'noop-fs.ts'), kind === 'noop-raw' ? 'raw' : 'adapter', mountpoint], {
-      cwd: REPO_ROOT,
-    });
+    child = spawnTracked(
+      cleanup,
+      kind,
+      process.execPath,
+      ['-r', 'tsx/cjs', path.join(BENCH_DIR, 'noop-fs.ts'), kind === 'noop-raw' ? 'raw' : 'adapter', mountpoint],
+      {
+        cwd: REPO_ROOT,
+      },
+    );
   }
   try {
     if (kind === 'nullfs3' || kind === 'nullfs2') await waitForMounted(mountpoint, MOUNT_TIMEOUT_MS);

@@ -17,7 +17,10 @@ export async function readMachineCpu(): Promise<MachineCpu> {
   const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0];
   // cpu  user nice system idle iowait irq softirq steal guest guest_nice
   const [user, nice, system, , iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
-  return { busySeconds: (user + nice + system + irq + softirq + (steal || 0)) / TICKS_PER_SECOND, iowaitSeconds: iowait / TICKS_PER_SECOND };
+  return {
+    busySeconds: (user + nice + system + irq + softirq + (steal || 0)) / TICKS_PER_SECOND,
+    iowaitSeconds: iowait / TICKS_PER_SECOND,
+  };
 }
 
 export function cpuBetween(before: MachineCpu, after: MachineCpu): MachineCpu {

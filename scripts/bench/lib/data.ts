@@ -14,7 +14,7 @@ export async function createRandomFile(file: string, sizeBytes: number): Promise
   const handle = await open(file, 'w', 0o600);
   try {
     const chunk = Buffer.alloc(CHUNK_BYTES);
-    for (let written = 0; written < sizeBytes; ) {
+    for (let written = 0; written < sizeBytes;) {
       const length = Math.min(CHUNK_BYTES, sizeBytes - written);
       randomFillSync(chunk, 0, length);
       await handle.write(chunk, 0, length, written);
@@ -32,7 +32,7 @@ export async function countNonZeroBlocks(file: string, limitBytes = Number.MAX_S
   const buffer = Buffer.alloc(BLOCK_SIZE_BYTES * 16);
   let count = 0;
   try {
-    for (let position = 0; ; ) {
+    for (let position = 0; ;) {
       const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, limitBytes - position), position);
       if (bytesRead === 0) break;
       for (let offset = 0; offset < bytesRead; offset += BLOCK_SIZE_BYTES) {
@@ -62,7 +62,14 @@ export async function dd(cleanup: Cleanup, options: DdOptions): Promise<number> 
   const result = await run(
     cleanup,
     'dd',
-    [`if=${options.input}`, `of=${options.output}`, `bs=${options.blockSizeBytes}`, `count=${options.count}`, `conv=${options.conv}`, 'status=none'],
+    [
+      `if=${options.input}`,
+      `of=${options.output}`,
+      `bs=${options.blockSizeBytes}`,
+      `count=${options.count}`,
+      `conv=${options.conv}`,
+      'status=none',
+    ],
     { timeoutMs: options.timeoutMs },
   );
   return result.elapsedSeconds;

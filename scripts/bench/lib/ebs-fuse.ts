@@ -66,7 +66,17 @@ export class RunningMount {
     let tracked: Tracked;
     if (settings.server || settings.localDataDir) {
       const target = settings.server ? ['--endpoint', settings.server.endpoint] : ['--local', settings.localDataDir!];
-      const args = [...(settings.nodeFlags ?? []), CLI_PATH, 'mount', mountpoint, '--size', String(settings.volumeSizeGiB), ...target, '--state-dir', stateDir];
+      const args = [
+        ...(settings.nodeFlags ?? []),
+        CLI_PATH,
+        'mount',
+        mountpoint,
+        '--size',
+        String(settings.volumeSizeGiB),
+        ...target,
+        '--state-dir',
+        stateDir,
+      ];
       if (settings.cacheSize) args.push('--cache-size', settings.cacheSize);
       args.push(...(settings.extraArgs ?? []));
       tracked = spawnTracked(cleanup, `ebs-fuse mount (${settings.name})`, process.execPath, args, {
@@ -75,7 +85,15 @@ export class RunningMount {
         rusageFile,
       });
     } else {
-      const args = [...(settings.nodeFlags ?? []), '-r', 'tsx/cjs', path.join(BENCH_DIR, 'null-mount.ts'), mountpoint, String(settings.volumeSizeGiB), stateDir];
+      const args = [
+        ...(settings.nodeFlags ?? []),
+        '-r',
+        'tsx/cjs',
+        path.join(BENCH_DIR, 'null-mount.ts'),
+        mountpoint,
+        String(settings.volumeSizeGiB),
+        stateDir,
+      ];
       if (settings.cacheSize) args.push(settings.cacheSize);
       const env = { ...process.env, NULL_CLIENT_VERIFY: settings.nullClientVerifies === false ? '0' : '1' };
       tracked = spawnTracked(cleanup, `null mount (${settings.name})`, process.execPath, args, { cwd: REPO_ROOT, rusageFile, env });
@@ -103,7 +121,9 @@ export class RunningMount {
     const statusLine = this.process.stdoutLines[1] ?? '';
     const [snapshotId, status] = statusLine.split(' ');
     if (exit.code !== 0 || snapshotId !== this.snapshotId || status !== 'completed') {
-      throw new Error(`${this.process.name} ended with ${describeExit(exit)} and "${statusLine}": ${this.process.stderr().trim().slice(-2000)}`);
+      throw new Error(
+        `${this.process.name} ended with ${describeExit(exit)} and "${statusLine}": ${this.process.stderr().trim().slice(-2000)}`,
+      );
     }
     const reportLine = this.process.stdoutLines[2];
     return {
@@ -125,7 +145,14 @@ export interface UploadResult {
 }
 
 /** `ebs-fuse upload FILE` to the server; wall time from spawn to exit. */
-export async function runUpload(cleanup: Cleanup, server: LocalEbs, scratch: string, name: string, file: string, extraArgs: string[] = []): Promise<UploadResult> {
+export async function runUpload(
+  cleanup: Cleanup,
+  server: LocalEbs,
+  scratch: string,
+  name: string,
+  file: string,
+  extraArgs: string[] = [],
+): Promise<UploadResult> {
   const tracked = spawnTracked(
     cleanup,
     `ebs-fuse upload (${name})`,

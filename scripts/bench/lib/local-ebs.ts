@@ -41,7 +41,21 @@ export class LocalEbs {
       cleanup,
       `local-ebs (${name})`,
       process.execPath,
-      [CLI_PATH, 'local-ebs', '--host', '127.0.0.1', '--port', '0', '--data', dataDir, '--access-key-id', credentials.accessKeyId, '--secret-access-key', credentials.secretAccessKey, ...(options.faults ? ['--faults', options.faults] : [])],
+      [
+        CLI_PATH,
+        'local-ebs',
+        '--host',
+        '127.0.0.1',
+        '--port',
+        '0',
+        '--data',
+        dataDir,
+        '--access-key-id',
+        credentials.accessKeyId,
+        '--secret-access-key',
+        credentials.secretAccessKey,
+        ...(options.faults ? ['--faults', options.faults] : []),
+      ],
       { cwd: REPO_ROOT, rusageFile: path.join(scratch, `${name}-local-ebs.rusage.json`) },
     );
     const line = await server.waitForLine(0, START_TIMEOUT_MS);

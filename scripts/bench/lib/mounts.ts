@@ -25,7 +25,8 @@ export async function waitForUnmounted(mountpoint: string, timeoutMs: number): P
 /** A FUSE mount that may be left behind by a killed process: lazily detached. */
 export function registerFuseMountpoint(cleanup: Cleanup, mountpoint: string): () => Promise<void> {
   return cleanup.add(`unmount ${mountpoint}`, async () => {
-    if (await isMountPoint(mountpoint)) await run(cleanup, 'fusermount', ['-uz', mountpoint], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
+    if (await isMountPoint(mountpoint))
+      await run(cleanup, 'fusermount', ['-uz', mountpoint], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   });
 }
 
@@ -34,14 +35,16 @@ export function registerKernelMountpoint(cleanup: Cleanup, mountpoint: string): 
   return cleanup.add(`umount ${mountpoint}`, async () => {
     if (!(await isMountPoint(mountpoint))) return;
     const plain = await run(cleanup, 'umount', [mountpoint], { allowFailure: true, timeoutMs: 60_000, forCleanup: true });
-    if (plain.exit.code !== 0) await run(cleanup, 'umount', ['-l', mountpoint], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
+    if (plain.exit.code !== 0)
+      await run(cleanup, 'umount', ['-l', mountpoint], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   });
 }
 
 /** Loop devices backed by `file`, detached (a `mount -o loop` sets autoclear, but not after a failure). */
 export function registerLoopBacking(cleanup: Cleanup, file: string): () => Promise<void> {
   return cleanup.add(`detach loop devices of ${file}`, async () => {
-    for (const device of await loopDevicesOf(cleanup, file)) await run(cleanup, 'losetup', ['-d', device], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
+    for (const device of await loopDevicesOf(cleanup, file))
+      await run(cleanup, 'losetup', ['-d', device], { allowFailure: true, timeoutMs: 20_000, forCleanup: true });
   });
 }
 

@@ -125,7 +125,11 @@ export class Tracked {
           resolve(this.stdoutLines[index]);
         } else if (!this.running) {
           done();
-          reject(new Error(`${this.name} exited (${describeExit(this.exit!)}) before printing line ${index + 1}: ${this.stderrTail.trim().slice(-2000)}`));
+          reject(
+            new Error(
+              `${this.name} exited (${describeExit(this.exit!)}) before printing line ${index + 1}: ${this.stderrTail.trim().slice(-2000)}`,
+            ),
+          );
         }
       };
       const timer = setTimeout(() => {
@@ -210,7 +214,9 @@ export async function run(
   const exit = await tracked.waitForExit(options.timeoutMs ?? 120_000);
   const result = { exit, stdout: tracked.stdoutLines.join('\n'), stderr: tracked.stderr(), elapsedSeconds: tracked.elapsedSeconds };
   if (!options.allowFailure && exit.code !== 0) {
-    throw new Error(`${command} ${args.join(' ')} failed (${describeExit(exit)}): ${result.stderr.trim().slice(-2000) || result.stdout.trim().slice(-2000)}`);
+    throw new Error(
+      `${command} ${args.join(' ')} failed (${describeExit(exit)}): ${result.stderr.trim().slice(-2000) || result.stdout.trim().slice(-2000)}`,
+    );
   }
   return result;
 }

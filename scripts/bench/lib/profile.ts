@@ -28,14 +28,35 @@ export interface ProfileSummary {
 const RULES: Array<{ category: string; matches: (frame: ProfileNode['callFrame'], stack: string) => boolean }> = [
   { category: 'idle (waiting for FUSE, disk, sockets)', matches: (f) => f.functionName === '(idle)' },
   { category: 'garbage collection', matches: (f) => f.functionName === '(garbage collector)' },
-  { category: 'SHA-256: SigV4 payload hash in the SDK', matches: (_f, stack) => /getPayloadHash/.test(stack) && /\b(update|digest)\b/.test(stack.split(' < ')[0]) },
-  { category: 'SHA-256: other (flusher, checksums)', matches: (f) => /crypto\/hash/.test(f.url) && (f.functionName === 'update' || f.functionName === 'digest') },
-  { category: 'buffer copies and allocation', matches: (f) => /^(_copyActual|_copy|copy|FastBuffer|allocate|alloc|concat|fill)$/.test(f.functionName) && /buffer/.test(f.url) },
-  { category: 'socket writes (loopback TCP, in the kernel)', matches: (f, stack) => f.url === '' && /writevGeneric|writeGeneric/.test(stack) },
-  { category: 'file I/O calls (read-back store, journal)', matches: (f, stack) => f.url === '' && /fsCall|fdatasync|FileHandle|openFileHandle/.test(stack) },
-  { category: 'promise machinery (microtasks)', matches: (f) => f.functionName === 'processTicksAndRejections' || f.functionName === 'runMicrotasks' },
+  {
+    category: 'SHA-256: SigV4 payload hash in the SDK',
+    matches: (_f, stack) => /getPayloadHash/.test(stack) && /\b(update|digest)\b/.test(stack.split(' < ')[0]),
+  },
+  {
+    category: 'SHA-256: other (flusher, checksums)',
+    matches: (f) => /crypto\/hash/.test(f.url) && (f.functionName === 'update' || f.functionName === 'digest'),
+  },
+  {
+    category: 'buffer copies and allocation',
+    matches: (f) => /^(_copyActual|_copy|copy|FastBuffer|allocate|alloc|concat|fill)$/.test(f.functionName) && /buffer/.test(f.url),
+  },
+  {
+    category: 'socket writes (loopback TCP, in the kernel)',
+    matches: (f, stack) => f.url === '' && /writevGeneric|writeGeneric/.test(stack),
+  },
+  {
+    category: 'file I/O calls (read-back store, journal)',
+    matches: (f, stack) => f.url === '' && /fsCall|fdatasync|FileHandle|openFileHandle/.test(stack),
+  },
+  {
+    category: 'promise machinery (microtasks)',
+    matches: (f) => f.functionName === 'processTicksAndRejections' || f.functionName === 'runMicrotasks',
+  },
   { category: 'AWS SDK and HTTP client (JS)', matches: (f) => /@aws-sdk|@smithy|node:_http|node:net|streams\//.test(f.url) },
-  { category: 'ebs-fuse core and adapter (JS)', matches: (f) => /\/(src|dist)\/(core|fuse|ebs)\//.test(f.url) || /async-mutex|lru-cache|fuse-native/.test(f.url) },
+  {
+    category: 'ebs-fuse core and adapter (JS)',
+    matches: (f) => /\/(src|dist)\/(core|fuse|ebs)\//.test(f.url) || /async-mutex|lru-cache|fuse-native/.test(f.url),
+  },
 ];
 
 export async function summarizeProfile(directory: string): Promise<ProfileSummary> {
@@ -54,7 +75,8 @@ export async function summarizeProfile(directory: string): Promise<ProfileSummar
   });
   const stackOf = (id: number): string => {
     const names: string[] = [];
-    for (let at: number | undefined = id, depth = 0; at !== undefined && depth < 8; at = parentOf.get(at), depth += 1) names.push(byId.get(at)!.callFrame.functionName);
+    for (let at: number | undefined = id, depth = 0; at !== undefined && depth < 8; at = parentOf.get(at), depth += 1)
+      names.push(byId.get(at)!.callFrame.functionName);
     return names.join(' < ');
   };
   const categories = new Map<string, number>();
