@@ -7,9 +7,8 @@
 // to the terminal or exits the process.
 import { Readable } from 'node:stream';
 import type { EBSClient, EBSClientConfig } from '@aws-sdk/client-ebs';
-import { defaultStateDir } from './commands/options';
-import { MIN_CACHE_SIZE_BYTES } from './core/limits';
-import { SnapshotSession } from './core/session';
+import { FINISH_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES } from './core/limits';
+import { defaultStateDir, SnapshotSession } from './core/session';
 import { downloadSnapshot } from './core/download';
 import { newTransferStats, type TransferStats } from './core/transfer';
 import { uploadFile, uploadStream, type UploadResult } from './core/upload';
@@ -18,6 +17,7 @@ import { AwsSnapshotClient } from './ebs/aws-client';
 import type { SnapshotStatus, StartSnapshotParams } from './ebs/client';
 import { RetryingSnapshotClient } from './ebs/retry';
 import { FuseMount } from './fuse/fuse-mount';
+import { GIB_BYTES } from './units';
 
 export type { SnapshotStatus, SnapshotTag } from './ebs/client';
 export { UserError } from './errors';
@@ -26,8 +26,6 @@ export { UserError } from './errors';
 const DEFAULT_CONCURRENCY = 64;
 const CONCURRENCY_MAX = 1024;
 const DEFAULT_PROGRESS_INTERVAL_MS = 1000;
-/** The final flush and CompleteSnapshot of a mount, as the CLI's. */
-const FINISH_TIMEOUT_MS = 30 * 60_000;
 /** The kernel sends release shortly after the last close; a file open past this is busy. */
 const RELEASE_GRACE_MS = 2000;
 
@@ -284,7 +282,7 @@ export async function mount(options: MountOptions): Promise<Mounted> {
     throw error;
   }
   const opened = session;
-  const volumeBytes = options.volumeSizeGiB * 1073741824;
+  const volumeBytes = options.volumeSizeGiB * GIB_BYTES;
   let phase: 'mounted' | 'flushing' = 'mounted';
   const progress = (): Progress => volumeProgress(phase, opened.stats(), volumeBytes);
   const reporter = reportEvery(options, progress);

@@ -11,8 +11,8 @@ import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { isMountPoint } from '../src/fuse/mountinfo';
-import { REPO_ROOT } from './helpers/local-ebs-process';
-import { cliEnvironment } from './helpers/mount-process';
+import { REPO_ROOT } from './support/local-ebs-process';
+import { cliEnvironment } from './support/mount-process';
 import { createZeroImage, GIB, MIB, mustRun, ScenarioContext, sh, type CommandResult } from './scenarios/support';
 
 const EXAMPLE_TIMEOUT_MS = 120_000;

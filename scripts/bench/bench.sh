@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `npm run bench`: set the machine up like `npm test` does (packages, node_modules,
-# the fuse-native patch, the build), then run every benchmark of issue 6.
+# the extents helper, the build), then run every benchmark (docs/BENCHMARKS.md).
 # Settings are environment variables: npm run bench -- --help
 set -euo pipefail
 cd "$(dirname "$0")/../.."

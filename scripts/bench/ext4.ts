@@ -3,7 +3,7 @@
 // with the completed snapshot, and (b) on a local image file followed by
 // `ebs-fuse upload`, the coldsnap way. Both against a fresh local-ebs.
 //
-// -E nodiscard: fuse-native has no fallocate, so discard would fail (prior-art.md).
+// -E nodiscard: fuse-native has no fallocate handler, so discard would fail.
 // -o noinit_itable: no ext4lazyinit thread zeroing inode tables in the
 // background while the workload runs; the same options on both sides.
 import { randomBytes } from 'node:crypto';

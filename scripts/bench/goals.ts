@@ -1,4 +1,4 @@
-// The goals of the performance issue, each as the ratio this run measured and a
+// The performance goals, each as the ratio this run measured and a
 // verdict, in one table at the end of `npm run bench`. A goal whose group did
 // not run (BENCH_ONLY) says so instead of a verdict.
 import { latencyShares, LATENCY_GOAL_RATIO, type LatencyResult } from './latency';
@@ -129,7 +129,7 @@ export function renderGoals({ results, peer, latency, random }: GoalInputs): str
         : NOT_RUN('random')),
   });
 
-  return `## Goals of the performance issue\n\n${table(
+  return `## The performance goals\n\n${table(
     ['goal', 'measured in this run', 'verdict'],
     goals.map((g) => [g.name, g.measured, verdict(g.met)]),
   )}`;

@@ -2,7 +2,7 @@
 // every PutSnapshotBlock (--faults latency=Nms) while `ebs-fuse upload` and the
 // mount (dd bs=1M conv=fsync, to the completed snapshot) run at several
 // --upload-concurrency settings, each on a fresh server; the same runs without
-// latency are the reference. Goal 4 of the performance issue: each reaches
+// latency are the reference. Performance goal 4: each reaches
 // ≥ 0.8 × min(its own rate without latency, concurrency × 512 KiB / latency).
 import type { Cleanup } from './lib/cleanup';
 import { dd } from './lib/data';

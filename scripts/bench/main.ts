@@ -1,4 +1,4 @@
-// `npm run bench`: every baseline and target of issue 6 in one invocation on this
+// `npm run bench`: every baseline and target of docs/BENCHMARKS.md in one invocation on this
 // machine, printed as tables with the verdict on each target. Only 127.0.0.1 is
 // ever contacted; everything started is stopped and removed at the end, on a
 // failure and on Ctrl-C. Sizes come from environment variables (see usage()).

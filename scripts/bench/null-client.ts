@@ -1,6 +1,6 @@
 // The snapshot client of baseline 2: everything a mount does except the network.
 // Each PUT is acknowledged after hashing its body and checking the checksum sent
-// with it, as issue 6 asks (it stood for the SDK's SigV4 payload hash, which the
+// with it (it stood for the SDK's SigV4 payload hash, which the
 // AWS client has since stopped computing); with verifyChecksums=false it
 // acknowledges without hashing, which is what the product's client side now
 // costs. Nothing is stored or sent.

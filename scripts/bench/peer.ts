@@ -91,7 +91,7 @@ async function mount(cleanup: Cleanup, settings: PeerSettings, name: string, ser
   return settings.dataBytes / 1e6 / (Number(finished.endedAtNs - startNs) / 1e9);
 }
 
-/** The table of baseline 8 and the ratio of goal 1 of the performance issue (mount ≥ 1.0 × the peer). */
+/** The table of baseline 8 and the ratio of performance goal 1 (mount ≥ 1.0 × the peer). */
 export function renderPeer(result: PeerResult): string {
   const ratios = result.rounds.map((round) => round.mountMBps / round.peerMBps);
   const embeddedRatios = result.rounds.map((round) => round.embeddedMountMBps / round.mountMBps);

@@ -3,7 +3,7 @@
 // mounted file, with one job and with five (each job covers the whole range
 // once, so five write every byte five times); then the mount completes. PUTs
 // are counted at local-ebs, distinct blocks by ListSnapshotBlocks. Goal 7 of the
-// performance issue: ≤ 1.5 PUTs per block whenever the data fits in the cache.
+// performance goals: ≤ 1.5 PUTs per block whenever the data fits in the cache.
 import type { Cleanup } from './lib/cleanup';
 import { RunningMount } from './lib/ebs-fuse';
 import { LocalEbs, putsBetween } from './lib/local-ebs';

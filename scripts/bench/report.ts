@@ -1,5 +1,5 @@
 // Turns the measurements into the printed tables and the verdict on each target
-// of issue 6. Every ratio is computed here from the figures of this run.
+// (docs/BENCHMARKS.md). Every ratio is computed here from the figures of this run.
 import type { DiagnosticsResult } from './diagnostics';
 import type { Ext4Result } from './ext4';
 import type { Rusage } from './lib/proc';
@@ -199,7 +199,7 @@ export function renderReport(results: Results): string {
             ...rate(uploads.map((s) => s.megabytesPerSecond)),
             `${fixed(median(uploads.map((s) => s.seconds)), 2)} s`,
           ]
-        : ['4', '`ebs-fuse upload`', 'n/a', '', 'not in this checkout (issue 5)'],
+        : ['4', '`ebs-fuse upload`', 'n/a', '', 'not in this checkout'],
     ];
     sections.push(
       `### Throughput: ${fixed(dataGiB, 2)} GiB, medians of ${n} rounds\n\n${table(['#', 'what', 'MB/s', 'min–max', 'notes'], rows)}`,

@@ -22,7 +22,7 @@ export interface ThroughputSettings {
   /** Non-zero 512 KiB blocks of dataFile: what a sequential dd must PUT, exactly. */
   nonZeroBlocks: number;
   rounds: number;
-  /** Whether `ebs-fuse upload` exists in this checkout (issue 5). */
+  /** Whether `ebs-fuse upload` exists in this checkout (older commits, for comparisons). */
   uploadAvailable: boolean;
   binaries: { nullfs3: string; nullfs2: string };
   /** A tmpfs directory for the state of a second null-client mount, or none. */

@@ -4,14 +4,14 @@
 // CompleteSnapshot with the count and LINEAR checksum over every run.
 import path from 'node:path';
 import type { Command } from 'commander';
+import { FINISH_TIMEOUT_MS } from '../core/limits';
 import { SnapshotSession } from '../core/session';
-import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from '../ebs/connection';
+import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from './connection';
 import { describeError, UserError } from '../errors';
-import { defaultStateDir, parseSnapshotId } from './options';
+import { completionNote, log } from './log';
+import { defaultStateDir } from '../core/session';
+import { parseSnapshotId } from './options';
 import { startFlushProgress } from './progress';
-
-/** The flush of what is left plus CompleteSnapshot, as at the end of a mount. */
-const FINISH_TIMEOUT_MS = 30 * 60_000;
 
 interface CompleteFlags extends ConnectionOptions {
   stateDir?: string;
@@ -30,10 +30,6 @@ export function registerCompleteCommand(program: Command): void {
   command.action(async (snapshotId: string, flags: CompleteFlags) => {
     process.exitCode = await runComplete(snapshotId, flags);
   });
-}
-
-function log(line: string): void {
-  process.stderr.write(line.startsWith('ebs-fuse:') ? `${line}\n` : `ebs-fuse: ${line}\n`);
 }
 
 async function runComplete(snapshotIdArgument: string, flags: CompleteFlags): Promise<number> {
@@ -62,12 +58,9 @@ async function runComplete(snapshotIdArgument: string, flags: CompleteFlags): Pr
       progress.stop();
     }
     process.stdout.write(`${snapshotId} ${status}\n`);
-    if (status === 'error') {
-      log(`EBS put snapshot ${snapshotId} into the error state at completion; it cannot be used`);
-      return 1;
-    }
-    if (status === 'pending') log(`EBS accepted the completion of ${snapshotId} and is still processing it`);
-    return 0;
+    const note = completionNote(snapshotId, status);
+    if (note) log(note);
+    return status === 'error' ? 1 : 0;
   } finally {
     await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
   }

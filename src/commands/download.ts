@@ -3,8 +3,9 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { downloadSnapshot } from '../core/download';
 import { newTransferStats } from '../core/transfer';
-import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from '../ebs/connection';
+import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from './connection';
 import { describeError, UserError } from '../errors';
+import { log } from './log';
 import { EXIT_INTERRUPTED, onInterrupt } from './interrupt';
 import { parseInteger, parseSnapshotId } from './options';
 import { startTransferProgress } from './transfer-progress';
@@ -29,10 +30,6 @@ export function registerDownloadCommand(program: Command): void {
   command.action(async (snapshotId: string, file: string, flags: DownloadFlags) => {
     process.exitCode = await runDownload(snapshotId, file, flags);
   });
-}
-
-function log(line: string): void {
-  process.stderr.write(line.startsWith('ebs-fuse:') ? `${line}\n` : `ebs-fuse: ${line}\n`);
 }
 
 async function runDownload(snapshotIdArgument: string, file: string, flags: DownloadFlags): Promise<number> {

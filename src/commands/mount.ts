@@ -6,18 +6,20 @@ import { constants as fsConstants, existsSync, promises as fs, realpathSync, sta
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
+import { FINISH_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES } from '../core/limits';
 import type { DiskBudget } from '../core/local-copy';
-import { openReadOnlySnapshot, SnapshotSession } from '../core/session';
+import { defaultStateDir, openReadOnlySnapshot, SnapshotSession } from '../core/session';
 import type { VolumeFile, VolumeStats } from '../core/volume-file';
 import type { SnapshotStatus, StartSnapshotParams } from '../ebs/client';
-import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from '../ebs/connection';
+import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from './connection';
 import { describeError, UserError } from '../errors';
+import { GIB_BYTES, MIB_BYTES } from '../units';
+import { EXIT_INTERRUPTED } from './interrupt';
+import { completionNote, log } from './log';
 import { FuseMount, FuseUnavailableError, loadFuseNative, type FuseMountStats } from '../fuse/fuse-mount';
 import { isMountPoint } from '../fuse/mountinfo';
 import {
   addSnapshotOptions,
-  defaultStateDir,
   parseInteger,
   parseSizeBytes,
   parseSnapshotId,
@@ -33,10 +35,7 @@ export const DEFAULT_FILE_NAME = 'snapshot.img';
 export const DEFAULT_CACHE_SIZE = '256MiB';
 export const DEFAULT_UPLOAD_CONCURRENCY = 64;
 const UPLOAD_CONCURRENCY_MAX = 1024;
-const GIB_BYTES = 1073741824;
 const FILE_NAME_MAX_BYTES = 255;
-/** The final flush and CompleteSnapshot together; retries are bounded well inside it. */
-const FINISH_TIMEOUT_MS = 30 * 60_000;
 /** The kernel sends release shortly after the last close; wait that long before calling the file busy. */
 const RELEASE_GRACE_MS = 2000;
 /** While an external lazy umount waits for the file to be closed, remind this often. */
@@ -46,8 +45,6 @@ const BUSY_REMINDER_INTERVAL_MS = 30_000;
  * closed) does the same rather than killing the process in the middle of it.
  */
 const UNMOUNT_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-/** Exit status after an interrupted final flush, as shells report SIGINT. */
-const EXIT_INTERRUPTED = 130;
 
 interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
   size?: string;
@@ -142,7 +139,7 @@ export function registerMountCommand(program: Command): void {
 
 /** What the mount wrote to local disk, against what was written through it: the price of the local copy. */
 function localDiskLine(stats: VolumeStats): string {
-  const mib = (bytes: number): string => (bytes / 1048576).toFixed(2);
+  const mib = (bytes: number): string => (bytes / MIB_BYTES).toFixed(2);
   return (
     `local disk: ${mib(stats.localCopyBytesWritten + stats.journalBytesWritten)} MiB written to the state directory ` +
     `(block copies ${mib(stats.localCopyBytesWritten)} MiB, journal ${mib(stats.journalBytesWritten)} MiB) ` +
@@ -152,10 +149,6 @@ function localDiskLine(stats: VolumeStats): string {
 
 function plural(count: number, noun: string): string {
   return `${count} ${noun}${count === 1 ? '' : 's'}`;
-}
-
-function log(line: string): void {
-  process.stderr.write(line.startsWith('ebs-fuse:') ? `${line}\n` : `ebs-fuse: ${line}\n`);
 }
 
 function validateFileName(name: string): string {
@@ -171,10 +164,10 @@ function validateFileName(name: string): string {
 function validateCacheSize(value: string): number {
   const bytes = parseSizeBytes(value, '--cache-size');
   if (bytes < MIN_CACHE_SIZE_BYTES) {
-    throw new UserError(`--cache-size must be at least ${MIN_CACHE_SIZE_BYTES / 1048576}MiB, not ${value}`);
+    throw new UserError(`--cache-size must be at least ${MIN_CACHE_SIZE_BYTES / MIB_BYTES}MiB, not ${value}`);
   }
   if (bytes > totalmem()) {
-    throw new UserError(`--cache-size ${value} is more than this machine's memory (${Math.floor(totalmem() / 1048576)}MiB)`);
+    throw new UserError(`--cache-size ${value} is more than this machine's memory (${Math.floor(totalmem() / MIB_BYTES)}MiB)`);
   }
   return bytes;
 }
@@ -493,15 +486,10 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
     if (!settings.complete) {
       log(`${snapshotId} left pending as asked; complete it later with: ebs-fuse complete ${snapshotId} --state-dir ${settings.stateDir}`);
       exitCode = result.status === 'pending' ? 0 : 1;
-    } else if (result.status === 'completed') {
-      exitCode = 0;
-    } else if (result.status === 'pending') {
-      // AWS may answer CompleteSnapshot with pending while it finishes processing.
-      log(`EBS accepted the completion of ${snapshotId} and is still processing it`);
-      exitCode = 0;
     } else {
-      log(`EBS put snapshot ${snapshotId} into the error state at completion; it cannot be used`);
-      exitCode = 1;
+      const note = completionNote(snapshotId, result.status);
+      if (note) log(note);
+      exitCode = result.status === 'error' ? 1 : 0;
     }
   } catch (error) {
     statusLines.stop();

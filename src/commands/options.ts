@@ -1,20 +1,16 @@
 // Parsers and option sets shared by the commands that start snapshots (mount,
 // upload) or take sizes. Each parser either returns the value or throws a
 // UserError of one line naming the flag, the value and what is accepted.
-import { homedir } from 'node:os';
-import path from 'node:path';
 import type { Command } from 'commander';
-import { MAX_VOLUME_SIZE_GIB, type SnapshotTag, type StartSnapshotParams } from '../ebs/client';
+import { TAGS_MAX, VOLUME_SIZE_MAX_GIB, type SnapshotTag, type StartSnapshotParams } from '../ebs/client';
 import { UserError } from '../errors';
 
-// Limits of the EBS direct API model (reference/ebs-service-2.json).
+// Limits of the EBS direct API's service model.
 const SNAPSHOT_ID_PATTERN = /^snap-[0-9a-f]+$/;
 const SNAPSHOT_ID_MAX_LENGTH = 64;
 const DESCRIPTION_MAX_LENGTH = 255;
 const TAG_KEY_MAX_LENGTH = 127;
 const TAG_VALUE_MAX_LENGTH = 255;
-/** The documented limit on tags per snapshot. */
-const TAGS_MAX = 50;
 const TIMEOUT_MINUTES_MIN = 10;
 const TIMEOUT_MINUTES_MAX = 4320;
 const CLIENT_TOKEN_MAX_LENGTH = 255;
@@ -65,12 +61,12 @@ export function parseInteger(value: string, flag: string, min: number, max: numb
 /** A volume size in GiB: 1 to 65536, as EBS allows. */
 export function parseVolumeSizeGiB(value: string, flag = '--size'): number {
   if (!/^\s*-?\d+\s*$/.test(value)) {
-    throw new UserError(`${flag} must be a whole number of GiB from 1 to ${MAX_VOLUME_SIZE_GIB}, not "${value}"`);
+    throw new UserError(`${flag} must be a whole number of GiB from 1 to ${VOLUME_SIZE_MAX_GIB}, not "${value}"`);
   }
   const gib = Number(value);
   if (gib < 1) throw new UserError(`${flag} must be at least 1 GiB, not ${gib}`);
-  if (gib > MAX_VOLUME_SIZE_GIB) {
-    throw new UserError(`${flag} must be at most ${MAX_VOLUME_SIZE_GIB} GiB (64 TiB, the EBS limit), not ${gib}`);
+  if (gib > VOLUME_SIZE_MAX_GIB) {
+    throw new UserError(`${flag} must be at most ${VOLUME_SIZE_MAX_GIB} GiB (64 TiB, the EBS limit), not ${gib}`);
   }
   return gib;
 }
@@ -174,12 +170,4 @@ export function snapshotParams(volumeSizeGiB: number, values: SnapshotOptionValu
     params.clientToken = values.clientToken;
   }
   return params;
-}
-
-/** $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse (the XDG default). */
-export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
-  const xdgStateHome = env.XDG_STATE_HOME;
-  // The XDG spec says a relative value is invalid and must be ignored.
-  if (xdgStateHome && path.isAbsolute(xdgStateHome)) return path.join(xdgStateHome, 'ebs-fuse');
-  return path.join(homedir(), '.local', 'state', 'ebs-fuse');
 }

@@ -4,6 +4,7 @@
 // seconds, while mounted and while flushing.
 import { SingleBar } from 'cli-progress';
 import type { VolumeStats } from '../core/volume-file';
+import { BYTES_PER_MB, formatMB } from '../units';
 
 export interface StatsSource {
   stats(): VolumeStats;
@@ -22,7 +23,6 @@ const BAR_REDRAW_INTERVAL_MS = 200;
 export const LIVE_REDRAW_INTERVAL_MS = 500;
 /** Carriage return and erase-line: the live line is redrawn where it is. */
 const ERASE_LINE = '\r\x1b[2K';
-const BYTES_PER_MB = 1e6;
 
 /** Upload speed between two samples of bytesUploaded. */
 class RateMeter {
@@ -48,10 +48,10 @@ export function formatStatusLine(phase: string, stats: VolumeStats, rateMBps: nu
   const parts = [
     `${stats.dirtyBlocks} dirty blocks`,
     `${stats.uploadingBlocks} uploading`,
-    `${stats.blocksUploaded} uploaded (${(stats.bytesUploaded / BYTES_PER_MB).toFixed(1)} MB)`,
+    `${stats.blocksUploaded} uploaded (${formatMB(stats.bytesUploaded)})`,
     `${rateMBps.toFixed(1)} MB/s`,
     `${stats.retries} retries`,
-    `local copy ${(stats.localCopyFileBytes / BYTES_PER_MB).toFixed(1)} MB`,
+    `local copy ${formatMB(stats.localCopyFileBytes)}`,
   ];
   if (stats.heldNowhereErrors > 0) parts.push(`${stats.heldNowhereErrors} reads or partial writes of blocks held nowhere`);
   if (stats.lastUploadError) parts.push(`last upload error: ${stats.lastUploadError}`);
@@ -65,7 +65,7 @@ export interface Reporter {
 /** The live line: uploaded bytes, MB/s, dirty, in flight, retries, and the last error. */
 export function formatLiveLine(phase: string, stats: VolumeStats, rateMBps: number): string {
   const parts = [
-    `${(stats.bytesUploaded / BYTES_PER_MB).toFixed(1)} MB uploaded`,
+    `${formatMB(stats.bytesUploaded)} uploaded`,
     `${rateMBps.toFixed(1)} MB/s`,
     `${stats.dirtyBlocks} dirty`,
     `${stats.uploadingBlocks} in flight`,

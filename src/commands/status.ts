@@ -4,6 +4,7 @@
 // until its mountpoint is cleaned up; records of mounts that ended are removed.
 import type { Command } from 'commander';
 import { UserError } from '../errors';
+import { formatMB } from '../units';
 import { isMountPoint } from '../fuse/mountinfo';
 import {
   readRecord,
@@ -98,7 +99,7 @@ async function oneMount(mountpointArgument: string): Promise<MountStatus> {
 function statusLine(mount: MountStatus): string {
   const parts = [
     `${mount.mountpoint} ${mount.snapshotId} ${mount.state}${mount.readOnly ? ' (read-only)' : ''}`,
-    `${(mount.bytesUploaded / 1e6).toFixed(1)} MB uploaded`,
+    `${formatMB(mount.bytesUploaded)} uploaded`,
     `${mount.dirtyBlocks} dirty`,
     `${mount.uploadingBlocks} uploading`,
     `${mount.retries} retries`,

@@ -6,11 +6,10 @@
 import { SingleBar } from 'cli-progress';
 import type { TransferStats } from '../core/transfer';
 import { STATUS_LINE_INTERVAL_MS, type ProgressStream, type Reporter } from './progress';
+import { BYTES_PER_MB, MIB_BYTES, formatMB } from '../units';
 
 const BAR_REDRAW_INTERVAL_MS = 200;
 const RATE_SAMPLE_INTERVAL_MS = 1000;
-const BYTES_PER_MB = 1e6;
-const MIB = 1048576;
 
 export interface TransferProgressSource {
   stats: TransferStats;
@@ -46,7 +45,7 @@ export function formatTransferLine(labels: TransferLabels, stats: TransferStats,
   if (stats.volumeBytes === 0) return `ebs-fuse: ${labels.phase}: waiting for the service, ${retries} retries`;
   return (
     `ebs-fuse: ${labels.phase}: ${percent(stats)}% of ${(stats.volumeBytes / 2 ** 30).toFixed(0)} GiB, ` +
-    `${stats.blocksTransferred} blocks ${labels.moved} (${(stats.bytesTransferred / BYTES_PER_MB).toFixed(1)} MB), ` +
+    `${stats.blocksTransferred} blocks ${labels.moved} (${formatMB(stats.bytesTransferred)}), ` +
     `${stats.blocksSkipped} skipped, ${rateMBps.toFixed(1)} MB/s, ${retries} retries`
   );
 }
@@ -91,8 +90,8 @@ export function startTransferProgress(
       rate: meter.rateMBps.toFixed(1),
       retries: source.retries(),
     };
-    const total = Math.max(1, Math.round(stats.volumeBytes / MIB));
-    const value = Math.min(total, Math.floor(stats.doneBytes / MIB));
+    const total = Math.max(1, Math.round(stats.volumeBytes / MIB_BYTES));
+    const value = Math.min(total, Math.floor(stats.doneBytes / MIB_BYTES));
     if (!started) {
       bar.start(total, value, payload);
       started = true;

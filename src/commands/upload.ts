@@ -4,8 +4,11 @@
 import type { Command } from 'commander';
 import { newTransferStats } from '../core/transfer';
 import { uploadFile, uploadStream, type UploadResult } from '../core/upload';
-import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from '../ebs/connection';
+import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from './connection';
+import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { describeError, UserError } from '../errors';
+import { formatMB } from '../units';
+import { completionNote, log } from './log';
 import { EXIT_INTERRUPTED, onInterrupt } from './interrupt';
 import { DEFAULT_UPLOAD_CONCURRENCY } from './mount';
 import { addSnapshotOptions, parseInteger, parseVolumeSizeGiB, snapshotParams, type SnapshotOptionValues } from './options';
@@ -34,10 +37,6 @@ export function registerUploadCommand(program: Command): void {
   command.action(async (file: string, flags: UploadFlags) => {
     process.exitCode = await runUpload(file, flags);
   });
-}
-
-function log(line: string): void {
-  process.stderr.write(line.startsWith('ebs-fuse:') ? `${line}\n` : `ebs-fuse: ${line}\n`);
 }
 
 async function runUpload(file: string, flags: UploadFlags): Promise<number> {
@@ -91,14 +90,12 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
     const seconds = ((Date.now() - startedAtMs) / 1000).toFixed(1);
     const parentPart = snapshot.parentSnapshotId === undefined ? '' : `, ${result.blocksEqualToParent} equal to the parent`;
     log(
-      `${result.snapshotId}: ${result.blocksPut} blocks sent (${((result.blocksPut * 524288) / 1e6).toFixed(1)} MB), ` +
+      `${result.snapshotId}: ${result.blocksPut} blocks sent (${formatMB(result.blocksPut * BLOCK_SIZE_BYTES)}), ` +
         `${result.zeroBlocksSkipped} zero blocks skipped${parentPart}, in ${seconds} s`,
     );
-    if (result.status === 'error') {
-      log(`EBS put snapshot ${result.snapshotId} into the error state at completion; it cannot be used`);
-      return 1;
-    }
-    if (result.status === 'pending') log(`EBS accepted the completion of ${result.snapshotId} and is still processing it`);
+    const note = completionNote(result.snapshotId, result.status);
+    if (note) log(note);
+    if (result.status === 'error') return 1;
     process.stdout.write(`${result.snapshotId}\n`);
     return 0;
   } catch (error) {

@@ -83,6 +83,7 @@ export class BlockStore {
 
   /** Opens the state, settles blocks left in flight (above), and returns those to send again. */
   static async open(options: BlockStoreOptions): Promise<{ store: BlockStore; resend: number[] }> {
+    // eslint-disable-next-line prefer-const -- the journal's sync callback closes over it before it is assigned
     let localCopy: LocalCopy | undefined;
     const { journal, replay } = await Journal.open(options.directory, async () => localCopy?.sync());
     localCopy = new LocalCopy(options.directory, options.diskBudget, replay.slotCount);

@@ -14,9 +14,9 @@ import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../ebs/client';
 import { writeFully } from '../durable-file';
 import { describeError, UserError } from '../errors';
+import { GIB_BYTES } from '../units';
 import {
   forEachBounded,
-  GIB_BYTES,
   InOrder,
   isZeroBlock,
   LIST_PAGE_SIZE_MAX,

@@ -271,7 +271,7 @@ export class Journal {
       // Keep the records for the next commit; a partial write is overwritten then.
       this.pending.intent.unshift(...intents);
       this.pending.ack.unshift(...acks);
-      throw new Error(journalFailure(error, Journal.fileIn(this.directory)));
+      throw new Error(journalFailure(error, Journal.fileIn(this.directory)), { cause: error });
     }
   }
 }

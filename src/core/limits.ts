@@ -20,6 +20,9 @@ export interface CoreLimits {
   diskCacheSizeBytes: DiskBudget;
 }
 
+/** The final flush and CompleteSnapshot of a mount or `complete`, together; retries are bounded well inside it. */
+export const FINISH_TIMEOUT_MS = 30 * 60_000;
+
 export const MIN_CACHE_SIZE_BYTES = 16 * 1024 * 1024;
 
 export const DEFAULT_LIMITS: CoreLimits = {

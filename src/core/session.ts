@@ -7,6 +7,7 @@
 //   blocks.journal  intents and acknowledgements of PUTs, and local-copy slots (journal.ts)
 //   local-copy.img  the local copy of uploaded blocks, within --disk-cache-size (local-copy.ts)
 import { existsSync, promises as fs } from 'node:fs';
+import { homedir } from 'node:os';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
 import { makeDirectories, writeFileAtomic } from '../durable-file';
@@ -31,6 +32,14 @@ interface StateRecord {
   volumeSizeGiB: number;
   params: StartSnapshotParams;
   status: 'pending' | 'completed';
+}
+
+/** $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse (the XDG default). */
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  const xdgStateHome = env.XDG_STATE_HOME;
+  // The XDG spec says a relative value is invalid and must be ignored.
+  if (xdgStateHome && path.isAbsolute(xdgStateHome)) return path.join(xdgStateHome, 'ebs-fuse');
+  return path.join(homedir(), '.local', 'state', 'ebs-fuse');
 }
 
 const STATE_FILE = 'snapshot.json';

@@ -11,8 +11,6 @@ export const LIST_PAGE_SIZE_MIN = 100;
 /** Pages listed at most (10^8 blocks at the largest page, past any 64 TiB volume). */
 const LIST_PAGES_MAX = 20_000;
 
-export const GIB_BYTES = 1073741824;
-
 /** An all-zero block, never written to; compared against and sent as the zeros block. */
 export const ZERO_BLOCK: Buffer = Buffer.alloc(BLOCK_SIZE_BYTES);
 

@@ -14,23 +14,15 @@ import { sha256Digest } from '../ebs/checksum';
 import {
   BLOCK_SIZE_BYTES,
   BLOCKS_PER_GIB,
-  MAX_VOLUME_SIZE_GIB,
+  VOLUME_SIZE_MAX_GIB,
   type BlockEntry,
   type SnapshotClient,
   type SnapshotStatus,
   type StartSnapshotParams,
 } from '../ebs/client';
 import { describeError, UserError } from '../errors';
-import {
-  forEachBounded,
-  GIB_BYTES,
-  InOrder,
-  isZeroBlock,
-  newTransferStats,
-  SnapshotBlockList,
-  ZERO_BLOCK,
-  type TransferStats,
-} from './transfer';
+import { GIB_BYTES } from '../units';
+import { forEachBounded, InOrder, isZeroBlock, newTransferStats, SnapshotBlockList, ZERO_BLOCK, type TransferStats } from './transfer';
 import {
   DEFAULT_EXTENTS_HELPER,
   FileBlockSource,
@@ -112,8 +104,8 @@ export async function uploadFile(client: SnapshotClient, options: UploadOptions)
   try {
     const { path: filePath, sizeBytes } = source.source;
     const fileGiB = Math.max(1, Math.ceil(sizeBytes / GIB_BYTES));
-    if (fileGiB > MAX_VOLUME_SIZE_GIB) {
-      throw new UserError(`${filePath} is ${sizeBytes} bytes, more than the ${MAX_VOLUME_SIZE_GIB} GiB EBS allows`);
+    if (fileGiB > VOLUME_SIZE_MAX_GIB) {
+      throw new UserError(`${filePath} is ${sizeBytes} bytes, more than the ${VOLUME_SIZE_MAX_GIB} GiB EBS allows`);
     }
     if (options.volumeSizeGiB !== undefined && options.volumeSizeGiB < fileGiB) {
       throw new UserError(

@@ -6,7 +6,9 @@
 export const BLOCK_SIZE_BYTES = 524288;
 /** Blocks per GiB of volume (2^30 / 2^19). */
 export const BLOCKS_PER_GIB = 2048;
-export const MAX_VOLUME_SIZE_GIB = 65536;
+export const VOLUME_SIZE_MAX_GIB = 65536;
+/** The documented limit on tags per snapshot. */
+export const TAGS_MAX = 50;
 
 export type SnapshotStatus = 'pending' | 'completed' | 'error';
 

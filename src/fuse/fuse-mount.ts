@@ -18,7 +18,7 @@ import { isMountPoint, watchForUnmount, type UnmountWatcher } from './mountinfo'
 const execFileAsync = promisify(execFile);
 
 /** libfuse 2.9 caps a write at 128 KiB; asking for it needs big_writes too. */
-export const MAX_WRITE_BYTES = 131072;
+export const WRITE_MAX_BYTES = 131072;
 
 /**
  * fuse-native answers ETIMEDOUT to the kernel when a handler takes longer than
@@ -43,7 +43,7 @@ const UNMOUNT_POLL_INTERVAL_MS = 500;
 const MOUNT_TIMEOUT_MS = 30_000;
 const UNMOUNT_COMMAND_TIMEOUT_MS = 30_000;
 /** Unexpected (non-FileOperationError) failures logged before going quiet. */
-const MAX_LOGGED_UNEXPECTED_ERRORS = 20;
+const UNEXPECTED_ERRORS_LOGGED_MAX = 20;
 
 const DIRECTORY_MODE = 0o040755;
 const FILE_MODE = 0o100644;
@@ -84,7 +84,7 @@ export function loadFuseNative(): FuseClass {
   loadedFuse = class LargeWriteFuse extends Base {
     protected override _fuseOptions(): string {
       const options = super._fuseOptions();
-      const added = `big_writes,max_write=${MAX_WRITE_BYTES}`;
+      const added = `big_writes,max_write=${WRITE_MAX_BYTES}`;
       return options === '' ? `-o${added}` : `${options},${added}`;
     }
   };
@@ -273,7 +273,7 @@ export class FuseMount {
       gid: process.getgid?.() ?? 0,
       size: sizeBytes,
       nlink: 1,
-      blksize: MAX_WRITE_BYTES,
+      blksize: WRITE_MAX_BYTES,
       // Reported fully allocated, so that copying tools read it instead of seeking for holes.
       blocks: Math.ceil(sizeBytes / 512),
       atime: this.modifiedAtMs,
@@ -301,11 +301,11 @@ export class FuseMount {
       const code = FuseConstructor[error.errno];
       if (typeof code === 'number') return code;
     }
-    if (this.unexpectedErrorsLogged < MAX_LOGGED_UNEXPECTED_ERRORS) {
+    if (this.unexpectedErrorsLogged < UNEXPECTED_ERRORS_LOGGED_MAX) {
       this.unexpectedErrorsLogged += 1;
       const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
       this.options.log(`${operation} of ${this.options.fileName} failed unexpectedly, answering EIO: ${message}`);
-      if (this.unexpectedErrorsLogged === MAX_LOGGED_UNEXPECTED_ERRORS) {
+      if (this.unexpectedErrorsLogged === UNEXPECTED_ERRORS_LOGGED_MAX) {
         this.options.log('further unexpected errors are not logged');
       }
     }
@@ -385,7 +385,6 @@ export class FuseMount {
       },
       open: (path, flags, cb) => {
         if (!this.isFile(path)) return cb(F.ENOENT);
-        // eslint-disable-next-line no-bitwise
         const writable = (flags & 3) !== fsConstants.O_RDONLY;
         if (writable && file.readOnly) return cb(F.EROFS);
         const id = this.allocateHandleId();

@@ -12,7 +12,7 @@ export interface AdminCredentials {
 }
 
 const ADMIN_TIMEOUT_MS = 10_000;
-const MAX_ADMIN_RESPONSE_BYTES = 1024 * 1024;
+const ADMIN_RESPONSE_MAX_BYTES = 1024 * 1024;
 
 type SourceData = string | ArrayBuffer | ArrayBufferView;
 
@@ -67,7 +67,7 @@ async function adminRequest(
         let length = 0;
         response.on('data', (chunk: Buffer) => {
           length += chunk.length;
-          if (length > MAX_ADMIN_RESPONSE_BYTES) request.destroy(new Error('local-ebs admin response too large'));
+          if (length > ADMIN_RESPONSE_MAX_BYTES) request.destroy(new Error('local-ebs admin response too large'));
           else chunks.push(chunk);
         });
         response.on('end', () => {

@@ -34,7 +34,7 @@ export function validationError(reason: ValidationReason, message: string): EbsA
 }
 
 export function snapshotNotFound(snapshotId: string): EbsApiError {
-  // The message AWS sends for an unknown snapshot (reference §3.2).
+  // The message AWS sends for an unknown snapshot.
   return new EbsApiError('ResourceNotFoundException', 404, `The snapshot '${snapshotId}' does not exist.`, 'SNAPSHOT_NOT_FOUND');
 }
 
@@ -51,7 +51,7 @@ export function requestThrottled(reason: 'ACCOUNT_THROTTLED' | 'RESOURCE_LEVEL_T
 }
 
 export function throttlingError(): EbsApiError {
-  // Account-level throttle: unmodeled, no Reason (reference §5.3).
+  // Account-level throttle: not in the service model, and without a Reason.
   return new EbsApiError('ThrottlingException', 400, 'Rate exceeded');
 }
 

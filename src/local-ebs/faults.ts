@@ -43,9 +43,9 @@ export class FaultSpecError extends Error {
   }
 }
 
-const MAX_LATENCY_MS = 60_000;
-const MAX_RATE = 1_000_000;
-const MAX_RATE_BUCKETS = 10_000;
+const LATENCY_MAX_MS = 60_000;
+const RATE_MAX = 1_000_000;
+const RATE_BUCKETS_MAX = 10_000;
 
 export function emptyFaultSpec(): FaultSpec {
   return {
@@ -70,9 +70,9 @@ function parseProbability(key: string, text: string): number {
 }
 
 function parseMs(item: string, text: string): number {
-  if (!/^[0-9]{1,6}$/.test(text) || Number(text) > MAX_LATENCY_MS) {
+  if (!/^[0-9]{1,6}$/.test(text) || Number(text) > LATENCY_MAX_MS) {
     throw new FaultSpecError(
-      `invalid --faults item ${item}: latency must be whole milliseconds up to ${MAX_LATENCY_MS}, e.g. latency=20ms or latency=0-50ms`,
+      `invalid --faults item ${item}: latency must be whole milliseconds up to ${LATENCY_MAX_MS}, e.g. latency=20ms or latency=0-50ms`,
     );
   }
   return Number(text);
@@ -119,8 +119,8 @@ export function parseFaultSpec(spec: string): FaultSpec {
         break;
       }
       case 'rate':
-        if (!/^[0-9]{1,7}$/.test(value) || Number(value) < 1 || Number(value) > MAX_RATE) {
-          throw new FaultSpecError(`invalid --faults item ${item}: rate must be a whole number of PUTs per second from 1 to ${MAX_RATE}`);
+        if (!/^[0-9]{1,7}$/.test(value) || Number(value) < 1 || Number(value) > RATE_MAX) {
+          throw new FaultSpecError(`invalid --faults item ${item}: rate must be a whole number of PUTs per second from 1 to ${RATE_MAX}`);
         }
         result.putsPerSecondPerSnapshot = Number(value);
         break;
@@ -214,7 +214,7 @@ export class FaultInjector {
     const nowMs = performance.now();
     let bucket = this.rateBuckets.get(snapshotId);
     if (!bucket) {
-      if (this.rateBuckets.size >= MAX_RATE_BUCKETS) this.rateBuckets.clear();
+      if (this.rateBuckets.size >= RATE_BUCKETS_MAX) this.rateBuckets.clear();
       bucket = { tokens: rate, updatedMs: nowMs };
       this.rateBuckets.set(snapshotId, bucket);
     }

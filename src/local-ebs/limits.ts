@@ -37,15 +37,15 @@ export const CONNECTION_LIMIT_ENV: Readonly<Record<keyof ConnectionLimits, strin
   maxConnections: 'LOCAL_EBS_MAX_CONNECTIONS',
 };
 
-const MAX_TIMEOUT_MS = 3_600_000;
-const MAX_CONNECTIONS = 65_536;
+const TIMEOUT_MAX_MS = 3_600_000;
+const CONNECTIONS_MAX = 65_536;
 
 function upperBound(key: keyof ConnectionLimits): number {
-  return key === 'maxConnections' ? MAX_CONNECTIONS : MAX_TIMEOUT_MS;
+  return key === 'maxConnections' ? CONNECTIONS_MAX : TIMEOUT_MAX_MS;
 }
 
 function describeRange(key: keyof ConnectionLimits): string {
-  return key === 'maxConnections' ? `a whole number from 1 to ${MAX_CONNECTIONS}` : `whole milliseconds from 1 to ${MAX_TIMEOUT_MS}`;
+  return key === 'maxConnections' ? `a whole number from 1 to ${CONNECTIONS_MAX}` : `whole milliseconds from 1 to ${TIMEOUT_MAX_MS}`;
 }
 
 /** The limits set in `env`; an unparsable value is a one-line UserError naming the variable. */

@@ -6,7 +6,7 @@ import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createHash, randomBytes, randomUUID, webcrypto } from 'node:crypto';
-import { promises as fsp, readFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { UserError } from '../errors';
@@ -28,6 +28,7 @@ import { SigV4Verifier, UNSIGNED_PAYLOAD, percentDecode, type SignedRequest } fr
 import { SnapshotStore } from './store';
 import { TokenSigner } from './tokens';
 import { makeDirectories, writeFileAtomic } from '../durable-file';
+import { acquireDataDir, removeOwnServerRecord, serverRecordFile, writeServerRecord } from './data-dir-record';
 import {
   validateBlockIndexText,
   validateBlockToken,
@@ -92,30 +93,22 @@ export interface RunningLocalEbs {
   close(): Promise<void>;
 }
 
-export interface RunningLocalEbsRecord {
-  pid: number;
-  endpoint: string;
-  accessKeyId: string;
-  secretAccessKey: string;
-}
-
 export const DEFAULT_HOST = '127.0.0.1';
-const SERVER_FILE = 'server.json';
 const TOKEN_KEY_FILE = 'token-key';
 /** StartSnapshot's body (50 tags, a 2048-character ARN) fits in far less. */
-const MAX_JSON_BODY_BYTES = 64 * 1024;
-const MAX_ADMIN_BODY_BYTES = 4 * 1024;
+const JSON_BODY_MAX_BYTES = 64 * 1024;
+const ADMIN_BODY_MAX_BYTES = 4 * 1024;
 const CLOSE_GRACE_MS = 5_000;
 /** The SDKs send about 2 KiB of headers; 16 KiB (Node's default, made explicit) is ample. */
-const MAX_HEADER_BYTES = 16 * 1024;
+const HEADER_MAX_BYTES = 16 * 1024;
 /**
  * Requests a connection may have unanswered at once. Node hands every pipelined request
  * to the handler as soon as it is parsed, so without this one connection could start
  * any number of them; no SDK pipelines at all.
  */
-const MAX_UNANSWERED_PER_CONNECTION = 16;
+const UNANSWERED_PER_CONNECTION_MAX = 16;
 /** PUT bodies held at once (256 x 512 KiB = 128 MiB); more PUTs wait, unread, for a buffer. */
-const MAX_PUT_BODIES_IN_MEMORY = 256;
+const PUT_BODIES_IN_MEMORY_MAX = 256;
 /**
  * After refusing a request whose body is still coming, the connection is half-closed
  * and what the client sends is read and dropped for this long (at most
@@ -227,49 +220,6 @@ function headerMap(request: http.IncomingMessage): Map<string, string> {
   return headers;
 }
 
-function isProcessAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function parseServerRecord(text: string): RunningLocalEbsRecord | undefined {
-  try {
-    const value = JSON.parse(text) as Partial<RunningLocalEbsRecord>;
-    if (
-      typeof value.pid !== 'number' ||
-      typeof value.endpoint !== 'string' ||
-      typeof value.accessKeyId !== 'string' ||
-      typeof value.secretAccessKey !== 'string'
-    ) {
-      return undefined;
-    }
-    return { pid: value.pid, endpoint: value.endpoint, accessKeyId: value.accessKeyId, secretAccessKey: value.secretAccessKey };
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * The server that holds `dataDir`, so that an embedded client can attach to it;
- * undefined when none is recorded, or its process is gone.
- */
-export function readRunningLocalEbs(dataDir: string): RunningLocalEbsRecord | undefined {
-  let text: string;
-  try {
-    text = readFileSync(path.join(path.resolve(dataDir), SERVER_FILE), 'utf8');
-  } catch {
-    return undefined;
-  }
-  const record = parseServerRecord(text);
-  if (!record || record.endpoint === '' || !isProcessAlive(record.pid)) return undefined;
-  return record;
-}
-
 function increment(counter: Record<string, number>, key: string): void {
   counter[key] = (counter[key] ?? 0) + 1;
 }
@@ -305,7 +255,7 @@ class BlockBuffers {
       this.outstanding++;
       return Promise.resolve(this.free.pop() ?? Buffer.allocUnsafe(BLOCK_SIZE_BYTES));
     }
-    // Bounded by the connections times MAX_UNANSWERED_PER_CONNECTION.
+    // Bounded by the connections times UNANSWERED_PER_CONNECTION_MAX.
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 
@@ -322,7 +272,7 @@ class BlockBuffers {
 }
 
 /** 128 × 512 KiB: enough for every PUT of 64 busy clients twice over. */
-const MAX_POOLED_BLOCK_BUFFERS = 128;
+const POOLED_BLOCK_BUFFERS_MAX = 128;
 
 function readBody(request: http.IncomingMessage, capBytes: number, into?: Buffer): Promise<Body> {
   return new Promise((resolve, reject) => {
@@ -383,7 +333,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   }
   const limits = resolveConnectionLimits(options.limits);
   const dataDir = path.resolve(options.dataDir);
-  const serverFile = path.join(dataDir, SERVER_FILE);
+  const serverFile = serverRecordFile(dataDir);
 
   try {
     await makeDirectories(dataDir);
@@ -409,9 +359,9 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     faultsInjected: {},
     connections: { open: 0, inflightRequests: 0, refused: 0, timedOut: 0, malformed: 0 },
   };
-  const blockBuffers = new BlockBuffers(MAX_PUT_BODIES_IN_MEMORY, MAX_POOLED_BLOCK_BUFFERS);
+  const blockBuffers = new BlockBuffers(PUT_BODIES_IN_MEMORY_MAX, POOLED_BLOCK_BUFFERS_MAX);
   const sockets = new Set<Socket>();
-  /** The answers each connection owes, in order; bounded by MAX_UNANSWERED_PER_CONNECTION. */
+  /** The answers each connection owes, in order; bounded by UNANSWERED_PER_CONNECTION_MAX. */
   const unanswered = new WeakMap<Duplex, Set<http.ServerResponse>>();
   /** Connections already answered after a parse error or timeout: the next error only closes them. */
   const failedConnections = new WeakSet<Duplex>();
@@ -422,7 +372,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     if (socket.destroyed) return;
     let owed = unanswered.get(socket);
     if (!owed) unanswered.set(socket, (owed = new Set()));
-    if (owed.size >= MAX_UNANSWERED_PER_CONNECTION) {
+    if (owed.size >= UNANSWERED_PER_CONNECTION_MAX) {
       stats.connections.malformed++;
       socket.destroy();
       return;
@@ -515,7 +465,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       return;
     }
     const operation = matched.operation;
-    const capBytes = operation === 'PutSnapshotBlock' ? BLOCK_SIZE_BYTES : isAdmin ? MAX_ADMIN_BODY_BYTES : MAX_JSON_BODY_BYTES;
+    const capBytes = operation === 'PutSnapshotBlock' ? BLOCK_SIZE_BYTES : isAdmin ? ADMIN_BODY_MAX_BYTES : JSON_BODY_MAX_BYTES;
     const declaredLength = request.headers['content-length'];
     if (declaredLength !== undefined && !(Number(declaredLength) <= capBytes)) {
       // Refused before a byte of the body is read (and without a 100 Continue).
@@ -664,7 +614,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
           const putHeaders = validatePutHeaders(header);
           await service.checkPutTarget(snapshotId, blockIndex);
           if (body.data.length !== putHeaders.dataLengthBytes) {
-            // AWS's words for a body shorter or longer than DataLength (reference §3.2).
+            // AWS's words for a body shorter or longer than DataLength.
             throw validationError('INVALID_PARAMETER_VALUE', 'Failed to read block data');
           }
           const digest = body.digest!;
@@ -752,7 +702,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       requestTimeout: limits.requestTimeoutMs,
       keepAliveTimeout: limits.keepAliveTimeoutMs,
       connectionsCheckingInterval: deadlineCheckIntervalMs(limits),
-      maxHeaderSize: MAX_HEADER_BYTES,
+      maxHeaderSize: HEADER_MAX_BYTES,
       // Node would answer a missing Host with an empty 400 of its own; here it reaches
       // SigV4, which needs a signed Host, and gets a modeled 403.
       requireHostHeader: false,
@@ -792,7 +742,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         `The request did not arrive in time: its headers are allowed ${limits.headersTimeoutMs} ms and the whole request ${limits.requestTimeoutMs} ms.`,
       );
     } else if (code === 'HPE_HEADER_OVERFLOW') {
-      answer = validationError('INVALID_PARAMETER_VALUE', `The request line and headers are larger than ${MAX_HEADER_BYTES} bytes.`);
+      answer = validationError('INVALID_PARAMETER_VALUE', `The request line and headers are larger than ${HEADER_MAX_BYTES} bytes.`);
     } else {
       // llhttp's words for what it could not parse, e.g. "Invalid header value char".
       const parserReason: unknown = (error as { reason?: unknown }).reason;
@@ -826,16 +776,12 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   const urlHost = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;
   const endpoint = `http://${urlHost}:${address.port}`;
   try {
-    await writeFileAtomic(
-      serverFile,
-      JSON.stringify({
-        pid: process.pid,
-        endpoint,
-        accessKeyId: options.accessKeyId,
-        secretAccessKey: options.secretAccessKey,
-      } satisfies RunningLocalEbsRecord),
-      0o600,
-    );
+    await writeServerRecord(serverFile, {
+      pid: process.pid,
+      endpoint,
+      accessKeyId: options.accessKeyId,
+      secretAccessKey: options.secretAccessKey,
+    });
   } catch (error) {
     await new Promise<void>((resolve) => server.close(() => resolve()));
     service.close();
@@ -856,8 +802,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       clearTimeout(grace);
       service.close();
       await store.close();
-      const current = await fsp.readFile(serverFile, 'utf8').catch(() => '');
-      if (parseServerRecord(current)?.pid === process.pid) await fsp.rm(serverFile, { force: true });
+      await removeOwnServerRecord(serverFile);
     })();
     return closing;
   };
@@ -897,29 +842,6 @@ function tooLarge(operation: OperationName | AdminRoute, capBytes: number): EbsA
     return validationError('INVALID_PARAMETER_VALUE', `The block data is larger than DataLength: a block is ${BLOCK_SIZE_BYTES} bytes.`);
   }
   return validationError('INVALID_PARAMETER_VALUE', `The request body is larger than ${capBytes} bytes.`);
-}
-
-/** Takes the data directory for this process, or says which live server holds it. */
-async function acquireDataDir(dataDir: string, serverFile: string): Promise<void> {
-  // Two attempts: the second after removing the record of a server that is gone.
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await fsp.open(serverFile, 'wx', 0o600);
-      await handle.writeFile(JSON.stringify({ pid: process.pid, endpoint: '', accessKeyId: '', secretAccessKey: '' }));
-      await handle.close();
-      return;
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'EEXIST') throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
-    }
-    const text = await fsp.readFile(serverFile, 'utf8').catch(() => '');
-    const record = parseServerRecord(text);
-    if (record && isProcessAlive(record.pid)) {
-      throw new UserError(`local-ebs data directory ${dataDir} is in use by pid ${record.pid} at ${record.endpoint || '(starting)'}`);
-    }
-    await fsp.rm(serverFile, { force: true });
-  }
-  throw new UserError(`local-ebs data directory ${dataDir} is being taken by another process; try again`);
 }
 
 async function loadTokenKey(dataDir: string): Promise<Buffer> {

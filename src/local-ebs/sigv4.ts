@@ -31,7 +31,7 @@ export interface VerifiedRequest {
 export const SIGNING_SERVICE = 'ebs';
 export const UNSIGNED_PAYLOAD = 'UNSIGNED-PAYLOAD';
 /** AWS refuses a signature dated more than 15 minutes from its clock. */
-export const MAX_CLOCK_SKEW_MS = 15 * 60 * 1000;
+export const CLOCK_SKEW_MAX_MS = 15 * 60 * 1000;
 const ALGORITHM = 'AWS4-HMAC-SHA256';
 const AMZ_DATE_PATTERN = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/;
 const SIGNATURE_PATTERN = /^[0-9a-f]{64}$/;
@@ -195,16 +195,16 @@ export class SigV4Verifier {
         `Date in Credential scope does not match YYYYMMDD from X-Amz-Date: ${auth.date} != ${amzDate.slice(0, 8)}.`,
       );
     }
-    if (signedAtMs < nowMs - MAX_CLOCK_SKEW_MS) {
+    if (signedAtMs < nowMs - CLOCK_SKEW_MAX_MS) {
       throw authError(
         'InvalidSignatureException',
-        `Signature expired: ${amzDate} is now earlier than ${formatAmzDate(nowMs - MAX_CLOCK_SKEW_MS)} (${formatAmzDate(nowMs)} - 15 min.)`,
+        `Signature expired: ${amzDate} is now earlier than ${formatAmzDate(nowMs - CLOCK_SKEW_MAX_MS)} (${formatAmzDate(nowMs)} - 15 min.)`,
       );
     }
-    if (signedAtMs > nowMs + MAX_CLOCK_SKEW_MS) {
+    if (signedAtMs > nowMs + CLOCK_SKEW_MAX_MS) {
       throw authError(
         'InvalidSignatureException',
-        `Signature not yet current: ${amzDate} is still later than ${formatAmzDate(nowMs + MAX_CLOCK_SKEW_MS)} (${formatAmzDate(nowMs)} + 15 min.)`,
+        `Signature not yet current: ${amzDate} is still later than ${formatAmzDate(nowMs + CLOCK_SKEW_MAX_MS)} (${formatAmzDate(nowMs)} + 15 min.)`,
       );
     }
     const signed = new Set(auth.signedHeaders);

@@ -34,7 +34,7 @@ const fsClose = promisify(close);
 const STORE_FORMAT = 'local-ebs-store';
 const STORE_VERSION = 2;
 /** A bound on one group commit, so one slow fdatasync never holds an unbounded batch. */
-const MAX_RECORDS_PER_COMMIT = 4096;
+const RECORDS_PER_COMMIT_MAX = 4096;
 
 export interface SnapshotMeta {
   snapshotId: string;
@@ -237,7 +237,7 @@ export class SnapshotStore {
   }
 
   private async commitBatch(): Promise<void> {
-    const batch = this.commitQueue.splice(0, MAX_RECORDS_PER_COMMIT);
+    const batch = this.commitQueue.splice(0, RECORDS_PER_COMMIT_MAX);
     const bySnapshot = new Map<StoredSnapshot, QueuedRecord[]>();
     for (const queued of batch) {
       const list = bySnapshot.get(queued.snapshot);

@@ -1,7 +1,7 @@
-// Server-side validation of every constraint in the EBS model (ebs-service-2.json
-// and reference §4). The JS client validates nothing, so this is the only place a
+// Server-side validation of every constraint in the EBS service model (AWS's
+// ebs-service-2.json) and the API reference. The JS client validates nothing, so this is the only place a
 // malformed request is caught before it reaches the store or a file path.
-import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, MAX_VOLUME_SIZE_GIB } from '../ebs/client';
+import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, TAGS_MAX, VOLUME_SIZE_MAX_GIB } from '../ebs/client';
 import { validationError } from './errors';
 
 export const SNAPSHOT_ID_PATTERN = /^snap-[0-9a-f]+$/;
@@ -10,15 +10,14 @@ const BASE64_CHARSET = /^[A-Za-z0-9+/=]+$/;
 const TOKEN_MAX_LENGTH = 256;
 const CHECKSUM_MAX_LENGTH = 64;
 const KMS_KEY_ARN_PATTERN = /^arn:aws[a-z-]*:kms:.*:[0-9]{12}:key\/.*$/s;
-const MAX_TAGS = 50;
 /** The model's BlockIndex and ChangedBlocksCount are `integer`: 32-bit signed. */
-const MAX_INT32 = 2 ** 31 - 1;
+const INT32_MAX = 2 ** 31 - 1;
 
 export const MIN_TIMEOUT_MINUTES = 10;
-export const MAX_TIMEOUT_MINUTES = 4320;
+export const TIMEOUT_MAX_MINUTES = 4320;
 export const DEFAULT_TIMEOUT_MINUTES = 60;
 export const MIN_MAX_RESULTS = 100;
-export const MAX_MAX_RESULTS = 10000;
+export const MAX_RESULTS_MAX = 10000;
 /** AWS does not document a default page size; the model's maximum keeps round trips few. */
 export const DEFAULT_MAX_RESULTS = 10000;
 
@@ -76,13 +75,13 @@ export function validateSnapshotId(value: string | undefined, name = 'SnapshotId
 export function parseStrictInt(text: string | undefined): number | undefined {
   if (text === undefined || !/^[0-9]{1,10}$/.test(text)) return undefined;
   const value = Number(text);
-  return value <= MAX_INT32 ? value : undefined;
+  return value <= INT32_MAX ? value : undefined;
 }
 
 export function validateBlockIndexText(text: string): number {
   const index = parseStrictInt(text);
   if (index === undefined) {
-    throw validationError('INVALID_PARAMETER_VALUE', `BlockIndex must be an integer between 0 and ${MAX_INT32}.`);
+    throw validationError('INVALID_PARAMETER_VALUE', `BlockIndex must be an integer between 0 and ${INT32_MAX}.`);
   }
   return index;
 }
@@ -117,8 +116,8 @@ export function validateStartSnapshot(body: unknown): StartSnapshotInput {
   }
   const volumeSize = member(body, 'VolumeSize');
   if (volumeSize === undefined) throw validationError('INVALID_VOLUME_SIZE', 'VolumeSize is required.');
-  if (!isInteger(volumeSize) || volumeSize < 1 || volumeSize > MAX_VOLUME_SIZE_GIB) {
-    throw validationError('INVALID_VOLUME_SIZE', `VolumeSize must be an integer from 1 to ${MAX_VOLUME_SIZE_GIB} (GiB).`);
+  if (!isInteger(volumeSize) || volumeSize < 1 || volumeSize > VOLUME_SIZE_MAX_GIB) {
+    throw validationError('INVALID_VOLUME_SIZE', `VolumeSize must be an integer from 1 to ${VOLUME_SIZE_MAX_GIB} (GiB).`);
   }
   const input: StartSnapshotInput = { volumeSizeGiB: volumeSize, timeoutMinutes: DEFAULT_TIMEOUT_MINUTES };
 
@@ -166,10 +165,10 @@ export function validateStartSnapshot(body: unknown): StartSnapshotInput {
 
   const timeout = member(body, 'Timeout');
   if (timeout !== undefined) {
-    if (!isInteger(timeout) || timeout < MIN_TIMEOUT_MINUTES || timeout > MAX_TIMEOUT_MINUTES) {
+    if (!isInteger(timeout) || timeout < MIN_TIMEOUT_MINUTES || timeout > TIMEOUT_MAX_MINUTES) {
       throw validationError(
         'INVALID_PARAMETER_VALUE',
-        `Timeout must be an integer from ${MIN_TIMEOUT_MINUTES} to ${MAX_TIMEOUT_MINUTES} (minutes).`,
+        `Timeout must be an integer from ${MIN_TIMEOUT_MINUTES} to ${TIMEOUT_MAX_MINUTES} (minutes).`,
       );
     }
     input.timeoutMinutes = timeout;
@@ -187,7 +186,7 @@ export function validateStartSnapshot(body: unknown): StartSnapshotInput {
 
 function validateTags(tags: unknown): Tag[] {
   if (!Array.isArray(tags)) throw validationError('INVALID_TAG', 'Tags must be a list of {Key, Value}.');
-  if (tags.length > MAX_TAGS) throw validationError('INVALID_TAG', `A snapshot can have at most ${MAX_TAGS} tags.`);
+  if (tags.length > TAGS_MAX) throw validationError('INVALID_TAG', `A snapshot can have at most ${TAGS_MAX} tags.`);
   const seen = new Set<string>();
   return tags.map((tag): Tag => {
     if (!isObject(tag)) throw validationError('INVALID_TAG', 'Each tag must be an object {Key, Value}.');
@@ -286,8 +285,8 @@ export function validatePage(query: ReadonlyMap<string, string>): PageInput {
   const maxText = query.get('maxResults');
   if (maxText !== undefined) {
     const max = parseStrictInt(maxText);
-    if (max === undefined || max < MIN_MAX_RESULTS || max > MAX_MAX_RESULTS) {
-      throw validationError('INVALID_PARAMETER_VALUE', `MaxResults must be an integer from ${MIN_MAX_RESULTS} to ${MAX_MAX_RESULTS}.`);
+    if (max === undefined || max < MIN_MAX_RESULTS || max > MAX_RESULTS_MAX) {
+      throw validationError('INVALID_PARAMETER_VALUE', `MaxResults must be an integer from ${MIN_MAX_RESULTS} to ${MAX_RESULTS_MAX}.`);
     }
     page.maxResults = max;
   }

@@ -20,8 +20,8 @@ import {
   startLocalEbsProcess,
   stopAllLocalEbsProcesses,
   type LocalEbsProcess,
-} from '../helpers/local-ebs-process';
-import { CLI_PATH, MountProcess, cliEnvironment, runCli, type CliResult } from '../helpers/mount-process';
+} from '../support/local-ebs-process';
+import { CLI_PATH, MountProcess, cliEnvironment, runCli, type CliResult } from '../support/mount-process';
 import { sh } from '../scenarios/support';
 
 const UNKNOWN_ID = 'snap-0123456789abcdef0';

@@ -3,15 +3,7 @@
 import { strict as assert } from 'node:assert';
 import { Writable } from 'node:stream';
 import { UserError } from '../../src/errors';
-import {
-  defaultStateDir,
-  parseInteger,
-  parseSizeBytes,
-  parseSnapshotId,
-  parseTag,
-  parseVolumeSizeGiB,
-  snapshotParams,
-} from '../../src/commands/options';
+import { parseInteger, parseSizeBytes, parseSnapshotId, parseTag, parseVolumeSizeGiB, snapshotParams } from '../../src/commands/options';
 import {
   formatLiveLine,
   formatStatusLine,
@@ -20,6 +12,7 @@ import {
   startMountedStatus,
   startStatusLines,
 } from '../../src/commands/progress';
+import { defaultStateDir } from '../../src/core/session';
 import type { VolumeStats } from '../../src/core/volume-file';
 
 function refusal(action: () => unknown): string {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { linearChecksumBase64, sha256Base64, sha256Digest } from '../../src/ebs/checksum';
 
-// Test vectors from shared/reference/ebs-direct-api.md §6.2 and §6.3.
+// Test vectors of the LINEAR checksum, as AWS's direct API documentation defines it.
 describe('checksum', () => {
   const block0 = Buffer.alloc(BLOCK_SIZE_BYTES, 0x01);
   const block5 = Buffer.alloc(BLOCK_SIZE_BYTES, 0x02);

@@ -69,6 +69,7 @@ describe('core: flusher (uploads and write-back)', () => {
     stores.push(store);
     const locks = new BlockLocks();
     const failures: string[] = [];
+    // eslint-disable-next-line prefer-const -- the cache's write-back callback closes over it before it is assigned
     let flusher: Flusher | undefined;
     const cache = new BlockCache({
       capacityBlocks: 64,

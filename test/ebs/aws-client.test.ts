@@ -6,13 +6,14 @@
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { PutSnapshotBlockCommand } from '@aws-sdk/client-ebs';
-import { AwsSnapshotClient, classifyEbsError, type AwsSnapshotClientOptions } from '../../src/ebs/aws-client';
+import { AwsSnapshotClient, type AwsSnapshotClientOptions } from '../../src/ebs/aws-client';
+import { classifyEbsError } from '../../src/ebs/classify';
 import { linearChecksumBase64, sha256Base64, sha256Digest } from '../../src/ebs/checksum';
 import { BLOCK_SIZE_BYTES, SnapshotApiError, type FailureKind, type SnapshotClient } from '../../src/ebs/client';
 import { RetryingSnapshotClient, type RetryPolicy } from '../../src/ebs/retry';
 import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
 import type { LocalEbsStats } from '../../src/local-ebs/server';
-import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../support/local-ebs-process';
 
 /** A block whose bytes depend on a label, so two blocks never match by accident. */
 function blockOf(label: string): Buffer {

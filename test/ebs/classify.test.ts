@@ -4,7 +4,7 @@
 // $metadata.httpStatusCode; network errors carry a Node errno code. The
 // errors local-ebs can produce are covered end to end in aws-client.test.ts.
 import assert from 'node:assert/strict';
-import { classifyEbsError } from '../../src/ebs/aws-client';
+import { classifyEbsError } from '../../src/ebs/classify';
 
 function serviceError(name: string, httpStatus: number, message: string, extra: Record<string, unknown> = {}): Error {
   return Object.assign(new Error(message), {

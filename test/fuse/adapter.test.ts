@@ -11,7 +11,7 @@ import { mkdtemp, open, readdir, rm, stat, mkdir, writeFile, unlink, truncate, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { FuseMount, MAX_WRITE_BYTES } from '../../src/fuse/fuse-mount';
+import { FuseMount, WRITE_MAX_BYTES } from '../../src/fuse/fuse-mount';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { MemoryVolumeFile } from './memory-volume-file';
 
@@ -106,9 +106,9 @@ describe('fuse adapter (real FUSE mount, in-memory file)', function () {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       assert.equal(result.code, 0, result.stderr);
       const stats = mount.stats();
-      assert.equal(stats.largestWriteBytes, MAX_WRITE_BYTES);
+      assert.equal(stats.largestWriteBytes, WRITE_MAX_BYTES);
       assert.equal(stats.writeBytes, data.length);
-      assert.equal(stats.writeCalls, data.length / MAX_WRITE_BYTES);
+      assert.equal(stats.writeCalls, data.length / WRITE_MAX_BYTES);
       assert.ok((await file.read(0, data.length)).equals(data));
       // Reading back through the mount goes through the adapter's read.
       assert.ok((await readFile(mount.filePath)).subarray(0, data.length).equals(data));
@@ -125,7 +125,7 @@ describe('fuse adapter (real FUSE mount, in-memory file)', function () {
     const file = new MemoryVolumeFile(VOLUME_BYTES);
     file.writeDelayMs = 50;
     const { mount } = await mountFile(file);
-    const data = randomBytes(3 * MAX_WRITE_BYTES + 1000);
+    const data = randomBytes(3 * WRITE_MAX_BYTES + 1000);
     const handle = await open(mount.filePath, 'r+');
     try {
       const { bytesWritten } = await handle.write(data, 0, data.length, 777);

@@ -33,7 +33,7 @@ import {
   startLocalEbsProcess,
   stopAllLocalEbsProcesses,
   type LocalEbsProcess,
-} from '../helpers/local-ebs-process';
+} from '../support/local-ebs-process';
 import { rawRequest, type RawRequest } from './raw-client';
 
 /** Longer than any answer here takes; a request still unanswered then is a hang. */

@@ -17,7 +17,7 @@ import {
 } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { linearChecksumBase64, sha256Base64, sha256Digest } from '../../src/ebs/checksum';
-import { awsClientEnv, type TestCredentials } from '../helpers/local-ebs-process';
+import { awsClientEnv, type TestCredentials } from '../support/local-ebs-process';
 
 export interface ObservedError {
   code: string | null;

@@ -18,7 +18,7 @@ import {
   stopAllLocalEbsProcesses,
   removeTemporaryDataDirs,
   type LocalEbsProcess,
-} from '../helpers/local-ebs-process';
+} from '../support/local-ebs-process';
 import {
   awsCliPath,
   boto3Available,

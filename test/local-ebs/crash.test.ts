@@ -17,7 +17,7 @@ import {
   stopAllLocalEbsProcesses,
   removeTemporaryDataDirs,
   type LocalEbsProcess,
-} from '../helpers/local-ebs-process';
+} from '../support/local-ebs-process';
 
 const BLOCK_COUNT = 300;
 const WRITERS = 16;

@@ -31,7 +31,7 @@ import {
   stopAllLocalEbsProcesses,
   removeTemporaryDataDirs,
   type LocalEbsProcess,
-} from '../helpers/local-ebs-process';
+} from '../support/local-ebs-process';
 
 interface Failure {
   name: string;
@@ -179,11 +179,10 @@ describe('local-ebs faults seen by a client', function () {
 
   it('latency: a fixed delay, and a uniform range', async () => {
     await faults('latency=300ms,ops=start');
-    let t0 = performance.now();
+    const t0 = performance.now();
     await start();
     assert.ok(performance.now() - t0 >= 290, 'the delay was added');
     await faults('latency=0-50ms');
-    t0 = performance.now();
     await start();
     await faults('');
     const stats = await getLocalEbsStats(server.endpoint, server.credentials);

@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256, getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
-import { startLocalEbsProcess, stopAllLocalEbsProcesses } from '../helpers/local-ebs-process';
+import { startLocalEbsProcess, stopAllLocalEbsProcesses } from '../support/local-ebs-process';
 
 function option(name: string, fallback: string): string {
   const at = process.argv.indexOf(`--${name}`);

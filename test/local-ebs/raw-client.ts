@@ -3,7 +3,7 @@
 import http from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256 } from '../../src/local-ebs/admin-client';
-import type { TestCredentials } from '../helpers/local-ebs-process';
+import type { TestCredentials } from '../support/local-ebs-process';
 
 export interface RawRequest {
   method: string;

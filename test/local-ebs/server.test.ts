@@ -18,9 +18,10 @@ import {
 } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { linearChecksumBase64, sha256Base64, sha256Digest } from '../../src/ebs/checksum';
-import { readRunningLocalEbs, startLocalEbs, type RunningLocalEbs } from '../../src/local-ebs/server';
+import { readRunningLocalEbs } from '../../src/local-ebs/data-dir-record';
+import { startLocalEbs, type RunningLocalEbs } from '../../src/local-ebs/server';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
-import { TEST_CREDENTIALS } from '../helpers/local-ebs-process';
+import { TEST_CREDENTIALS } from '../support/local-ebs-process';
 import { rawRequest } from './raw-client';
 
 const MINUTE_MS = 60_000;

@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { isMountPoint } from '../../src/fuse/mountinfo';
-import { CLI_PATH, cliEnvironment, runCli } from '../helpers/mount-process';
+import { CLI_PATH, cliEnvironment, runCli } from '../support/mount-process';
 import { sh } from './support';
 
 const UNREACHABLE_ENDPOINT = 'http://127.0.0.1:9';

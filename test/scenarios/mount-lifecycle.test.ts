@@ -13,7 +13,7 @@ import path from 'node:path';
 import { setLocalEbsFaults } from '../../src/local-ebs/admin-client';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import type { MountStatus } from '../../src/commands/status';
-import { CLI_PATH, cliEnvironment } from '../helpers/mount-process';
+import { CLI_PATH, cliEnvironment } from '../support/mount-process';
 import { createZeroImage, GIB, MIB, mustRun, ScenarioContext, sh, type CommandResult } from './support';
 
 const COMMAND_TIMEOUT_MS = 120_000;

@@ -9,9 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { MAX_WRITE_BYTES } from '../../src/fuse/fuse-mount';
-import { REPO_ROOT } from '../helpers/local-ebs-process';
-import { cliEnvironment } from '../helpers/mount-process';
+import { WRITE_MAX_BYTES } from '../../src/fuse/fuse-mount';
+import { REPO_ROOT } from '../support/local-ebs-process';
+import { cliEnvironment } from '../support/mount-process';
 import { createZeroImage, expectEnded, GIB, MIB, mustRun, ScenarioContext } from './support';
 
 const PACK_TIMEOUT_MS = 120_000;
@@ -93,7 +93,7 @@ describe('scenario: the packed package installed with npm install -g', function 
     expectEnded(result, mount.snapshotId);
     const largest = /kernel requests: \d+ writes \(\d+ bytes, largest (\d+)\)/.exec(result.stderr);
     assert.ok(largest, `no kernel-requests line in:\n${result.stderr}`);
-    assert.equal(Number(largest[1]), MAX_WRITE_BYTES);
+    assert.equal(Number(largest[1]), WRITE_MAX_BYTES);
 
     const expected = context.file('expected.img');
     await createZeroImage(expected, GIB);

@@ -9,7 +9,7 @@ import { mkdir, open, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
-import { cliEnvironment, runCli } from '../helpers/mount-process';
+import { cliEnvironment, runCli } from '../support/mount-process';
 import { LoopDevices, ScenarioContext, createZeroImage, expectEnded, mustRun, sh, waitForLoopDetached, GIB, MIB } from './support';
 
 const DIRECTORIES = 8;

@@ -5,7 +5,7 @@
 // close or upload failing: the retry policy absorbs every fault.
 import { strict as assert } from 'node:assert';
 import { ScenarioContext } from './support';
-import { finalFailureLines, runDdWorkload, runExt4Workload, ISSUE_FAULTS, MIB } from './reliability-support';
+import { finalFailureLines, runDdWorkload, runExt4Workload, RELIABILITY_FAULTS, MIB } from './reliability-support';
 
 /** The faults were there to absorb: the test proves nothing without them (about 15 % of some hundred requests). */
 function expectErrorFaults(byKind: Record<string, number>): void {
@@ -14,12 +14,12 @@ function expectErrorFaults(byKind: Record<string, number>): void {
   assert.ok(errors >= 5, `only ${errors} error faults were injected: ${JSON.stringify(byKind)}`);
 }
 
-describe(`reliability: faults ${ISSUE_FAULTS}`, function () {
+describe(`reliability: faults ${RELIABILITY_FAULTS}`, function () {
   this.timeout(240_000);
   const context = new ScenarioContext();
 
   before(async () => {
-    await context.setUp(ISSUE_FAULTS);
+    await context.setUp(RELIABILITY_FAULTS);
   });
 
   after(async () => {

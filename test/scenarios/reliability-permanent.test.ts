@@ -11,11 +11,11 @@ import { randomBytes } from 'node:crypto';
 import { access, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expireLocalEbsSnapshot, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
-import type { MountProcess } from '../helpers/mount-process';
+import type { MountProcess } from '../support/mount-process';
 import { ScenarioContext, createZeroImage, mustRun } from './support';
 import { ServerCounter, compareRange, compareSnapshot, restartLocalEbs, writeFsyncClose, MIB, GIB } from './reliability-support';
 
-/** The bound on fsync and close under a permanent failure. */
+/** The bound on fsync and close under a permanent failure (docs/RELIABILITY.md). */
 const EIO_WITHIN_MS = 120_000;
 /** What a permanent failure may cost at most here: no retries, a few requests. */
 const EXPECTED_EIO_WITHIN_MS = 10_000;

@@ -1,7 +1,7 @@
-// Shared drivers of the reliability scenarios (issue 4): they run real mounts
+// Shared drivers of the reliability scenarios: they run real mounts
 // (`node dist/cli.js mount`) against a real local-ebs process, and are used both
 // by test/scenarios/reliability-*.test.ts (short runs) and by `npm run soak`
-// (scripts/soak, long runs). Every driver returns the figures the soak adds up:
+// (test/soak, long runs). Every driver returns the figures the soak adds up:
 // requests sent and faults injected (counted by local-ebs), bytes verified, and
 // bytes lost (any byte that read back wrong; must be 0).
 import { spawn } from 'node:child_process';
@@ -13,8 +13,8 @@ import { RetryingSnapshotClient } from '../../src/ebs/retry';
 import { isMountPoint } from '../../src/fuse/mountinfo';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import type { LocalEbsStats } from '../../src/local-ebs/server';
-import { startLocalEbsProcess } from '../helpers/local-ebs-process';
-import { MountProcess, runCli, cliEnvironment, type CliResult } from '../helpers/mount-process';
+import { startLocalEbsProcess } from '../support/local-ebs-process';
+import { MountProcess, runCli, cliEnvironment, type CliResult } from '../support/mount-process';
 import { SeededRandom } from '../support/random';
 import { createZeroImage, mustRun, sh, type CommandResult, type ScenarioContext, GIB, MIB } from './support';
 
@@ -325,7 +325,7 @@ export interface CrashStep {
   kill?: KillPoint;
   /**
    * After a kill in the middle of this chunk, write it again once resumed (as
-   * the dd in the issue is finished); otherwise leave whatever survived.
+   * the dd that was interrupted is run to its end); otherwise leave whatever survived.
    */
   redo: boolean;
 }
@@ -625,8 +625,8 @@ export async function compareSnapshot(
 // ---------------------------------------------------------------------------
 // Faults: dd and ext4 workloads against a faulty server; no fsync may fail.
 
-/** The fault mix of issue 4. */
-export const ISSUE_FAULTS = '500=0.1,throttle=0.05,reset=0.01,latency=0-50ms';
+/** The fault mix of the reliability scenarios (docs/RELIABILITY.md). */
+export const RELIABILITY_FAULTS = '500=0.1,throttle=0.05,reset=0.01,latency=0-50ms';
 
 /** Lines in a mount's stderr that mean an fsync, close or upload finally failed. */
 export function finalFailureLines(stderr: string): string[] {

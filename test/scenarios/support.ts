@@ -8,8 +8,8 @@ import path from 'node:path';
 import { AwsSnapshotClient } from '../../src/ebs/aws-client';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../../src/ebs/client';
 import { isMountPoint } from '../../src/fuse/mountinfo';
-import { startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
-import { MountProcess, type CliResult, type Endpoint, type MountProcessOptions } from '../helpers/mount-process';
+import { startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../support/local-ebs-process';
+import { MountProcess, type CliResult, type Endpoint, type MountProcessOptions } from '../support/mount-process';
 
 export const MIB = 1048576;
 export const GIB = 1073741824;

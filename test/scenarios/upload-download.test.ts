@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { SnapshotSession } from '../../src/core/session';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
-import { CLI_PATH, cliEnvironment, runCli, type CliResult } from '../helpers/mount-process';
+import { CLI_PATH, cliEnvironment, runCli, type CliResult } from '../support/mount-process';
 import { createZeroImage, expectEnded, mustRun, sh, ScenarioContext, GIB, MIB } from './support';
 import { readFileBlock } from '../support/file-blocks';
 

@@ -1,5 +1,5 @@
 // Reads a V8 CPU profile (node --cpu-prof) of a mount and sorts the main thread's
-// time into the costs the issue asks about: hashing, copying, garbage collection,
+// time into the costs the performance goals ask about: hashing, copying, garbage collection,
 // promise machinery, file I/O calls, the HTTP client, waiting (idle).
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';

@@ -11,7 +11,7 @@
 // if anything failed or any byte was lost.
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { ScenarioContext, createZeroImage } from '../../test/scenarios/support';
+import { ScenarioContext, createZeroImage } from '../scenarios/support';
 import {
   ServerCounter,
   addFigures,
@@ -28,10 +28,10 @@ import {
   writeAt,
   writeFsyncClose,
   GIB,
-  ISSUE_FAULTS,
+  RELIABILITY_FAULTS,
   MIB,
   type Figures,
-} from '../../test/scenarios/reliability-support';
+} from '../scenarios/reliability-support';
 
 const HELP = `npm run soak [-- --help]
 Settings (environment variables):
@@ -151,7 +151,7 @@ async function main(): Promise<number> {
 
   if (phases.has('faults')) {
     reports.push(
-      await phase('faults', budgetMs * 0.3, ISSUE_FAULTS, async (context, report, deadlineMs) => {
+      await phase('faults', budgetMs * 0.3, RELIABILITY_FAULTS, async (context, report, deadlineMs) => {
         let failedFsyncLines = 0;
         for (let i = 0; Date.now() < deadlineMs; i += 1) {
           const seed = nextSeed++;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `npm run soak` (after scripts/setup.sh --test): the long runs of the reliability
-# scenarios (issue 4) against local-ebs processes on 127.0.0.1. Settings are
+# scenarios against local-ebs processes on 127.0.0.1. Settings are
 # environment variables: npm run soak -- --help
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec node --require tsx/cjs scripts/soak/main.ts "$@"
+exec node --require tsx/cjs test/soak/main.ts "$@"

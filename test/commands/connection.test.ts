@@ -18,11 +18,11 @@ import {
   parseEndpoint,
   type ConnectionOptions,
   type OpenedClient,
-} from '../../src/ebs/connection';
+} from '../../src/commands/connection';
 import { UserError } from '../../src/errors';
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
-import { readRunningLocalEbs } from '../../src/local-ebs/server';
-import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../helpers/local-ebs-process';
+import { readRunningLocalEbs } from '../../src/local-ebs/data-dir-record';
+import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../support/local-ebs-process';
 
 // Every variable through which the SDK could find a region, credentials or an
 // endpoint; each test starts from none of them and sets its own.

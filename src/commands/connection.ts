@@ -8,9 +8,9 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { UserError } from '../errors';
 import { startEmbeddedLocalEbs } from '../local-ebs/embedded';
-import { readRunningLocalEbs } from '../local-ebs/server';
-import { AwsSnapshotClient, type AwsCredentials } from './aws-client';
-import { RetryingSnapshotClient, type RetryingSnapshotClientOptions } from './retry';
+import { readRunningLocalEbs } from '../local-ebs/data-dir-record';
+import { AwsSnapshotClient, type AwsCredentials } from '../ebs/aws-client';
+import { RetryingSnapshotClient, type RetryingSnapshotClientOptions } from '../ebs/retry';
 
 export const DEFAULT_LOCAL_DIR = './.ebs-local';
 /** local-ebs is region-agnostic, but SigV4 needs one to sign with. */

@@ -10,7 +10,7 @@ export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const CLI_PATH = path.join(REPO_ROOT, 'dist', 'cli.js');
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
-const MAX_STDERR_CHARS = 64 * 1024;
+const STDERR_MAX_CHARS = 64 * 1024;
 
 export interface TestCredentials {
   accessKeyId: string;
@@ -86,7 +86,7 @@ export function startLocalEbsProcess(options: StartOptions = {}): Promise<LocalE
   let stderr = '';
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (text: string) => {
-    if (stderr.length < MAX_STDERR_CHARS) stderr += text;
+    if (stderr.length < STDERR_MAX_CHARS) stderr += text;
   });
 
   return new Promise((resolve, reject) => {
