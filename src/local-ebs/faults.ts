@@ -7,6 +7,7 @@
 //          | "ops=" OP ("+" OP)*                                which operations P-faults and latency hit
 //   OP    := put | get | start | complete | list | changed
 import { performance } from 'node:perf_hooks';
+import { accessDenied, expiredToken, internalError, requestThrottled, throttlingError, type EbsApiError } from './errors';
 
 export const OPERATION_NAMES = {
   start: 'StartSnapshot',
@@ -148,6 +149,18 @@ export function parseFaultSpec(spec: string): FaultSpec {
 
 export type InjectedFault = 'deny' | 'expired' | 'reset' | '500' | 'throttle';
 
+/** What the request-level faults decided for one request. */
+export interface RequestFaults {
+  /** Answer no sooner than this many ms after the request arrived. */
+  delayMs?: number;
+  /** Destroy the connection instead of answering. */
+  reset: boolean;
+  /** Answer this error instead of serving the request. */
+  error?: EbsApiError;
+  /** The kinds injected, for the server's counters. */
+  injected: string[];
+}
+
 export class FaultInjector {
   private throttleToggle = false;
   private readonly rateBuckets = new Map<string, { tokens: number; updatedMs: number }>();
@@ -156,6 +169,39 @@ export class FaultInjector {
     readonly spec: FaultSpec,
     private readonly random: () => number = Math.random,
   ) {}
+
+  /** The one way a spec becomes faults: at start-up, through the admin route and setFaults alike. */
+  static fromSpec(spec: string): FaultInjector {
+    return new FaultInjector(parseFaultSpec(spec));
+  }
+
+  /**
+   * The latency and the probabilistic fault of one request, drawn in the
+   * documented order. `resource` is the snapshot named in the request, for
+   * AccessDenied's message; `region` is the one it was signed for.
+   */
+  forRequest(operation: OperationName, context: { resource: string; region: string; ownerId: string }): RequestFaults {
+    const decided: RequestFaults = { reset: false, injected: [] };
+    if (!this.active) return decided;
+    const delayMs = this.latencyMs(operation);
+    if (delayMs !== undefined) {
+      decided.injected.push('latency');
+      if (delayMs > 0) decided.delayMs = delayMs;
+    }
+    const fault = this.draw(operation);
+    if (fault === undefined) return decided;
+    decided.injected.push(fault);
+    if (fault === 'deny') decided.error = accessDenied(operation, context.region.slice(0, 64), context.ownerId, context.resource);
+    else if (fault === 'expired') decided.error = expiredToken();
+    else if (fault === 'reset') decided.reset = true;
+    else if (fault === '500') decided.error = internalError();
+    else {
+      decided.error = this.nextThrottleIsAccountLevel()
+        ? throttlingError()
+        : requestThrottled('ACCOUNT_THROTTLED', 'The request was throttled: too many requests for this account.');
+    }
+    return decided;
+  }
 
   get active(): boolean {
     const s = this.spec;

@@ -1,7 +1,13 @@
-// local-ebs: the EBS direct API server. This file is the HTTP layer: routing, body
-// limits, connection limits and timeouts, answers to malformed HTTP, SigV4, faults,
-// stats, the admin routes and the data-directory lock. What the operations mean is
-// in service.ts; how blocks reach the disk is in store.ts.
+// local-ebs: the EBS direct API server. This file runs it: the data directory at
+// start-up, connection limits and timeouts, answers to malformed HTTP, each
+// request from arrival to answer (body cap, SigV4, faults, admin routes), stats,
+// and shutdown. The pieces it uses: http.ts (routing, replies, body reading),
+// faults.ts (what a fault spec injects), operations.ts (what each operation does
+// with a request), service.ts (what the operations mean), store.ts (how blocks
+// reach the disk), data-dir-record.ts (who holds the data directory).
+// It is longer than 400 lines because one closure over the server's state
+// (sockets, counters, the fault injector) serves every request; split further,
+// that state would have to be passed around instead.
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -10,35 +16,38 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { UserError } from '../errors';
-import {
-  EbsApiError,
-  accessDenied,
-  expiredToken,
-  internalError,
-  requestThrottled,
-  requestTimeout,
-  throttlingError,
-  validationError,
-  authError,
-} from './errors';
+import { EbsApiError, internalError, requestTimeout, validationError, authError } from './errors';
 import { resolveConnectionLimits, deadlineCheckIntervalMs, type ConnectionLimits } from './limits';
-import { FaultInjector, FaultSpecError, parseFaultSpec, type OperationName } from './faults';
+import { FaultInjector, FaultSpecError, type OperationName } from './faults';
 import { EbsService, LOCAL_OWNER_ID } from './service';
 import { SigV4Verifier, UNSIGNED_PAYLOAD, percentDecode, type SignedRequest } from './sigv4';
 import { SnapshotStore } from './store';
 import { TokenSigner } from './tokens';
 import { makeDirectories, writeFileAtomic } from '../durable-file';
 import { acquireDataDir, removeOwnServerRecord, serverRecordFile, writeServerRecord } from './data-dir-record';
+import { SNAPSHOT_ID_PATTERN, validateSnapshotId } from './validation';
 import {
-  validateBlockIndexText,
-  validateBlockToken,
-  validateCompleteHeaders,
-  validatePage,
-  validatePutHeaders,
-  validateSnapshotId,
-  validateStartSnapshot,
-  SNAPSHOT_ID_PATTERN,
-} from './validation';
+  ADMIN_BODY_MAX_BYTES,
+  BlockBuffers,
+  BodyTooLarge,
+  JSON_BODY_MAX_BYTES,
+  POOLED_BLOCK_BUFFERS_MAX,
+  decodeLabel,
+  errorReply,
+  headerMap,
+  isAdminRoute,
+  jsonReply,
+  parseQuery,
+  rawResponse,
+  readBody,
+  route,
+  tooLarge,
+  type AdminRoute,
+  type Body,
+  type Reply,
+  type Route,
+} from './http';
+import { runOperation } from './operations';
 
 export interface LocalEbsOptions {
   dataDir: string;
@@ -95,9 +104,6 @@ export interface RunningLocalEbs {
 
 export const DEFAULT_HOST = '127.0.0.1';
 const TOKEN_KEY_FILE = 'token-key';
-/** StartSnapshot's body (50 tags, a 2048-character ARN) fits in far less. */
-const JSON_BODY_MAX_BYTES = 64 * 1024;
-const ADMIN_BODY_MAX_BYTES = 4 * 1024;
 const CLOSE_GRACE_MS = 5_000;
 /** The SDKs send about 2 KiB of headers; 16 KiB (Node's default, made explicit) is ample. */
 const HEADER_MAX_BYTES = 16 * 1024;
@@ -118,203 +124,33 @@ const PUT_BODIES_IN_MEMORY_MAX = 256;
  */
 const LINGER_MS = 1_000;
 const LINGER_MAX_BYTES = 4 * 1024 * 1024;
-
-type AdminRoute = 'AdminStats' | 'AdminFaults' | 'AdminExpire';
-
-interface Route {
-  operation: OperationName | AdminRoute;
-  labels: string[];
-}
-
-interface Reply {
-  status: number;
-  headers: Record<string, string | number>;
-  body: Buffer;
-}
-
-function jsonReply(status: number, value: unknown, headers: Record<string, string> = {}): Reply {
-  return { status, headers: { 'Content-Type': 'application/json', ...headers }, body: Buffer.from(JSON.stringify(value)) };
-}
-
-function errorBody(error: EbsApiError): Record<string, string> {
-  const body: Record<string, string> = { Message: error.message };
-  if (error.reason !== undefined) body.Reason = error.reason;
-  return body;
-}
-
-function errorReply(error: EbsApiError): Reply {
-  return jsonReply(error.httpStatus, errorBody(error), { 'x-amzn-ErrorType': error.code });
-}
-
-/**
- * A whole HTTP response as bytes, written straight to the connection: for a request
- * Node could not parse, and for a refusal that closes the connection (see `refuse`).
- */
-function rawResponse(reply: Reply, requestId: string, withBody = true): Buffer {
-  const head = [`HTTP/1.1 ${reply.status} ${http.STATUS_CODES[reply.status] ?? 'Error'}`];
-  for (const [name, value] of Object.entries(reply.headers)) head.push(`${name}: ${value}`);
-  head.push(`x-amzn-RequestId: ${requestId}`, `Content-Length: ${reply.body.length}`, 'Connection: close', '', '');
-  return Buffer.concat([Buffer.from(head.join('\r\n'), 'latin1'), withBody ? reply.body : Buffer.alloc(0)]);
-}
-
-function isAdminRoute(operation: OperationName | AdminRoute): operation is AdminRoute {
-  return operation === 'AdminStats' || operation === 'AdminFaults' || operation === 'AdminExpire';
-}
-
-function route(method: string, rawPath: string): Route | undefined {
-  let match: RegExpExecArray | null;
-  if (rawPath === '/snapshots') return method === 'POST' ? { operation: 'StartSnapshot', labels: [] } : undefined;
-  if ((match = /^\/snapshots\/completion\/([^/]+)$/.exec(rawPath)) && method === 'POST') {
-    return { operation: 'CompleteSnapshot', labels: [match[1]] };
-  }
-  if ((match = /^\/snapshots\/([^/]+)\/blocks\/([^/]+)$/.exec(rawPath))) {
-    if (method === 'PUT') return { operation: 'PutSnapshotBlock', labels: [match[1], match[2]] };
-    if (method === 'GET') return { operation: 'GetSnapshotBlock', labels: [match[1], match[2]] };
-    return undefined;
-  }
-  if ((match = /^\/snapshots\/([^/]+)\/blocks$/.exec(rawPath)) && method === 'GET') {
-    return { operation: 'ListSnapshotBlocks', labels: [match[1]] };
-  }
-  if ((match = /^\/snapshots\/([^/]+)\/changedblocks$/.exec(rawPath)) && method === 'GET') {
-    return { operation: 'ListChangedBlocks', labels: [match[1]] };
-  }
-  if (rawPath === '/_local-ebs/stats' && method === 'GET') return { operation: 'AdminStats', labels: [] };
-  if (rawPath === '/_local-ebs/faults' && method === 'POST') return { operation: 'AdminFaults', labels: [] };
-  if ((match = /^\/_local-ebs\/snapshots\/([^/]+)\/expire$/.exec(rawPath)) && method === 'POST') {
-    return { operation: 'AdminExpire', labels: [match[1]] };
-  }
-  return undefined;
-}
-
-function decodeLabel(raw: string): string {
-  const decoded = percentDecode(raw);
-  if (decoded === undefined) throw validationError('INVALID_PARAMETER_VALUE', 'The request path is not correctly percent-encoded.');
-  return decoded;
-}
-
-function parseQuery(rawQuery: string): Map<string, string> {
-  const query = new Map<string, string>();
-  if (rawQuery === '') return query;
-  for (const part of rawQuery.split('&')) {
-    if (part === '') continue;
-    const equals = part.indexOf('=');
-    const key = percentDecode(equals < 0 ? part : part.slice(0, equals));
-    const value = percentDecode(equals < 0 ? '' : part.slice(equals + 1));
-    if (key === undefined || value === undefined) {
-      throw validationError('INVALID_PARAMETER_VALUE', 'The query string is not correctly percent-encoded.');
-    }
-    // The first of a repeated parameter counts; all of them are in the signature.
-    if (!query.has(key)) query.set(key, value);
-  }
-  return query;
-}
-
-function headerMap(request: http.IncomingMessage): Map<string, string> {
-  const headers = new Map<string, string>();
-  const raw = request.rawHeaders;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = raw[i].toLowerCase();
-    const previous = headers.get(name);
-    headers.set(name, previous === undefined ? raw[i + 1] : `${previous},${raw[i + 1]}`);
-  }
-  return headers;
-}
-
 function increment(counter: Record<string, number>, key: string): void {
   counter[key] = (counter[key] ?? 0) + 1;
 }
 
-/** The body, read up to a cap; `digest` is set for PUT bodies, hashed once. */
-interface Body {
-  data: Buffer;
-  digest?: Buffer;
+/** A request as it arrives: routed, not yet read. */
+interface IncomingRequest {
+  request: http.IncomingMessage;
+  response: http.ServerResponse;
+  expectsContinue: boolean;
+  matched: Route | undefined;
+  isAdmin: boolean;
+  method: string;
+  rawPath: string;
+  rawQuery: string;
 }
 
-class BodyTooLarge extends Error {}
-
-/**
- * Block-sized buffers for PUT bodies: at most `maxOutstanding` in use, so that PUTs
- * on many connections cannot hold unbounded memory; a PUT beyond that waits for one,
- * its body left unread (TCP pushes back on the client). Freed buffers are reused: a
- * fresh 512 KiB buffer per PUT is external memory V8 must account and collect, and
- * at hundreds of PUTs per second that garbage collection is a large share of the
- * event loop's time.
- */
-class BlockBuffers {
-  private readonly free: Buffer[] = [];
-  private readonly waiting: Array<(buffer: Buffer) => void> = [];
-  private outstanding = 0;
-
-  constructor(
-    private readonly maxOutstanding: number,
-    private readonly maxPooled: number,
-  ) {}
-
-  acquire(): Promise<Buffer> {
-    if (this.outstanding < this.maxOutstanding) {
-      this.outstanding++;
-      return Promise.resolve(this.free.pop() ?? Buffer.allocUnsafe(BLOCK_SIZE_BYTES));
-    }
-    // Bounded by the connections times UNANSWERED_PER_CONNECTION_MAX.
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-
-  /** Only once nothing reads or writes the buffer any more. */
-  release(buffer: Buffer): void {
-    const next = this.waiting.shift();
-    if (next) {
-      next(buffer);
-      return;
-    }
-    this.outstanding--;
-    if (this.free.length < this.maxPooled) this.free.push(buffer);
-  }
-}
-
-/** 128 × 512 KiB: enough for every PUT of 64 busy clients twice over. */
-const POOLED_BLOCK_BUFFERS_MAX = 128;
-
-function readBody(request: http.IncomingMessage, capBytes: number, into?: Buffer): Promise<Body> {
-  return new Promise((resolve, reject) => {
-    const declared = request.headers['content-length'];
-    const expected = declared === undefined ? undefined : Number(declared);
-    let buffer = into ?? Buffer.allocUnsafe(expected !== undefined && expected <= capBytes ? expected : Math.min(capBytes, 64 * 1024));
-    let length = 0;
-    let settled = false;
-    const fail = (error: Error): void => {
-      if (settled) return;
-      settled = true;
-      request.removeListener('data', onData);
-      request.pause();
-      reject(error);
-    };
-    const onData = (chunk: Buffer): void => {
-      if (settled) return;
-      if (length + chunk.length > capBytes) {
-        fail(new BodyTooLarge());
-        return;
-      }
-      if (length + chunk.length > buffer.length) {
-        const grown = Buffer.allocUnsafe(Math.min(capBytes, Math.max(buffer.length * 2, length + chunk.length)));
-        buffer.copy(grown, 0, 0, length);
-        buffer = grown;
-      }
-      chunk.copy(buffer, length);
-      length += chunk.length;
-    };
-    request.on('data', onData);
-    request.once('end', () => {
-      if (settled) return;
-      settled = true;
-      resolve({ data: length === buffer.length ? buffer : buffer.subarray(0, length) });
-    });
-    request.once('error', (error) => fail(error));
-    request.once('aborted', () => fail(new Error('request aborted')));
-    // A connection that went away before the body ended (also while this request
-    // waited for a buffer) must not leave the handler waiting for ever.
-    request.once('close', () => fail(new Error('request closed before its body ended')));
-    if (request.destroyed) fail(new Error('request closed before its body was read'));
-  });
+/** A request being served: its route, body cap and buffer, and how to answer it. */
+interface RequestContext extends IncomingRequest {
+  matched: Route;
+  operation: OperationName | AdminRoute;
+  capBytes: number;
+  /** The pooled block buffer of a PUT's body. */
+  pooled: Buffer | undefined;
+  send: (reply: Reply, closeConnection?: boolean) => void;
+  /** Answers and closes the connection without reading the rest of the body. */
+  refuse: (reply: Reply) => void;
+  requestId: string;
 }
 
 export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLocalEbs> {
@@ -326,7 +162,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UserError(`invalid port ${port}: give a number from 0 to 65535`);
   let injector: FaultInjector;
   try {
-    injector = new FaultInjector(parseFaultSpec(options.faults ?? ''));
+    injector = FaultInjector.fromSpec(options.faults ?? '');
   } catch (error) {
     if (error instanceof FaultSpecError) throw new UserError(error.message);
     throw error;
@@ -390,7 +226,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     const isAdmin = matched !== undefined && isAdminRoute(matched.operation);
     if (!isAdmin) stats.connections.inflightRequests++;
     try {
-      await handleRequest(
+      await handleRequest({
         request,
         response,
         expectsContinue,
@@ -398,23 +234,15 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         isAdmin,
         method,
         rawPath,
-        question < 0 ? '' : url.slice(question + 1),
-      );
+        rawQuery: question < 0 ? '' : url.slice(question + 1),
+      });
     } finally {
       if (!isAdmin) stats.connections.inflightRequests--;
     }
   };
 
-  const handleRequest = async (
-    request: http.IncomingMessage,
-    response: http.ServerResponse,
-    expectsContinue: boolean,
-    matched: Route | undefined,
-    isAdmin: boolean,
-    method: string,
-    rawPath: string,
-    rawQuery: string,
-  ): Promise<void> => {
+  const handleRequest = async (incoming: IncomingRequest): Promise<void> => {
+    const { request, response, expectsContinue, matched, isAdmin, method, rawPath } = incoming;
     const requestId = randomUUID();
     if (!isAdmin) increment(stats.requests, matched?.operation ?? 'Unknown');
 
@@ -476,26 +304,15 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
 
     const pooled = operation === 'PutSnapshotBlock' ? await blockBuffers.acquire() : undefined;
     try {
-      await serve(request, matched, operation, capBytes, pooled, send, refuse, requestId, rawPath, rawQuery, method);
+      await serve({ ...incoming, matched, operation, capBytes, pooled, send, refuse, requestId });
     } finally {
       // Every use of the body (hash, store write) has finished by now.
       if (pooled) blockBuffers.release(pooled);
     }
   };
 
-  const serve = async (
-    request: http.IncomingMessage,
-    matched: Route,
-    operation: OperationName | AdminRoute,
-    capBytes: number,
-    pooled: Buffer | undefined,
-    send: (reply: Reply, closeConnection?: boolean) => void,
-    refuse: (reply: Reply) => void,
-    requestId: string,
-    rawPath: string,
-    rawQuery: string,
-    method: string,
-  ): Promise<void> => {
+  const serve = async (context: RequestContext): Promise<void> => {
+    const { request, matched, operation, capBytes, pooled, send, refuse, requestId, rawPath, rawQuery, method } = context;
     const arrivedAtMs = performance.now();
     // A latency fault sets when the answer is due: the request's work (body, hash,
     // store) runs at once and counts toward the delay, as a service's own work counts
@@ -538,7 +355,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       if (operation === 'AdminFaults') {
         const spec = body.data.toString('utf8');
         try {
-          injector = new FaultInjector(parseFaultSpec(spec));
+          injector = FaultInjector.fromSpec(spec);
         } catch (error) {
           if (error instanceof FaultSpecError) throw validationError('INVALID_PARAMETER_VALUE', error.message);
           throw error;
@@ -554,119 +371,20 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       }
 
       const faults = injector;
-      if (faults.active) {
-        const delayMs = faults.latencyMs(operation);
-        if (delayMs !== undefined) {
-          increment(stats.faultsInjected, 'latency');
-          if (delayMs > 0) answerNotBeforeMs = arrivedAtMs + delayMs;
-        }
-        const fault = faults.draw(operation);
-        if (fault === 'deny') {
-          increment(stats.faultsInjected, 'deny');
-          const label = matched.labels.length > 0 ? percentDecode(matched.labels[0]) : undefined;
-          const resource = label !== undefined && SNAPSHOT_ID_PATTERN.test(label) ? label : '*';
-          throw accessDenied(operation, verified.region.slice(0, 64), LOCAL_OWNER_ID, resource);
-        }
-        if (fault === 'expired') {
-          increment(stats.faultsInjected, 'expired');
-          throw expiredToken();
-        }
-        if (fault === 'reset') {
-          increment(stats.faultsInjected, 'reset');
-          whenDue(() => request.socket.destroy());
-          return;
-        }
-        if (fault === '500') {
-          increment(stats.faultsInjected, '500');
-          throw internalError();
-        }
-        if (fault === 'throttle') {
-          increment(stats.faultsInjected, 'throttle');
-          throw faults.nextThrottleIsAccountLevel()
-            ? throttlingError()
-            : requestThrottled('ACCOUNT_THROTTLED', 'The request was throttled: too many requests for this account.');
-        }
+      const label = matched.labels.length > 0 ? percentDecode(matched.labels[0]) : undefined;
+      const decided = faults.forRequest(operation, {
+        resource: label !== undefined && SNAPSHOT_ID_PATTERN.test(label) ? label : '*',
+        region: verified.region,
+        ownerId: LOCAL_OWNER_ID,
+      });
+      for (const kind of decided.injected) increment(stats.faultsInjected, kind);
+      if (decided.delayMs !== undefined) answerNotBeforeMs = arrivedAtMs + decided.delayMs;
+      if (decided.reset) {
+        whenDue(() => request.socket.destroy());
+        return;
       }
-
-      const query = parseQuery(rawQuery);
-      const header = (name: string): string | undefined => headers.get(name);
-      switch (operation) {
-        case 'StartSnapshot': {
-          let parsed: unknown;
-          try {
-            parsed = body.data.length === 0 ? {} : JSON.parse(body.data.toString('utf8'));
-          } catch {
-            throw validationError('INVALID_PARAMETER_VALUE', 'The request body is not valid JSON.');
-          }
-          answer(jsonReply(201, await service.startSnapshot(validateStartSnapshot(parsed))));
-          return;
-        }
-        case 'PutSnapshotBlock': {
-          const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
-          const blockIndex = validateBlockIndexText(decodeLabel(matched.labels[1]));
-          if (faults.overRate(snapshotId)) {
-            increment(stats.faultsInjected, 'rate');
-            throw requestThrottled(
-              'RESOURCE_LEVEL_THROTTLE',
-              `The request was throttled: more than ${faults.spec.putsPerSecondPerSnapshot} PutSnapshotBlock requests per second for snapshot '${snapshotId}'.`,
-            );
-          }
-          const putHeaders = validatePutHeaders(header);
-          await service.checkPutTarget(snapshotId, blockIndex);
-          if (body.data.length !== putHeaders.dataLengthBytes) {
-            // AWS's words for a body shorter or longer than DataLength.
-            throw validationError('INVALID_PARAMETER_VALUE', 'Failed to read block data');
-          }
-          const digest = body.digest!;
-          if (digest.toString('base64') !== putHeaders.checksumBase64) {
-            throw validationError('INVALID_PARAMETER_VALUE', 'The x-amz-Checksum does not match the SHA-256 of the block data.');
-          }
-          await service.putSnapshotBlock(snapshotId, blockIndex, digest, body.data);
-          answer(jsonReply(201, {}, { 'x-amz-Checksum': putHeaders.checksumBase64, 'x-amz-Checksum-Algorithm': 'SHA256' }));
-          return;
-        }
-        case 'CompleteSnapshot': {
-          const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
-          const input = validateCompleteHeaders(header);
-          answer(jsonReply(202, { Status: await service.completeSnapshot(snapshotId, input) }));
-          return;
-        }
-        case 'GetSnapshotBlock': {
-          const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
-          const blockIndex = validateBlockIndexText(decodeLabel(matched.labels[1]));
-          const token = validateBlockToken(query.get('blockToken'));
-          const block = await service.getSnapshotBlock(snapshotId, blockIndex, token);
-          let data = block.data;
-          if (faults.shouldCorrupt(operation)) {
-            increment(stats.faultsInjected, 'corrupt');
-            data = Buffer.from(data);
-            data[0] ^= 0xff;
-          }
-          answer({
-            status: 200,
-            headers: {
-              'Content-Type': 'application/octet-stream',
-              'x-amz-Data-Length': data.length,
-              'x-amz-Checksum': block.digest.toString('base64'),
-              'x-amz-Checksum-Algorithm': 'SHA256',
-            },
-            body: data,
-          });
-          return;
-        }
-        case 'ListSnapshotBlocks': {
-          const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
-          answer(jsonReply(200, await service.listSnapshotBlocks(snapshotId, validatePage(query))));
-          return;
-        }
-        case 'ListChangedBlocks': {
-          const secondId = validateSnapshotId(decodeLabel(matched.labels[0]), 'SecondSnapshotId');
-          const firstText = query.get('firstSnapshotId');
-          const firstId = firstText === undefined ? undefined : validateSnapshotId(firstText, 'FirstSnapshotId');
-          answer(jsonReply(200, await service.listChangedBlocks(secondId, firstId, validatePage(query))));
-          return;
-        }
-      }
+      if (decided.error) throw decided.error;
+      answer(await runOperation({ operation, labels: matched.labels, query: parseQuery(rawQuery), headers, body, service, faults, stats }));
     } catch (error) {
       if (error instanceof EbsApiError) {
         answer(errorReply(error));
@@ -815,7 +533,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     stats: () => snapshotStats(stats, sockets.size),
     setFaults: (spec: string) => {
       try {
-        injector = new FaultInjector(parseFaultSpec(spec));
+        injector = FaultInjector.fromSpec(spec);
       } catch (error) {
         if (error instanceof FaultSpecError) throw new UserError(error.message);
         throw error;
@@ -835,13 +553,6 @@ function snapshotStats(stats: LocalEbsStats, openConnections: number): LocalEbsS
     faultsInjected: { ...stats.faultsInjected },
     connections: { ...stats.connections, open: openConnections },
   };
-}
-
-function tooLarge(operation: OperationName | AdminRoute, capBytes: number): EbsApiError {
-  if (operation === 'PutSnapshotBlock') {
-    return validationError('INVALID_PARAMETER_VALUE', `The block data is larger than DataLength: a block is ${BLOCK_SIZE_BYTES} bytes.`);
-  }
-  return validationError('INVALID_PARAMETER_VALUE', `The request body is larger than ${capBytes} bytes.`);
 }
 
 async function loadTokenKey(dataDir: string): Promise<Buffer> {
