@@ -1,76 +1,28 @@
 // `ebs-fuse mount`: start a snapshot (or resume one, or open a completed one
 // read-only), present it as one file over FUSE until SIGINT, SIGTERM or an
 // external umount, then flush, complete and report.
-import { execFileSync } from 'node:child_process';
-import { constants as fsConstants, existsSync, promises as fs, realpathSync, statSync } from 'node:fs';
-import { totalmem } from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { FINISH_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES } from '../core/limits';
-import type { DiskBudget } from '../core/local-copy';
+import { FINISH_TIMEOUT_MS } from '../core/limits';
 import { defaultStateDir, openReadOnlySnapshot, SnapshotSession } from '../core/session';
 import type { VolumeFile, VolumeStats } from '../core/volume-file';
-import type { SnapshotStatus, StartSnapshotParams } from '../ebs/client';
-import { addConnectionOptions, openSnapshotClient, type ConnectionOptions, type OpenedClient } from './connection';
+import type { SnapshotStatus } from '../ebs/client';
 import { describeError, UserError } from '../errors';
+import { FuseMount, type FuseMountStats } from '../fuse/fuse-mount';
 import { GIB_BYTES, MIB_BYTES } from '../units';
+import { backgroundLogFile, defaultLogFile, redirectOutputToLog, runInBackground } from './background';
+import { addConnectionOptions, openSnapshotClient, type OpenedClient } from './connection';
 import { EXIT_INTERRUPTED } from './interrupt';
 import { completionNote, log } from './log';
-import { FuseMount, FuseUnavailableError, loadFuseNative, type FuseMountStats } from '../fuse/fuse-mount';
-import { isMountPoint } from '../fuse/mountinfo';
-import {
-  addSnapshotOptions,
-  parseInteger,
-  parseSizeBytes,
-  parseSnapshotId,
-  parseVolumeSizeGiB,
-  snapshotParams,
-  type SnapshotOptionValues,
-} from './options';
-import { backgroundLogFile, defaultLogFile, redirectOutputToLog, runInBackground } from './background';
+import { validate, type MountFlags, type MountMode, type ValidatedMount } from './mount-preflight';
 import { MountRecordFile, type MountProgress } from './mount-record';
+import { installLastResortUnmount, UNMOUNT_SIGNALS, waitForUnmountRequest } from './mount-signals';
+import { addSnapshotOptions } from './options';
 import { startFlushProgress, startMountedStatus, type Reporter } from './progress';
 
 export const DEFAULT_FILE_NAME = 'snapshot.img';
 export const DEFAULT_CACHE_SIZE = '256MiB';
 export const DEFAULT_UPLOAD_CONCURRENCY = 64;
-const UPLOAD_CONCURRENCY_MAX = 1024;
-const FILE_NAME_MAX_BYTES = 255;
-/** The kernel sends release shortly after the last close; wait that long before calling the file busy. */
-const RELEASE_GRACE_MS = 2000;
-/** While an external lazy umount waits for the file to be closed, remind this often. */
-const BUSY_REMINDER_INTERVAL_MS = 30_000;
-/**
- * SIGINT and SIGTERM end the mount as the contract says; SIGHUP (the terminal
- * closed) does the same rather than killing the process in the middle of it.
- */
-const UNMOUNT_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-
-interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
-  size?: string;
-  resume?: string;
-  snapshotId?: string;
-  readOnly?: boolean;
-  fileName: string;
-  cacheSize: string;
-  diskCacheSize: string;
-  uploadConcurrency: string;
-  stateDir?: string;
-  complete: boolean;
-  background?: boolean;
-  logFile?: string;
-}
-
-interface ValidatedMount {
-  mountpoint: string;
-  fileName: string;
-  cacheSizeBytes: number;
-  diskCacheSizeBytes: DiskBudget;
-  uploadConcurrency: number;
-  stateDir: string;
-  complete: boolean;
-}
-
 export function registerMountCommand(program: Command): void {
   const command = program
     .command('mount')
@@ -145,193 +97,6 @@ function localDiskLine(stats: VolumeStats): string {
     `(block copies ${mib(stats.localCopyBytesWritten)} MiB, journal ${mib(stats.journalBytesWritten)} MiB) ` +
     `for ${mib(stats.bytesWritten)} MiB written through the mount`
   );
-}
-
-function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? '' : 's'}`;
-}
-
-function validateFileName(name: string): string {
-  if (name.length === 0 || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
-    throw new UserError(`--file-name must be a plain file name without "/", not "${name}"`);
-  }
-  if (Buffer.byteLength(name) > FILE_NAME_MAX_BYTES) {
-    throw new UserError(`--file-name is longer than ${FILE_NAME_MAX_BYTES} bytes`);
-  }
-  return name;
-}
-
-function validateCacheSize(value: string): number {
-  const bytes = parseSizeBytes(value, '--cache-size');
-  if (bytes < MIN_CACHE_SIZE_BYTES) {
-    throw new UserError(`--cache-size must be at least ${MIN_CACHE_SIZE_BYTES / MIB_BYTES}MiB, not ${value}`);
-  }
-  if (bytes > totalmem()) {
-    throw new UserError(`--cache-size ${value} is more than this machine's memory (${Math.floor(totalmem() / MIB_BYTES)}MiB)`);
-  }
-  return bytes;
-}
-
-async function validateMountpoint(mountpoint: string): Promise<string> {
-  let stat;
-  try {
-    stat = await fs.stat(mountpoint);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UserError(`mountpoint ${mountpoint} does not exist; create it with: mkdir -p ${mountpoint}`);
-    if (code === 'ENOTCONN') {
-      throw new UserError(`mountpoint ${mountpoint} is a dead FUSE mount left by a crashed process; run: fusermount -uz ${mountpoint}`);
-    }
-    throw new UserError(`cannot use mountpoint ${mountpoint}: ${describeError(error)}`);
-  }
-  if (!stat.isDirectory()) throw new UserError(`mountpoint ${mountpoint} is not a directory`);
-  const absolute = realpathSync(mountpoint);
-  if (await isMountPoint(absolute)) {
-    throw new UserError(`mountpoint ${mountpoint} is already mounted; unmount it first (umount ${mountpoint}) or pick another directory`);
-  }
-  const entries = await fs.readdir(absolute);
-  if (entries.length > 0) throw new UserError(`mountpoint ${mountpoint} is not empty; use an empty directory`);
-  return absolute;
-}
-
-function checkFuseAvailable(): void {
-  if (!existsSync('/dev/fuse')) {
-    throw new UserError('/dev/fuse is missing: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse');
-  }
-  // Anything else there (a plain file in a container image) would only fail at mount time, after StartSnapshot.
-  if (!statSync('/dev/fuse').isCharacterDevice()) {
-    throw new UserError(
-      '/dev/fuse is not the FUSE device: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse',
-    );
-  }
-  try {
-    loadFuseNative();
-  } catch (error) {
-    if (error instanceof FuseUnavailableError) {
-      throw new UserError(`libfuse 2 is not usable: ${error.message}; install it with: apt-get install libfuse2`);
-    }
-    throw error;
-  }
-  if (!commandExists('fusermount')) {
-    throw new UserError('fusermount is missing (needed to unmount); install it with: apt-get install fuse3');
-  }
-}
-
-/** Bytes the state directory must take before a snapshot is started: its record and one block. */
-const STATE_DIR_PROBE_BYTES = 524288;
-
-/**
- * Checks before StartSnapshot that the state directory can be created and
- * written, so that an unusable one does not leave a started snapshot behind.
- */
-async function validateStateDir(stateDir: string): Promise<void> {
-  const unusable = (error: unknown): UserError => {
-    const code = (error as NodeJS.ErrnoException).code;
-    const problem =
-      code === 'EROFS'
-        ? 'it is on a read-only file system'
-        : code === 'EACCES' || code === 'EPERM'
-          ? 'it is not writable'
-          : code === 'ENOSPC' || code === 'EDQUOT'
-            ? 'its file system is full'
-            : code === 'ENOTDIR'
-              ? 'a file is in the way'
-              : describeError(error);
-    const fix =
-      code === 'ENOSPC' || code === 'EDQUOT'
-        ? 'free space there, or pass --state-dir DIR on a file system with room for the data you will write'
-        : 'pass --state-dir DIR on a writable file system';
-    return new UserError(`cannot use the state directory ${stateDir}: ${problem}; ${fix}`);
-  };
-  // One level at a time: a recursive mkdir reports ENOENT for a read-only parent.
-  const missing: string[] = [];
-  for (let directory = stateDir; !existsSync(directory); directory = path.dirname(directory)) missing.unshift(directory);
-  for (const directory of missing) {
-    try {
-      await fs.mkdir(directory, { mode: 0o700 });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw unusable(error);
-    }
-  }
-  const probe = path.join(stateDir, `.write-test-${process.pid}`);
-  try {
-    await fs.access(stateDir, fsConstants.W_OK);
-    await fs.writeFile(probe, Buffer.alloc(STATE_DIR_PROBE_BYTES), { mode: 0o600 });
-  } catch (error) {
-    throw unusable(error);
-  } finally {
-    await fs.rm(probe, { force: true }).catch(() => undefined);
-  }
-}
-
-function commandExists(name: string): boolean {
-  for (const directory of (process.env.PATH ?? '').split(':')) {
-    if (directory && existsSync(path.join(directory, name))) return true;
-  }
-  return false;
-}
-
-type MountMode =
-  { kind: 'new'; params: StartSnapshotParams } | { kind: 'resume'; snapshotId: string } | { kind: 'read-only'; snapshotId: string };
-
-/** Flags that only make sense when starting a snapshot. */
-const START_ONLY_FLAGS: Array<[keyof MountFlags, string]> = [
-  ['size', '--size'],
-  ['parentSnapshotId', '--parent-snapshot-id'],
-  ['description', '--description'],
-  ['tag', '--tag'],
-  ['timeout', '--timeout'],
-  ['encrypted', '--encrypted'],
-  ['kmsKeyArn', '--kms-key-arn'],
-  ['clientToken', '--client-token'],
-];
-
-function mountMode(flags: MountFlags): MountMode {
-  const refuseStartFlags = (mode: string): void => {
-    for (const [key, flag] of START_ONLY_FLAGS) {
-      if (flags[key] !== undefined) throw new UserError(`${flag} cannot be combined with ${mode}: it applies only to a new snapshot`);
-    }
-  };
-  if (flags.resume !== undefined) {
-    if (flags.snapshotId !== undefined || flags.readOnly)
-      throw new UserError('--resume cannot be combined with --snapshot-id or --read-only');
-    refuseStartFlags('--resume');
-    return { kind: 'resume', snapshotId: parseSnapshotId(flags.resume, '--resume') };
-  }
-  if (flags.snapshotId !== undefined || flags.readOnly) {
-    if (flags.snapshotId === undefined) throw new UserError('--read-only needs --snapshot-id SNAPSHOT_ID: the completed snapshot to show');
-    if (!flags.readOnly) {
-      throw new UserError(
-        '--snapshot-id mounts a completed snapshot and needs --read-only; to change it, start a child with --size and --parent-snapshot-id',
-      );
-    }
-    refuseStartFlags('--read-only');
-    if (!flags.complete) throw new UserError('--no-complete cannot be combined with --read-only: nothing is written');
-    return { kind: 'read-only', snapshotId: parseSnapshotId(flags.snapshotId, '--snapshot-id') };
-  }
-  if (flags.size === undefined) {
-    throw new UserError(
-      '--size GIB is required: the size of the volume, from 1 to 65536 GiB (or --resume SNAPSHOT_ID, or --snapshot-id SNAPSHOT_ID --read-only)',
-    );
-  }
-  return { kind: 'new', params: snapshotParams(parseVolumeSizeGiB(flags.size), flags) };
-}
-
-async function validate(mountpoint: string, flags: MountFlags): Promise<{ mode: MountMode; mount: ValidatedMount }> {
-  const mode = mountMode(flags);
-  const mount: ValidatedMount = {
-    mountpoint: '',
-    fileName: validateFileName(flags.fileName),
-    cacheSizeBytes: validateCacheSize(flags.cacheSize),
-    diskCacheSizeBytes: flags.diskCacheSize.trim() === 'auto' ? 'auto' : parseSizeBytes(flags.diskCacheSize, '--disk-cache-size'),
-    uploadConcurrency: parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, UPLOAD_CONCURRENCY_MAX),
-    stateDir: path.resolve(flags.stateDir ?? defaultStateDir()),
-    complete: flags.complete,
-  };
-  checkFuseAvailable();
-  mount.mountpoint = await validateMountpoint(mountpoint);
-  if (mode.kind !== 'read-only') await validateStateDir(mount.stateDir);
-  return { mode, mount };
 }
 
 /** What is mounted: a session that ends in a flush, or a completed snapshot with nothing to finish. */
@@ -527,78 +292,4 @@ function kernelRequestsLine(stats: FuseMountStats): string {
     `kernel requests: ${stats.writeCalls} writes (${stats.writeBytes} bytes, largest ${stats.largestWriteBytes}), ` +
     `${stats.readCalls} reads, ${stats.fsyncCalls} fsyncs, ${stats.flushCalls} flushes`
   );
-}
-
-/**
- * Resolves when the mount should end: SIGINT or SIGTERM with the file closed,
- * or an external umount once the file is closed (a lazy umount leaves it open).
- * A signal while the file is open (dd still running, a loop device attached)
- * says so and keeps serving, since unmounting then would lose later writes.
- */
-function waitForUnmountRequest(fuseMount: FuseMount, externallyUnmounted: Promise<void>): Promise<void> {
-  return new Promise<void>((resolve) => {
-    let done = false;
-    let external = false;
-    let checking = false;
-    let reminder: NodeJS.Timeout | undefined;
-    const finish = (): void => {
-      if (done) return;
-      done = true;
-      if (reminder) clearInterval(reminder);
-      for (const signal of UNMOUNT_SIGNALS) process.off(signal, onSignal);
-      resolve();
-    };
-    const onSignal = (signal: NodeJS.Signals): void => {
-      if (external) {
-        log(`${signal}: flushing although ${fuseMount.filePath} is still open`);
-        finish();
-        return;
-      }
-      if (checking) return;
-      checking = true;
-      void fuseMount.waitForHandlesClosed(RELEASE_GRACE_MS).then((closed) => {
-        checking = false;
-        if (closed) {
-          log(`${signal}: unmounting ${fuseMount.mountpoint}`);
-          finish();
-          return;
-        }
-        log(
-          `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${plural(fuseMount.openHandleCount(), 'handle')}; ` +
-            `a loop device? see losetup -j ${fuseMount.filePath}); close it, then press Ctrl-C again`,
-        );
-      });
-    };
-    for (const signal of UNMOUNT_SIGNALS) process.on(signal, onSignal);
-    void externallyUnmounted.then(async () => {
-      external = true;
-      log(`${fuseMount.mountpoint} was unmounted`);
-      if (fuseMount.openHandleCount() > 0) {
-        reminder = setInterval(() => {
-          log(`waiting for ${plural(fuseMount.openHandleCount(), 'open handle')} of ${fuseMount.filePath} to close before the final flush`);
-        }, BUSY_REMINDER_INTERVAL_MS);
-      }
-      for (;;) {
-        if (done) return;
-        if (await fuseMount.waitForHandlesClosed(BUSY_REMINDER_INTERVAL_MS)) break;
-      }
-      finish();
-    });
-  });
-}
-
-/** A crash while mounted would leave a dead mount ("Transport endpoint is not connected"). */
-function installLastResortUnmount(fuseMount: FuseMount): void {
-  const onFatal = (error: unknown): void => {
-    log(`internal error: ${describeError(error)}`);
-    if (process.argv.includes('--verbose') && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    try {
-      execFileSync('fusermount', ['-uz', fuseMount.mountpoint], { stdio: 'ignore', timeout: 10_000 });
-    } catch {
-      // Nothing more to do on the way out.
-    }
-    process.exit(1);
-  };
-  process.on('uncaughtException', onFatal);
-  process.on('unhandledRejection', onFatal);
 }
