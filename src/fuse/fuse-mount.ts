@@ -1,7 +1,8 @@
 // The FUSE adapter: the only code that talks to fuse-native. It translates FUSE
 // calls into VolumeFile calls and FileOperationError errnos into fuse-native's
 // negative codes, keeps the table of open handles, and nothing else; every
-// decision about data lives in the core.
+// decision about data lives in the core. Over 400 lines because fuse-native takes
+// its operations as one object, and each needs its errno mapping and timeout beside it.
 import { execFile } from 'node:child_process';
 import { constants as fsConstants, readFileSync, realpathSync } from 'node:fs';
 import { promisify } from 'node:util';

@@ -1,6 +1,9 @@
 // What the six operations mean, above the durable store: the snapshot state machine
 // (pending -> completed | error), idempotent StartSnapshot, lineage, the idle
 // Timeout, CompleteSnapshot's checks, block tokens and pagination. No HTTP here.
+// Over 400 lines because the state machine is one piece: every operation checks
+// and moves the same per-snapshot state, and split by operation each file would
+// need the others' rules.
 import { createHash, randomBytes } from 'node:crypto';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { linearChecksumBase64 } from '../ebs/checksum';
