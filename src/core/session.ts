@@ -12,6 +12,7 @@ import path from 'node:path';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
 import { makeDirectories, writeFileAtomic } from '../durable-file';
 import { UserError } from '../errors';
+import { claimPidFile } from '../pid-file';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
 import { ReadOnlyVolume } from './read-only-volume';
 import { SnapshotReader } from './snapshot-reader';
@@ -281,34 +282,20 @@ async function readState(stateDirectory: string, snapshotId: string): Promise<St
 
 /** One process at a time per snapshot state; a lock left by a dead process is taken over. */
 async function takeLock(stateDirectory: string): Promise<void> {
-  const file = path.join(stateDirectory, LOCK_FILE);
-  for (let attempt = 0; attempt < 2; attempt += 1) {
-    try {
-      await fs.writeFile(file, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
-      return;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      const holder = Number.parseInt(await fs.readFile(file, 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(holder) && holder !== process.pid && isAlive(holder)) {
-        throw new UserError(`the state in ${stateDirectory} is in use by process ${holder}`);
-      }
-      await fs.rm(file, { force: true });
-    }
-  }
-  throw new UserError(`cannot lock the state in ${stateDirectory}`);
+  const holder = await claimPidFile(path.join(stateDirectory, LOCK_FILE), `${process.pid}\n`, {
+    pidOf: (text) => {
+      const pid = Number.parseInt(text, 10);
+      return Number.isInteger(pid) ? pid : undefined;
+    },
+    takeOverOwn: true,
+  });
+  if (holder === undefined) return;
+  if (holder.pid === undefined) throw new UserError(`cannot lock the state in ${stateDirectory}`);
+  throw new UserError(`the state in ${stateDirectory} is in use by process ${holder.pid}`);
 }
 
 async function releaseLock(stateDirectory: string): Promise<void> {
   await fs.rm(path.join(stateDirectory, LOCK_FILE), { force: true });
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** A completed snapshot as a read-only file: nothing local, nothing to finish. */

@@ -6,6 +6,7 @@ import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../durable-file';
 import { UserError } from '../errors';
+import { claimPidFile, isProcessAlive } from '../pid-file';
 
 const SERVER_FILE = 'server.json';
 
@@ -18,16 +19,6 @@ export interface RunningLocalEbsRecord {
 
 export function serverRecordFile(dataDir: string): string {
   return path.join(dataDir, SERVER_FILE);
-}
-
-function isProcessAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function parseServerRecord(text: string): RunningLocalEbsRecord | undefined {
@@ -76,23 +67,16 @@ export async function removeOwnServerRecord(serverFile: string): Promise<void> {
 
 /** Takes the data directory for this process, or says which live server holds it. */
 export async function acquireDataDir(dataDir: string, serverFile: string): Promise<void> {
-  // Two attempts: the second after removing the record of a server that is gone.
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await fsp.open(serverFile, 'wx', 0o600);
-      await handle.writeFile(JSON.stringify({ pid: process.pid, endpoint: '', accessKeyId: '', secretAccessKey: '' }));
-      await handle.close();
-      return;
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'EEXIST') throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
-    }
-    const text = await fsp.readFile(serverFile, 'utf8').catch(() => '');
-    const record = parseServerRecord(text);
-    if (record && isProcessAlive(record.pid)) {
-      throw new UserError(`local-ebs data directory ${dataDir} is in use by pid ${record.pid} at ${record.endpoint || '(starting)'}`);
-    }
-    await fsp.rm(serverFile, { force: true });
+  // The record of a server still starting: its endpoint is filled in once it listens.
+  const starting = JSON.stringify({ pid: process.pid, endpoint: '', accessKeyId: '', secretAccessKey: '' });
+  let holder: Awaited<ReturnType<typeof claimPidFile>>;
+  try {
+    holder = await claimPidFile(serverFile, starting, { pidOf: (text) => parseServerRecord(text)?.pid, takeOverOwn: false });
+  } catch (error) {
+    throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
   }
-  throw new UserError(`local-ebs data directory ${dataDir} is being taken by another process; try again`);
+  if (holder === undefined) return;
+  if (holder.pid === undefined) throw new UserError(`local-ebs data directory ${dataDir} is being taken by another process; try again`);
+  const endpoint = parseServerRecord(holder.text)?.endpoint;
+  throw new UserError(`local-ebs data directory ${dataDir} is in use by pid ${holder.pid} at ${endpoint || '(starting)'}`);
 }
