@@ -11,15 +11,7 @@ const HOLDER_LIMIT_S = 60;
 
 describe('scenario: Ctrl-C while the file is open', function () {
   this.timeout(120_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   it('refuses to unmount while the file is open, then completes once it is closed', async () => {
     const source = context.file('busy-source.bin');

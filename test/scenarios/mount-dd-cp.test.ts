@@ -50,15 +50,7 @@ const DD_STEPS: DdStep[] = [
 
 describe('scenario: dd, cp and redirection through the mount', function () {
   this.timeout(240_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   it('dd at 4K/128K/1M/4M, aligned and straddling, with and without notrunc and fsync; ended by umount', async () => {
     const source = context.file('dd-source.bin');

@@ -11,15 +11,7 @@ const VOLUME_GIB = 1;
 
 describe('scenario: a cache smaller than the data (eviction, read-back, rewrites)', function () {
   this.timeout(300_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   it('reads after eviction return the written data, never-written regions read zeros, rewrites of uploaded blocks stick', async () => {
     const dataBytes = 64 * MIB;

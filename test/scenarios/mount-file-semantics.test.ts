@@ -61,15 +61,7 @@ async function runFileOps(file: string, ops: FileOp[], timeoutMs = 120_000): Pro
 
 describe('scenario: fsync errors, the end of the file and truncation', function () {
   this.timeout(300_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   it('fsync returns EIO while every PUT fails and keeps the data; after recovery fsync returns 0 and the snapshot is right', async () => {
     const source = context.file('fsync-source.bin');

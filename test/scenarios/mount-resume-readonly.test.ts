@@ -9,15 +9,7 @@ import { ScenarioContext, createZeroImage, expectEnded, mustRun, sh, GIB, MIB } 
 
 describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-only', function () {
   this.timeout(240_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   it("leaves a snapshot pending with --no-complete, resumes it, completes it with both runs' data, then mounts it read-only", async () => {
     const source = context.file('resume-source.bin');

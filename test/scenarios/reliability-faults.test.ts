@@ -16,15 +16,7 @@ function expectErrorFaults(byKind: Record<string, number>): void {
 
 describe(`reliability: faults ${RELIABILITY_FAULTS}`, function () {
   this.timeout(240_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp(RELIABILITY_FAULTS);
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite(RELIABILITY_FAULTS);
 
   it('dd with fsync at random offsets and sizes: byte-identical snapshot, no fsync failed', async () => {
     const seed = Date.now() % 1_000_000;

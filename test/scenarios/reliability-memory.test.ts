@@ -14,15 +14,7 @@ const PUT_LATENCY_MS = 200;
 
 describe('reliability: memory stays bounded under a slow server', function () {
   this.timeout(240_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp(`latency=${PUT_LATENCY_MS}ms,ops=put`);
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite(`latency=${PUT_LATENCY_MS}ms,ops=put`);
 
   for (const { uploadConcurrency, writeBytes } of [
     // Uploads at about 10 MiB/s: dd is far faster and must wait.

@@ -11,15 +11,7 @@ const OUTAGE_MS = 8000;
 
 describe('reliability: local-ebs killed during writes and restarted', function () {
   this.timeout(240_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   it(`an outage of ${OUTAGE_MS / 1000} s: success or EIO then a successful retry, never a wrong byte`, async () => {
     const seed = Date.now() % 1_000_000;

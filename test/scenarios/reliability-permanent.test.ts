@@ -78,15 +78,7 @@ const CASES: PermanentCase[] = [
 
 describe('reliability: permanent failures give EIO fast, one clear line, and keep the data', function () {
   this.timeout(300_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   for (const [index, failure] of CASES.entries()) {
     it(failure.name, async () => {

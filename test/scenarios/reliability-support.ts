@@ -74,6 +74,18 @@ export class ServerCounter {
   async collect(context: ScenarioContext): Promise<void> {
     this.add(await getLocalEbsStats(context.localEbs.endpoint, context.localEbs.credentials));
   }
+
+  /**
+   * A workload's last step: the running server's counters read (a server already
+   * gone is no failure here), and the requests and faults since `before` written
+   * into the outcome.
+   */
+  async settle(context: ScenarioContext, outcome: Figures, before: LocalEbsStats): Promise<void> {
+    await this.collect(context).catch(() => undefined);
+    outcome.requestsSent = this.requests - sum(before.requests);
+    outcome.faultsInjected = this.faults - sum(before.faultsInjected);
+    outcome.faultsByKind = this.since(before);
+  }
 }
 
 /**
@@ -573,10 +585,7 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
     return outcome;
   } finally {
     await mount.cleanup();
-    await counter.collect(context).catch(() => undefined);
-    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
-    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
-    outcome.faultsByKind = counter.since(statsBefore);
+    await counter.settle(context, outcome, statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 
@@ -687,10 +696,7 @@ export async function runDdWorkload(
     return outcome;
   } finally {
     await mount.cleanup();
-    await counter.collect(context).catch(() => undefined);
-    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
-    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
-    outcome.faultsByKind = counter.since(statsBefore);
+    await counter.settle(context, outcome, statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -772,10 +778,7 @@ export async function runExt4Workload(
     for (const point of [inner, check]) if (await isMountPoint(point).catch(() => false)) await sh('umount', ['-l', point]);
     for (const file of [mount.filePath, downloaded]) await detachLoops(file);
     await mount.cleanup();
-    await counter.collect(context).catch(() => undefined);
-    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
-    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
-    outcome.faultsByKind = counter.since(statsBefore);
+    await counter.settle(context, outcome, statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -914,10 +917,7 @@ export async function runOutage(
   } finally {
     if (outage) await outage.catch(() => undefined);
     await mount.cleanup();
-    await counter.collect(context).catch(() => undefined);
-    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
-    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
-    outcome.faultsByKind = counter.since(statsBefore);
+    await counter.settle(context, outcome, statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }
@@ -993,10 +993,7 @@ export async function runMemory(
   } finally {
     sampler.stop();
     await mount.cleanup();
-    await counter.collect(context).catch(() => undefined);
-    outcome.requestsSent = counter.requests - sum(statsBefore.requests);
-    outcome.faultsInjected = counter.faults - sum(statsBefore.faultsInjected);
-    outcome.faultsByKind = counter.since(statsBefore);
+    await counter.settle(context, outcome, statsBefore);
     await rm(work, { recursive: true, force: true });
   }
 }

@@ -64,6 +64,18 @@ export class ScenarioContext {
     return { endpoint: this.localEbs.endpoint, ...this.localEbs.credentials };
   }
 
+  /**
+   * A context for the enclosing describe(): set up before its tests and torn down
+   * after them, also when one fails. Suites that need more before or after use
+   * setUp() and tearDown() in hooks of their own.
+   */
+  static forSuite(faults?: string): ScenarioContext {
+    const context = new ScenarioContext();
+    before(() => context.setUp(faults));
+    after(() => context.tearDown());
+    return context;
+  }
+
   async setUp(faults?: string): Promise<void> {
     this.scratch = await mkdtemp(path.join(tmpdir(), 'ebs-fuse-scenario-'));
     this.localEbs = await startLocalEbsProcess({ dataDir: path.join(this.scratch, 'local-ebs'), faults });

@@ -59,15 +59,7 @@ function expectOneLineError(result: CliResult, pattern: RegExp): void {
 
 describe('scenario: upload, download and complete against local-ebs', function () {
   this.timeout(240_000);
-  const context = new ScenarioContext();
-
-  before(async () => {
-    await context.setUp();
-  });
-
-  after(async () => {
-    await context.tearDown();
-  });
+  const context = ScenarioContext.forSuite();
 
   const cli = (args: string[]): Promise<CliResult> =>
     runCli([...args, '--endpoint', context.localEbs.endpoint], { env: cliEnvironment(context.endpoint), timeoutMs: 120_000 });
