@@ -265,6 +265,27 @@ async function makeReference(server: LocalEbsProcess): Promise<Reference> {
   }
 }
 
+/**
+ * A suite's server: started before its tests with a reference snapshot, and after
+ * them checked for internal failures and stopped, also when a test failed.
+ */
+function checkedServer(start: () => Promise<LocalEbsProcess>, onStarted: (server: LocalEbsProcess, reference: Reference) => void): void {
+  let started: LocalEbsProcess | undefined;
+  before(async () => {
+    started = await start();
+    onStarted(started, await makeReference(started));
+  });
+  after(async () => {
+    try {
+      if (started) await assertNoInternalFailure(started);
+    } finally {
+      await started?.stop();
+      await stopAllLocalEbsProcesses();
+      removeTemporaryDataDirs();
+    }
+  });
+}
+
 /** Another client (a fresh connection) lists, reads and writes correctly: the server still serves. */
 async function assertServing(server: LocalEbsProcess, reference: Reference): Promise<void> {
   assert.equal(server.child.exitCode, null, `local-ebs exited: ${server.stderr()}`);
@@ -309,21 +330,14 @@ describe('local-ebs under hostile requests', function () {
   let reference: Reference;
   let port: number;
 
-  before(async () => {
-    server = await startLocalEbsProcess();
-    port = server.port;
-    reference = await makeReference(server);
-  });
-
-  after(async () => {
-    try {
-      if (server) await assertNoInternalFailure(server);
-    } finally {
-      await server?.stop();
-      await stopAllLocalEbsProcesses();
-      removeTemporaryDataDirs();
-    }
-  });
+  checkedServer(
+    () => startLocalEbsProcess(),
+    (started, made) => {
+      server = started;
+      port = started.port;
+      reference = made;
+    },
+  );
 
   it('malformed request lines and headers: 400 ValidationException and the connection closed', async () => {
     const cases: Array<[string, string | Buffer]> = [
@@ -1065,20 +1079,13 @@ describe('local-ebs timeouts and connection cap', function () {
   let server: LocalEbsProcess;
   let reference: Reference;
 
-  before(async () => {
-    server = await startWithLimits(limits);
-    reference = await makeReference(server);
-  });
-
-  after(async () => {
-    try {
-      if (server) await assertNoInternalFailure(server);
-    } finally {
-      await server?.stop();
-      await stopAllLocalEbsProcesses();
-      removeTemporaryDataDirs();
-    }
-  });
+  checkedServer(
+    () => startWithLimits(limits),
+    (started, made) => {
+      server = started;
+      reference = made;
+    },
+  );
 
   it('slow-loris connections and a slow body are timed out (408), while other clients are served promptly', async () => {
     const t0 = performance.now();
