@@ -12,7 +12,7 @@ export class UserError extends Error {
   }
 }
 
-/** One line for a person: the message of a UserError, else `name: message`. */
+/** The one way an error becomes text for a person: its first line, with its code when the message lacks it. */
 export function describeError(error: unknown): string {
   if (error instanceof UserError) return error.message;
   if (error instanceof Error) {

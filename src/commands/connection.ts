@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { UserError } from '../errors';
+import { describeError, UserError } from '../errors';
 import { startEmbeddedLocalEbs } from '../local-ebs/embedded';
 import { readRunningLocalEbs } from '../local-ebs/data-dir-record';
 import { AwsSnapshotClient, type AwsCredentials } from '../ebs/aws-client';
@@ -190,7 +190,7 @@ async function openLocal(options: ConnectionOptions, tuning: ConnectionTuning): 
     server = await startEmbeddedLocalEbs({ dataDir, ...credentials }, tuning.log);
   } catch (error) {
     if (error instanceof UserError) throw error;
-    const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    const message = describeError(error);
     throw new UserError(`cannot start the embedded local-ebs with data in ${dataDir}: ${message}`);
   }
   const aws = awsClient(tuning, { region, endpoint: server.endpoint, credentials });

@@ -8,6 +8,7 @@ import type { BlockCache, BlockLocks, CachedBlock } from './block-cache';
 import { ZERO_DIGEST, type BlockStore } from './block-store';
 import { ChangeSignal } from './signal';
 import { isZeroBlock, ZERO_BLOCK } from './transfer';
+import { describeError } from '../errors';
 
 export interface FlusherOptions {
   client: SnapshotClient;
@@ -146,7 +147,7 @@ export class Flusher {
       // beginUpload's invariants: a bug, carried by the block so that fsync reports it.
       const block = cache.peek(index);
       if (block) this.fail(block, error);
-      else this.options.onUploadFailed(index, (error as Error).message);
+      else this.options.onUploadFailed(index, describeError(error));
       return;
     }
     if (!taken) return;
@@ -198,7 +199,7 @@ export class Flusher {
   }
 
   private fail(block: CachedBlock, error: unknown): void {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = describeError(error);
     this.failureCount += 1;
     this.options.cache.failUpload(block, { sequence: this.failureCount, message });
     this.options.onUploadFailed(block.index, message);

@@ -22,6 +22,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { fsyncDirectory, writeFully } from '../durable-file';
+import { describeError } from '../errors';
 
 export const RECORD_BYTES = 45;
 const CRC_COVERED_BYTES = 41;
@@ -279,7 +280,7 @@ export class Journal {
 /** Why the journal refused a record, and what to do, on one line; nothing is sent without it. */
 function journalFailure(error: unknown, file: string): string {
   const code = (error as NodeJS.ErrnoException).code;
-  const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+  const message = describeError(error);
   const fix = code === 'ENOSPC' || code === 'EDQUOT' ? 'free space there' : 'check that directory and its file system';
   return `cannot write the journal ${file} (${message}); ${fix}: the data stays in memory and the next fsync tries again`;
 }

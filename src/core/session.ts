@@ -11,7 +11,7 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapshotParams } from '../ebs/client';
 import { makeDirectories, writeFileAtomic } from '../durable-file';
-import { UserError } from '../errors';
+import { describeError, UserError } from '../errors';
 import { claimPidFile } from '../pid-file';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
 import { ReadOnlyVolume } from './read-only-volume';
@@ -81,7 +81,7 @@ export class SnapshotSession {
       await fs.chmod(stateDirectory, 0o700);
       await writeFileAtomic(path.join(stateDirectory, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`, 0o600);
     } catch (error) {
-      throw new UserError(`cannot use the state directory ${stateDirectory}: ${(error as Error).message}`);
+      throw new UserError(`cannot use the state directory ${stateDirectory}: ${describeError(error)}`);
     }
     return SnapshotSession.open(client, stateDirectory, state, tuning);
   }
@@ -129,7 +129,7 @@ export class SnapshotSession {
       return new SnapshotSession(state.snapshotId, stateDirectory, state, client, volume, idleTimeoutMs, log);
     } catch (error) {
       await releaseLock(stateDirectory);
-      throw new UserError(`cannot open the state of ${state.snapshotId} in ${stateDirectory}: ${(error as Error).message}`);
+      throw new UserError(`cannot open the state of ${state.snapshotId} in ${stateDirectory}: ${describeError(error)}`);
     }
   }
 
@@ -157,7 +157,7 @@ export class SnapshotSession {
     } catch (error) {
       const kept = await this.preserveDirty();
       throw new UserError(
-        `could not upload every block of ${this.snapshotId} (${(error as Error).message})${kept}${await this.closeAfterFailure()}; ` +
+        `could not upload every block of ${this.snapshotId} (${describeError(error)})${kept}${await this.closeAfterFailure()}; ` +
           `the snapshot stays pending and its state is kept in ${this.stateDirectory}; ` +
           `continue with 'ebs-fuse mount MOUNTPOINT --resume ${this.snapshotId}' or 'ebs-fuse complete ${this.snapshotId}'`,
       );
@@ -187,7 +187,7 @@ export class SnapshotSession {
         await this.forgetData();
       } catch (error) {
         throw new UserError(
-          `${this.snapshotId} is ${status}, but its state in ${this.stateDirectory} could not be cleared: ${(error as Error).message}`,
+          `${this.snapshotId} is ${status}, but its state in ${this.stateDirectory} could not be cleared: ${describeError(error)}`,
         );
       }
     }
@@ -201,7 +201,7 @@ export class SnapshotSession {
       if (lostBlocks === 0) return keptBlocks === 0 ? '' : `; the ${keptBlocks} blocks not uploaded are kept in the local copy`;
       return `; ${keptBlocks} blocks not uploaded are kept in the local copy, ${lostBlocks} could not be kept (no room within --disk-cache-size, or their other bytes are held nowhere) and are lost`;
     } catch (error) {
-      return `; keeping the blocks not uploaded in ${this.stateDirectory} failed: ${(error as Error).message}`;
+      return `; keeping the blocks not uploaded in ${this.stateDirectory} failed: ${describeError(error)}`;
     }
   }
 
@@ -211,7 +211,7 @@ export class SnapshotSession {
       await this.close();
       return '';
     } catch (error) {
-      return `; closing its state in ${this.stateDirectory} failed too: ${(error as Error).message}`;
+      return `; closing its state in ${this.stateDirectory} failed too: ${describeError(error)}`;
     }
   }
 
@@ -220,7 +220,7 @@ export class SnapshotSession {
     try {
       await this.close();
     } catch (error) {
-      throw new UserError(`closing the state of ${this.snapshotId} in ${this.stateDirectory} ${step} failed: ${(error as Error).message}`);
+      throw new UserError(`closing the state of ${this.snapshotId} in ${this.stateDirectory} ${step} failed: ${describeError(error)}`);
     }
   }
 
@@ -239,7 +239,7 @@ export class SnapshotSession {
       if (this.keepAliveWarned) return;
       this.keepAliveWarned = true;
       this.log(
-        `ebs-fuse: warning: cannot keep ${this.snapshotId} alive (${(error as Error).message}); it turns to 'error' after ${Math.round(this.idleTimeoutMs / 60_000)} min without a PUT`,
+        `ebs-fuse: warning: cannot keep ${this.snapshotId} alive (${describeError(error)}); it turns to 'error' after ${Math.round(this.idleTimeoutMs / 60_000)} min without a PUT`,
       );
     }
   }

@@ -11,6 +11,7 @@ import type { CoreLimits } from './limits';
 import type { SnapshotReader } from './snapshot-reader';
 import { ZERO_BLOCK } from './transfer';
 import type { VolumeFile, VolumeStats } from './volume-file';
+import { describeError } from '../errors';
 
 /** How long close() lets in-flight uploads finish. */
 const CLOSE_WAIT_MS = 60_000;
@@ -335,7 +336,7 @@ export class Volume implements VolumeFile {
     try {
       await this.store.sync();
     } catch (error) {
-      throw new FileOperationError('EIO', `cannot make the state durable: ${(error as Error).message}`);
+      throw new FileOperationError('EIO', `cannot make the state durable: ${describeError(error)}`);
     }
   }
 

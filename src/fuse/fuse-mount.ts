@@ -15,6 +15,7 @@ type FuseOptions = Fuse.FuseOptions;
 import { FileOperationError } from '../core/file-errors';
 import type { VolumeFile } from '../core/volume-file';
 import { isMountPoint, watchForUnmount, type UnmountWatcher } from './mountinfo';
+import { describeError } from '../errors';
 
 const execFileAsync = promisify(execFile);
 
@@ -74,7 +75,7 @@ export function loadFuseNative(): FuseClass {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     Base = require('fuse-native') as FuseClass;
   } catch (error) {
-    const reason = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    const reason = describeError(error);
     throw new FuseUnavailableError(`fuse-native failed to load (${reason})`);
   }
   // The override below is only called if fuse-native still builds its options here;
@@ -100,7 +101,7 @@ export function libfuseVersion(): string {
   try {
     loadFuseNative();
   } catch (error) {
-    return `not loadable: ${error instanceof Error ? error.message : String(error)}`;
+    return `not loadable: ${describeError(error)}`;
   }
   const mapped = readFileSync('/proc/self/maps', 'utf8')
     .split('\n')
@@ -255,7 +256,7 @@ export class FuseMount {
       try {
         await attempt();
       } catch (error) {
-        failures.push(`${name}: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
+        failures.push(`${name}: ${describeError(error)}`);
       }
       if (!(await isMountPoint(this.mountpoint))) return;
     }
@@ -304,7 +305,7 @@ export class FuseMount {
     }
     if (this.unexpectedErrorsLogged < UNEXPECTED_ERRORS_LOGGED_MAX) {
       this.unexpectedErrorsLogged += 1;
-      const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+      const message = describeError(error);
       this.options.log(`${operation} of ${this.options.fileName} failed unexpectedly, answering EIO: ${message}`);
       if (this.unexpectedErrorsLogged === UNEXPECTED_ERRORS_LOGGED_MAX) {
         this.options.log('further unexpected errors are not logged');
@@ -437,7 +438,7 @@ export class FuseMount {
           () => cb(0),
           (error: unknown) => {
             const errno = fail('close', error);
-            const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+            const message = describeError(error);
             // Many programs ignore close's result; say it where a person will see it.
             this.options.log(
               `close of ${this.options.fileName} could not upload its data (${message}); the data stays dirty and the next fsync or unmount tries again`,

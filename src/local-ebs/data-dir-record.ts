@@ -5,7 +5,7 @@
 import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../durable-file';
-import { UserError } from '../errors';
+import { describeError, UserError } from '../errors';
 import { claimPidFile, isProcessAlive } from '../pid-file';
 
 const SERVER_FILE = 'server.json';
@@ -73,7 +73,7 @@ export async function acquireDataDir(dataDir: string, serverFile: string): Promi
   try {
     holder = await claimPidFile(serverFile, starting, { pidOf: (text) => parseServerRecord(text)?.pid, takeOverOwn: false });
   } catch (error) {
-    throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
+    throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${describeError(error)}`);
   }
   if (holder === undefined) return;
   if (holder.pid === undefined) throw new UserError(`local-ebs data directory ${dataDir} is being taken by another process; try again`);

@@ -5,7 +5,7 @@
 // It is still this process: its record names this pid, and it stops with us.
 import path from 'node:path';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import { UserError } from '../errors';
+import { describeError, UserError } from '../errors';
 import { startLocalEbs, type RunningLocalEbs } from './server';
 
 /** What the embedded server needs; the data directory is absolute (a worker cannot chdir). */
@@ -116,16 +116,14 @@ async function runInWorker(port: NonNullable<typeof parentPort>, options: Embedd
   try {
     server = await startLocalEbs({ ...options, host: '127.0.0.1', port: 0, log: (line) => send({ kind: 'log', line }) });
   } catch (error) {
-    const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    const message = describeError(error);
     send({ kind: 'failed', message, userError: error instanceof UserError });
     return;
   }
   port.once('message', () => {
     server
       .close()
-      .catch((error: unknown) =>
-        send({ kind: 'log', line: `local-ebs: closing the embedded server: ${error instanceof Error ? error.message : String(error)}` }),
-      )
+      .catch((error: unknown) => send({ kind: 'log', line: `local-ebs: closing the embedded server: ${describeError(error)}` }))
       .finally(() => {
         send({ kind: 'closed' });
         port.close();

@@ -15,7 +15,7 @@ import { createHash, randomBytes, randomUUID, webcrypto } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
-import { UserError } from '../errors';
+import { describeError, UserError } from '../errors';
 import { EbsApiError, internalError, requestTimeout, validationError, authError } from './errors';
 import { resolveConnectionLimits, deadlineCheckIntervalMs, type ConnectionLimits } from './limits';
 import { FaultInjector, FaultSpecError, type OperationName } from './faults';
@@ -174,7 +174,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
   try {
     await makeDirectories(dataDir);
   } catch (error) {
-    throw new UserError(`cannot create the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
+    throw new UserError(`cannot create the local-ebs data directory ${dataDir}: ${describeError(error)}`);
   }
   await acquireDataDir(dataDir, serverFile);
 
@@ -185,7 +185,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     tokenKey = await loadTokenKey(dataDir);
   } catch (error) {
     await fsp.rm(serverFile, { force: true }).catch(() => undefined);
-    throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${(error as Error).message}`);
+    throw new UserError(`cannot use the local-ebs data directory ${dataDir}: ${describeError(error)}`);
   }
   const service = new EbsService(store, new TokenSigner(tokenKey), now, log);
   const verifier = new SigV4Verifier({ accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey });
@@ -487,7 +487,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     await fsp.rm(serverFile, { force: true }).catch(() => undefined);
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE') throw new UserError(`port ${port} on ${host} is in use: choose another with --port (0 picks a free one)`);
-    throw new UserError(`cannot listen on ${host}:${port}: ${(error as Error).message}`);
+    throw new UserError(`cannot listen on ${host}:${port}: ${describeError(error)}`);
   }
   server.on('error', (error) => log(`local-ebs: server error: ${error.message}`));
   const address = server.address() as AddressInfo;
@@ -505,7 +505,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     service.close();
     await store.close();
     await fsp.rm(serverFile, { force: true }).catch(() => undefined);
-    throw new UserError(`cannot write ${serverFile}: ${(error as Error).message}`);
+    throw new UserError(`cannot write ${serverFile}: ${describeError(error)}`);
   }
 
   let closing: Promise<void> | undefined;
