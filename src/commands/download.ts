@@ -6,7 +6,7 @@ import { newTransferStats } from '../core/transfer';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from './connection';
 import { describeError, UserError } from '../errors';
 import { log } from './log';
-import { EXIT_INTERRUPTED, onInterrupt } from './interrupt';
+import { onInterrupt, transferFailure } from './interrupt';
 import { parseInteger, parseSnapshotId } from './options';
 import { startTransferProgress } from './transfer-progress';
 
@@ -70,9 +70,7 @@ async function runDownload(snapshotIdArgument: string, file: string, flags: Down
     return 0;
   } catch (error) {
     progress.stop();
-    if (abort.signal.aborted) throw new UserError(describeError(error), EXIT_INTERRUPTED);
-    if (error instanceof UserError) throw error;
-    throw new UserError(`cannot download ${snapshotId} via ${opened.endpointDescription}: ${describeError(error)}`);
+    throw transferFailure(error, abort.signal.aborted, `download ${snapshotId} via ${opened.endpointDescription}`);
   } finally {
     interrupt.remove();
     await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));

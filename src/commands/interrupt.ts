@@ -1,6 +1,7 @@
 // SIGINT and SIGTERM during upload and download: the first asks the transfer
 // to stop cleanly (no new block starts, temporary files are removed); a second
 // one ends the process at once.
+import { describeError, UserError } from '../errors';
 
 const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
 /** As shells report a process ended by SIGINT. */
@@ -26,4 +27,14 @@ export function onInterrupt(stop: (signal: NodeJS.Signals) => void): InterruptHa
       for (const signal of STOP_SIGNALS) process.off(signal, handler);
     },
   };
+}
+
+/**
+ * What an upload or download that failed ends with: the interruption (exit 130)
+ * when the user stopped it, its own one-line error, or `cannot WHAT: cause`.
+ */
+export function transferFailure(error: unknown, interrupted: boolean, what: string): UserError {
+  if (interrupted) return new UserError(describeError(error), EXIT_INTERRUPTED);
+  if (error instanceof UserError) return error;
+  return new UserError(`cannot ${what}: ${describeError(error)}`);
 }

@@ -19,7 +19,7 @@ export interface ProgressStream {
 
 export const STATUS_LINE_INTERVAL_MS = 5000;
 export const IDLE_STATUS_LINE_INTERVAL_MS = 60_000;
-const BAR_REDRAW_INTERVAL_MS = 200;
+export const BAR_REDRAW_INTERVAL_MS = 200;
 export const LIVE_REDRAW_INTERVAL_MS = 500;
 /** Carriage return and erase-line: the live line is redrawn where it is. */
 const ERASE_LINE = '\r\x1b[2K';
@@ -60,6 +60,19 @@ export function formatStatusLine(phase: string, stats: VolumeStats, rateMBps: nu
 
 export interface Reporter {
   stop(): void;
+}
+
+/** Redraws a bar every BAR_REDRAW_INTERVAL_MS; stop() draws it a last time, then ends it. */
+export function redrawnBar(redraw: () => void, endBar: () => void): Reporter {
+  const timer = setInterval(redraw, BAR_REDRAW_INTERVAL_MS);
+  timer.unref();
+  return {
+    stop: () => {
+      clearInterval(timer);
+      redraw();
+      endBar();
+    },
+  };
 }
 
 /** The live line: uploaded bytes, MB/s, dirty, in flight, retries, and the last error. */
@@ -195,13 +208,5 @@ export function startFlushProgress(
     if (ticks % Math.max(1, Math.round(1000 / BAR_REDRAW_INTERVAL_MS)) === 0) lastRate = meter.sampleMBps(stats, Date.now());
     bar.update(done, { rate: lastRate.toFixed(1), retries: stats.retries });
   };
-  const timer = setInterval(redraw, BAR_REDRAW_INTERVAL_MS);
-  timer.unref();
-  return {
-    stop: () => {
-      clearInterval(timer);
-      redraw();
-      bar.stop();
-    },
-  };
+  return redrawnBar(redraw, () => bar.stop());
 }

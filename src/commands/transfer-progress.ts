@@ -5,10 +5,9 @@
 // once, where the number of blocks to send is only known at the end.
 import { SingleBar } from 'cli-progress';
 import type { TransferStats } from '../core/transfer';
-import { STATUS_LINE_INTERVAL_MS, type ProgressStream, type Reporter } from './progress';
+import { redrawnBar, STATUS_LINE_INTERVAL_MS, type ProgressStream, type Reporter } from './progress';
 import { BYTES_PER_MB, MIB_BYTES, formatMB } from '../units';
 
-const BAR_REDRAW_INTERVAL_MS = 200;
 const RATE_SAMPLE_INTERVAL_MS = 1000;
 
 export interface TransferProgressSource {
@@ -99,13 +98,7 @@ export function startTransferProgress(
       bar.update(value, payload);
     }
   };
-  const timer = setInterval(redraw, BAR_REDRAW_INTERVAL_MS);
-  timer.unref();
-  return {
-    stop: () => {
-      clearInterval(timer);
-      redraw();
-      if (started) bar.stop();
-    },
-  };
+  return redrawnBar(redraw, () => {
+    if (started) bar.stop();
+  });
 }

@@ -9,7 +9,7 @@ import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { describeError, UserError } from '../errors';
 import { formatMB } from '../units';
 import { completionNote, log } from './log';
-import { EXIT_INTERRUPTED, onInterrupt } from './interrupt';
+import { onInterrupt, transferFailure } from './interrupt';
 import { DEFAULT_UPLOAD_CONCURRENCY } from './mount';
 import { addSnapshotOptions, parseInteger, parseVolumeSizeGiB, snapshotParams, type SnapshotOptionValues } from './options';
 import { startTransferProgress } from './transfer-progress';
@@ -100,9 +100,7 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
     return 0;
   } catch (error) {
     progress.stop();
-    if (abort.signal.aborted) throw new UserError(describeError(error), EXIT_INTERRUPTED);
-    if (error instanceof UserError) throw error;
-    throw new UserError(`cannot upload ${name} via ${opened.endpointDescription}: ${describeError(error)}`);
+    throw transferFailure(error, abort.signal.aborted, `upload ${name} via ${opened.endpointDescription}`);
   } finally {
     interrupt.remove();
     await opened.close().catch((error: unknown) => log(`closing the client: ${describeError(error)}`));
