@@ -75,7 +75,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 # native/build/extents: SEEK_DATA/SEEK_HOLE for `ebs-fuse upload` (also built on npm install).
-EXTENTS_CFLAGS=-Werror sh native/build-extents.sh
+EXTENTS_STRICT=1 sh native/build-extents.sh
 
 log "building"
 npx --no-install tsc -p tsconfig.json

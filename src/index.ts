@@ -7,7 +7,7 @@
 // to the terminal or exits the process.
 import { Readable } from 'node:stream';
 import type { EBSClient, EBSClientConfig } from '@aws-sdk/client-ebs';
-import { FINISH_TIMEOUT_MS, MIN_CACHE_SIZE_BYTES } from './core/limits';
+import { CACHE_SIZE_MIN_BYTES, DEFAULT_LIMITS, FINISH_TIMEOUT_MS, TRANSFER_CONCURRENCY_MAX } from './core/limits';
 import { defaultStateDir, SnapshotSession } from './core/session';
 import { downloadSnapshot } from './core/download';
 import { newTransferStats, type TransferStats } from './core/transfer';
@@ -16,18 +16,14 @@ import type { VolumeStats } from './core/volume-file';
 import { AwsSnapshotClient } from './ebs/aws-client';
 import type { SnapshotStatus, StartSnapshotParams } from './ebs/client';
 import { RetryingSnapshotClient } from './ebs/retry';
-import { FuseMount } from './fuse/fuse-mount';
+import { DEFAULT_FILE_NAME, FILE_RELEASE_GRACE_MS, fileBusyMessage, FuseMount } from './fuse/fuse-mount';
 import { GIB_BYTES } from './units';
+import { describeError } from './errors';
 
 export type { SnapshotStatus, SnapshotTag } from './ebs/client';
 export { UserError } from './errors';
 
-/** As the CLI's --upload-concurrency default. */
-const DEFAULT_CONCURRENCY = 64;
-const CONCURRENCY_MAX = 1024;
 const DEFAULT_PROGRESS_INTERVAL_MS = 1000;
-/** The kernel sends release shortly after the last close; a file open past this is busy. */
-const RELEASE_GRACE_MS = 2000;
 
 /** How to reach EBS and how to report; shared by every function. */
 export interface ClientOptions {
@@ -134,9 +130,9 @@ export interface Mounted {
 }
 
 function checkedConcurrency(options: ClientOptions): number {
-  const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
-  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > CONCURRENCY_MAX) {
-    throw new RangeError(`concurrency must be an integer from 1 to ${CONCURRENCY_MAX}, not ${concurrency}`);
+  const concurrency = options.concurrency ?? DEFAULT_LIMITS.uploadConcurrency;
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > TRANSFER_CONCURRENCY_MAX) {
+    throw new RangeError(`concurrency must be an integer from 1 to ${TRANSFER_CONCURRENCY_MAX}, not ${concurrency}`);
   }
   return concurrency;
 }
@@ -208,8 +204,10 @@ export function upload(options: UploadOptions): Promise<UploadOutcome> {
       result = await uploadFile(client, { ...common, filePath: options.source, volumeSizeGiB: options.volumeSizeGiB });
     } else {
       if (options.volumeSizeGiB === undefined) throw new RangeError('volumeSizeGiB is required to upload a stream or bytes');
-      const isStream = options.source instanceof Readable;
-      const stream = options.source instanceof Readable ? options.source : Readable.from([Buffer.from(options.source)]);
+      const source = options.source;
+      const isStream = source instanceof Readable;
+      // Bytes are wrapped, not copied: an image held in memory is not doubled.
+      const stream = isStream ? source : Readable.from([Buffer.from(source.buffer, source.byteOffset, source.byteLength)]);
       result = await uploadStream(client, {
         ...common,
         stream,
@@ -250,8 +248,8 @@ export function download(options: DownloadOptions): Promise<DownloadOutcome> {
 export async function mount(options: MountOptions): Promise<Mounted> {
   options.signal?.throwIfAborted();
   const concurrency = checkedConcurrency(options);
-  if (options.cacheSizeBytes !== undefined && !(options.cacheSizeBytes >= MIN_CACHE_SIZE_BYTES)) {
-    throw new RangeError(`cacheSizeBytes must be at least ${MIN_CACHE_SIZE_BYTES}, not ${options.cacheSizeBytes}`);
+  if (options.cacheSizeBytes !== undefined && !(options.cacheSizeBytes >= CACHE_SIZE_MIN_BYTES)) {
+    throw new RangeError(`cacheSizeBytes must be at least ${CACHE_SIZE_MIN_BYTES}, not ${options.cacheSizeBytes}`);
   }
   const client = openClient(options, concurrency);
   const log = options.log ?? (() => undefined);
@@ -272,7 +270,7 @@ export async function mount(options: MountOptions): Promise<Mounted> {
     );
     fuseMount = await FuseMount.mount({
       mountpoint: options.mountpoint,
-      fileName: options.fileName ?? 'snapshot.img',
+      fileName: options.fileName ?? DEFAULT_FILE_NAME,
       file: session.file,
       log,
     });
@@ -289,10 +287,9 @@ export async function mount(options: MountOptions): Promise<Mounted> {
   let ending: Promise<{ snapshotId: string; status: SnapshotStatus }> | undefined;
   const unmount = async (unmountOptions: { complete?: boolean } = {}): Promise<{ snapshotId: string; status: SnapshotStatus }> => {
     if (ending) return ending;
-    if (!(await fuseMount.waitForHandlesClosed(RELEASE_GRACE_MS))) {
-      const handles = fuseMount.openHandleCount();
+    if (!(await fuseMount.waitForHandlesClosed(FILE_RELEASE_GRACE_MS))) {
       throw new Error(
-        `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${handles} handle${handles === 1 ? '' : 's'}); close it, then unmount again`,
+        `${fileBusyMessage(fuseMount.mountpoint, fuseMount.filePath, fuseMount.openHandleCount())}; close it, then unmount again`,
       );
     }
     ending ??= (async () => {
@@ -307,10 +304,40 @@ export async function mount(options: MountOptions): Promise<Mounted> {
     })();
     return ending;
   };
-  options.signal?.addEventListener(
-    'abort',
-    () => void unmount({ complete: false }).catch((error: unknown) => log(`unmount after abort: ${String(error)}`)),
-    { once: true },
-  );
+  const signal = options.signal;
+  if (signal) {
+    // Aborted: unmount, leaving the snapshot pending; while the file is open, try
+    // again every grace period until it is closed or unmount() was called.
+    let busyLogged = false;
+    const onAbort = (): void => {
+      unmount({ complete: false }).catch((error: unknown) => {
+        if (ending) return;
+        if (!busyLogged) log(`unmount after abort: ${describeError(error)}; trying again until the file is closed`);
+        busyLogged = true;
+        setTimeout(onAbort, FILE_RELEASE_GRACE_MS).unref();
+      });
+    };
+    // An abort while the mount was starting: the mount is not handed out.
+    if (signal.aborted) {
+      await unmount({ complete: false }).catch(() => undefined);
+      throw signal.reason;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    const stopListening = (): void => signal.removeEventListener('abort', onAbort);
+    const unmountAndStopListening = async (unmountOptions?: {
+      complete?: boolean;
+    }): Promise<{ snapshotId: string; status: SnapshotStatus }> => {
+      const result = await unmount(unmountOptions);
+      stopListening();
+      return result;
+    };
+    return {
+      snapshotId: opened.snapshotId,
+      mountpoint: fuseMount.mountpoint,
+      filePath: fuseMount.filePath,
+      progress,
+      unmount: unmountAndStopListening,
+    };
+  }
   return { snapshotId: opened.snapshotId, mountpoint: fuseMount.mountpoint, filePath: fuseMount.filePath, progress, unmount };
 }

@@ -3,7 +3,27 @@
 // file whose process is gone is taken over; a live holder is reported, never
 // displaced.
 
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
+
+/**
+ * Creates `file` with `content` in one step, or returns false if it exists: the
+ * content is written under a temporary name and hard-linked into place, so no
+ * other claimer ever reads the file empty (and takes it for a dead holder's).
+ */
+async function createWithContent(file: string, content: string): Promise<boolean> {
+  const temporary = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await fsp.writeFile(temporary, content, { flag: 'wx', mode: 0o600 });
+  try {
+    await fsp.link(temporary, file);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  } finally {
+    await fsp.rm(temporary, { force: true });
+  }
+}
 
 /** Whether a process with this pid exists (EPERM: it does, as another user's). */
 export function isProcessAlive(pid: number): boolean {
@@ -30,12 +50,7 @@ export async function claimPidFile(
   options: { pidOf: (text: string) => number | undefined; takeOverOwn: boolean },
 ): Promise<{ pid: number | undefined; text: string } | undefined> {
   for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      await fsp.writeFile(file, content, { flag: 'wx', mode: 0o600 });
-      return undefined;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    }
+    if (await createWithContent(file, content)) return undefined;
     const text = await fsp.readFile(file, 'utf8').catch(() => '');
     const pid = options.pidOf(text);
     const ownAndFree = options.takeOverOwn && pid === process.pid;

@@ -106,24 +106,30 @@ describe('library: upload, download and mount as functions', function () {
     assert.equal(await completes(), before);
   });
 
-  it('mount: unmount is refused while the file is open and the mount goes on; aborting the signal leaves the snapshot pending', async () => {
+  it('mount: unmount is refused while the file is open and the mount goes on; aborting the signal unmounts once the file is closed and leaves the snapshot pending', async () => {
     const mountpoint = context.file('lib-mnt');
     await mkdir(mountpoint);
     const stateDir = context.file('lib-state');
     const controller = new AbortController();
     const mounted = await mount({ mountpoint, volumeSizeGiB: 1, clientConfig: clientConfig(), stateDir, signal: controller.signal });
     assert.equal(mounted.filePath, path.join(mountpoint, 'snapshot.img'));
+    const before = await completes();
     const handle = await open(mounted.filePath, 'r+');
     try {
       await handle.write(Buffer.from('abc'), 0, 3, 0);
-      await assert.rejects(mounted.unmount(), /is busy: .* is still open \(1 handle\)/);
+      await assert.rejects(mounted.unmount(), /is busy: .* is still open \(1 handle;/);
       assert.equal(await isMountPoint(mountpoint), true);
+      assert.equal(mounted.progress().phase, 'mounted');
+      // Aborted while the file is open: the mount waits for it to be closed.
+      controller.abort();
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.equal(await isMountPoint(mountpoint), true, 'still mounted while the file is open');
     } finally {
       await handle.close();
     }
-    assert.equal(mounted.progress().phase, 'mounted');
-    const before = await completes();
-    controller.abort();
+    for (let attempt = 0; attempt < 100 && (await isMountPoint(mountpoint)); attempt++)
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(await isMountPoint(mountpoint), false, 'unmounted by the abort once the file was closed');
     const ended = await mounted.unmount();
     assert.deepEqual(ended, { snapshotId: mounted.snapshotId, status: 'pending' });
     assert.equal(await completes(), before);

@@ -8,10 +8,11 @@
 // stdout, like `ebs-fuse mount`: `SNAPSHOT_ID FILE_PATH` once writable; after
 // SIGINT/SIGTERM the final flush and `SNAPSHOT_ID STATUS`, then one JSON line
 // with what the null client saw.
-import { DEFAULT_CACHE_SIZE, DEFAULT_UPLOAD_CONCURRENCY } from '../../src/commands/mount';
+import { DEFAULT_CACHE_SIZE } from '../../src/commands/mount';
+import { DEFAULT_LIMITS } from '../../src/core/limits';
 import { parseSizeBytes } from '../../src/commands/options';
 import { SnapshotSession } from '../../src/core/session';
-import { FuseMount } from '../../src/fuse/fuse-mount';
+import { DEFAULT_FILE_NAME, FuseMount } from '../../src/fuse/fuse-mount';
 import { NullSnapshotClient } from './null-client';
 
 const RELEASE_GRACE_MS = 5000;
@@ -30,13 +31,13 @@ async function main(): Promise<number> {
     {
       stateDir,
       cacheSizeBytes: parseSizeBytes(cacheText ?? DEFAULT_CACHE_SIZE, 'CACHE_SIZE'),
-      uploadConcurrency: Number(concurrencyText ?? DEFAULT_UPLOAD_CONCURRENCY),
+      uploadConcurrency: Number(concurrencyText ?? DEFAULT_LIMITS.uploadConcurrency),
       diskCacheSizeBytes:
         diskCacheText === undefined || diskCacheText === 'auto' ? 'auto' : parseSizeBytes(diskCacheText, 'DISK_CACHE_SIZE'),
       log,
     },
   );
-  const fuseMount = await FuseMount.mount({ mountpoint, fileName: 'snapshot.img', file: session.file, log });
+  const fuseMount = await FuseMount.mount({ mountpoint, fileName: DEFAULT_FILE_NAME, file: session.file, log });
   process.stdout.write(`${session.snapshotId} ${fuseMount.filePath}\n`);
 
   await new Promise<void>((resolve) => {

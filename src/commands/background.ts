@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync, renameSync, statSync, writeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { makeDirectories } from '../durable-file';
 import { describeError, UserError } from '../errors';
@@ -15,7 +16,7 @@ import { describeError, UserError } from '../errors';
 /** Set in the child's environment: the file it logs to. */
 const BACKGROUND_LOG_VARIABLE = 'EBS_FUSE_BACKGROUND_LOG';
 /** Past this the log moves to FILE.1 (replacing the older one): two files at most. */
-export const LOG_FILE_MAX_BYTES = 8 * 1024 * 1024;
+const LOG_FILE_MAX_BYTES = 8 * 1024 * 1024;
 /** StartSnapshot with its retries, the state directory and the FUSE handshake, with room to spare. */
 const READY_TIMEOUT_MS = 5 * 60_000;
 /** What is passed on of a child that failed before it was ready: its last lines. */
@@ -127,7 +128,8 @@ export async function runInBackground(args: string[], logFile: string, mountpoin
     });
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
-      resolve({ exitCode: code ?? (signal ? 128 : 1) });
+      // As a shell reports a child killed by a signal: 128 plus its number.
+      resolve({ exitCode: code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1) });
     });
   });
 

@@ -2,6 +2,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { downloadSnapshot } from '../core/download';
+import { TRANSFER_CONCURRENCY_MAX } from '../core/limits';
 import { newTransferStats } from '../core/transfer';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from './connection';
 import { describeError, UserError } from '../errors';
@@ -11,7 +12,6 @@ import { parseInteger, parseSnapshotId } from './options';
 import { startTransferProgress } from './transfer-progress';
 
 export const DEFAULT_DOWNLOAD_CONCURRENCY = 64;
-const DOWNLOAD_CONCURRENCY_MAX = 1024;
 
 interface DownloadFlags extends ConnectionOptions {
   force?: boolean;
@@ -34,7 +34,7 @@ export function registerDownloadCommand(program: Command): void {
 
 async function runDownload(snapshotIdArgument: string, file: string, flags: DownloadFlags): Promise<number> {
   const snapshotId = parseSnapshotId(snapshotIdArgument, 'SNAPSHOT_ID');
-  const concurrency = parseInteger(flags.downloadConcurrency, '--download-concurrency', 1, DOWNLOAD_CONCURRENCY_MAX);
+  const concurrency = parseInteger(flags.downloadConcurrency, '--download-concurrency', 1, TRANSFER_CONCURRENCY_MAX);
   const filePath = path.resolve(file);
 
   const opened = await openSnapshotClient(flags, { maxSockets: concurrency, log });

@@ -5,7 +5,7 @@
 import { constants as fsConstants, existsSync, promises as fs, realpathSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import path from 'node:path';
-import { MIN_CACHE_SIZE_BYTES } from '../core/limits';
+import { CACHE_SIZE_MIN_BYTES, TRANSFER_CONCURRENCY_MAX } from '../core/limits';
 import type { DiskBudget } from '../core/local-copy';
 import { defaultStateDir } from '../core/session';
 import type { StartSnapshotParams } from '../ebs/client';
@@ -16,7 +16,6 @@ import { MIB_BYTES } from '../units';
 import type { ConnectionOptions } from './connection';
 import { parseInteger, parseSizeBytes, parseSnapshotId, parseVolumeSizeGiB, snapshotParams, type SnapshotOptionValues } from './options';
 
-const UPLOAD_CONCURRENCY_MAX = 1024;
 const FILE_NAME_MAX_BYTES = 255;
 
 export interface MountFlags extends SnapshotOptionValues, ConnectionOptions {
@@ -56,8 +55,8 @@ function validateFileName(name: string): string {
 
 function validateCacheSize(value: string): number {
   const bytes = parseSizeBytes(value, '--cache-size');
-  if (bytes < MIN_CACHE_SIZE_BYTES) {
-    throw new UserError(`--cache-size must be at least ${MIN_CACHE_SIZE_BYTES / MIB_BYTES}MiB, not ${value}`);
+  if (bytes < CACHE_SIZE_MIN_BYTES) {
+    throw new UserError(`--cache-size must be at least ${CACHE_SIZE_MIN_BYTES / MIB_BYTES}MiB, not ${value}`);
   }
   if (bytes > totalmem()) {
     throw new UserError(`--cache-size ${value} is more than this machine's memory (${Math.floor(totalmem() / MIB_BYTES)}MiB)`);
@@ -87,7 +86,7 @@ async function validateMountpoint(mountpoint: string): Promise<string> {
   return absolute;
 }
 
-export function checkFuseAvailable(): void {
+function checkFuseAvailable(): void {
   if (!existsSync('/dev/fuse')) {
     throw new UserError('/dev/fuse is missing: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse');
   }
@@ -217,7 +216,7 @@ export async function validate(mountpoint: string, flags: MountFlags): Promise<{
     fileName: validateFileName(flags.fileName),
     cacheSizeBytes: validateCacheSize(flags.cacheSize),
     diskCacheSizeBytes: flags.diskCacheSize.trim() === 'auto' ? 'auto' : parseSizeBytes(flags.diskCacheSize, '--disk-cache-size'),
-    uploadConcurrency: parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, UPLOAD_CONCURRENCY_MAX),
+    uploadConcurrency: parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, TRANSFER_CONCURRENCY_MAX),
     stateDir: path.resolve(flags.stateDir ?? defaultStateDir()),
     complete: flags.complete,
   };

@@ -67,17 +67,32 @@ export function runtimeDir(env: NodeJS.ProcessEnv = process.env): string {
   return uid === 0 ? '/run/ebs-fuse' : path.join(tmpdir(), `ebs-fuse-${uid}`);
 }
 
-export function recordPath(mountpoint: string, directory = runtimeDir()): string {
+function recordPath(mountpoint: string, directory = runtimeDir()): string {
   return path.join(directory, `${createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)}.json`);
 }
 
 /** The one record a mount process writes; other code only reads records. */
+/**
+ * Whether records in this directory can be trusted: it is this user's and no one
+ * else may write to it (the temporary-directory fallback is shared by all users).
+ */
+function isOwnPrivateDirectory(directory: string): boolean {
+  try {
+    const stat = statSync(directory);
+    return stat.isDirectory() && stat.uid === (process.getuid?.() ?? stat.uid) && (stat.mode & 0o022) === 0;
+  } catch {
+    return false;
+  }
+}
+
 export class MountRecordFile {
   private timer: NodeJS.Timeout | undefined;
+  private failureLogged = false;
 
   private constructor(
-    private readonly file: string,
+    private readonly file: string | undefined,
     private record: MountRecord,
+    private readonly log: (line: string) => void,
   ) {}
 
   /**
@@ -89,12 +104,20 @@ export class MountRecordFile {
     log: (line: string) => void,
     directory = runtimeDir(),
   ): MountRecordFile {
+    const unusable = (why: string): void =>
+      log(
+        `cannot use the runtime directory ${directory}: ${why}; ebs-fuse status and unmount will not see this mount (set XDG_RUNTIME_DIR to a directory of your own)`,
+      );
+    let usable = true;
     try {
       mkdirSync(directory, { recursive: true, mode: 0o700 });
+      if (!isOwnPrivateDirectory(directory)) {
+        unusable('it belongs to another user or others may write to it');
+        usable = false;
+      }
     } catch (error) {
-      log(
-        `cannot use the runtime directory ${directory}: ${describeError(error)}; ebs-fuse status and unmount will not see this mount (set XDG_RUNTIME_DIR to a writable directory)`,
-      );
+      unusable(describeError(error));
+      usable = false;
     }
     const now = new Date().toISOString();
     const record: MountRecord = {
@@ -106,13 +129,9 @@ export class MountRecordFile {
       phase: 'mounted',
       ...fields,
     };
-    const file = new MountRecordFile(recordPath(fields.mountpoint, directory), record);
+    const file = new MountRecordFile(usable ? recordPath(fields.mountpoint, directory) : undefined, record, log);
     file.write();
     return file;
-  }
-
-  get path(): string {
-    return this.file;
   }
 
   /** Rewrites the record every RECORD_INTERVAL_MS with fresh progress, until ended. */
@@ -143,14 +162,20 @@ export class MountRecordFile {
   }
 
   private write(): void {
+    if (this.file === undefined) return;
     // Renamed into place, so a reader never sees half a record. A failed write costs
-    // only `status` its freshness; the mount itself goes on.
+    // only `status` its freshness; the mount itself goes on, and says so once.
     const temporary = `${this.file}.${randomBytes(4).toString('hex')}.tmp`;
     try {
       writeFileSync(temporary, `${JSON.stringify(this.record)}\n`, { mode: 0o600 });
       renameSync(temporary, this.file);
-    } catch {
+    } catch (error) {
       rmSync(temporary, { force: true });
+      if (!this.failureLogged)
+        this.log(
+          `cannot write the mount's record ${this.file}: ${describeError(error)}; ebs-fuse status and unmount may not see this mount`,
+        );
+      this.failureLogged = true;
     }
   }
 }
@@ -177,12 +202,14 @@ function readRecordFile(file: string): MountRecord | undefined {
 
 /** The record of the mount at this (absolute) mountpoint, if any. */
 export function readRecord(mountpoint: string, directory = runtimeDir()): MountRecord | undefined {
+  if (!isOwnPrivateDirectory(directory)) return undefined;
   const record = readRecordFile(recordPath(mountpoint, directory));
   return record?.mountpoint === mountpoint ? record : undefined;
 }
 
 /** Every record in the runtime directory, oldest first. */
 export function readRecords(directory = runtimeDir()): MountRecord[] {
+  if (!isOwnPrivateDirectory(directory)) return [];
   let names: string[];
   try {
     names = readdirSync(directory).filter((name) => /^[0-9a-f]{16}\.json$/.test(name));

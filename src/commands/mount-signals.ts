@@ -3,11 +3,9 @@
 // is busy and keeps serving. And the last resort when the process dies mounted.
 import { execFileSync } from 'node:child_process';
 import { describeError } from '../errors';
-import type { FuseMount } from '../fuse/fuse-mount';
+import { FILE_RELEASE_GRACE_MS, fileBusyMessage, type FuseMount } from '../fuse/fuse-mount';
 import { log } from './log';
 
-/** The kernel sends release shortly after the last close; wait that long before calling the file busy. */
-const RELEASE_GRACE_MS = 2000;
 /** While an external lazy umount waits for the file to be closed, remind this often. */
 const BUSY_REMINDER_INTERVAL_MS = 30_000;
 /**
@@ -16,7 +14,7 @@ const BUSY_REMINDER_INTERVAL_MS = 30_000;
  */
 export const UNMOUNT_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
-export function plural(count: number, noun: string): string {
+function plural(count: number, noun: string): string {
   return `${count} ${noun}${count === 1 ? '' : 's'}`;
 }
 
@@ -47,17 +45,14 @@ export function waitForUnmountRequest(fuseMount: FuseMount, externallyUnmounted:
       }
       if (checking) return;
       checking = true;
-      void fuseMount.waitForHandlesClosed(RELEASE_GRACE_MS).then((closed) => {
+      void fuseMount.waitForHandlesClosed(FILE_RELEASE_GRACE_MS).then((closed) => {
         checking = false;
         if (closed) {
           log(`${signal}: unmounting ${fuseMount.mountpoint}`);
           finish();
           return;
         }
-        log(
-          `${fuseMount.mountpoint} is busy: ${fuseMount.filePath} is still open (${plural(fuseMount.openHandleCount(), 'handle')}; ` +
-            `a loop device? see losetup -j ${fuseMount.filePath}); close it, then press Ctrl-C again`,
-        );
+        log(`${fileBusyMessage(fuseMount.mountpoint, fuseMount.filePath, fuseMount.openHandleCount())}; close it, then press Ctrl-C again`);
       });
     };
     for (const signal of UNMOUNT_SIGNALS) process.on(signal, onSignal);

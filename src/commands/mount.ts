@@ -3,12 +3,12 @@
 // external umount, then flush, complete and report.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { FINISH_TIMEOUT_MS } from '../core/limits';
+import { DEFAULT_LIMITS, FINISH_TIMEOUT_MS } from '../core/limits';
 import { defaultStateDir, openReadOnlySnapshot, SnapshotSession } from '../core/session';
 import type { VolumeFile, VolumeStats } from '../core/volume-file';
 import type { SnapshotStatus } from '../ebs/client';
 import { describeError, UserError } from '../errors';
-import { FuseMount, type FuseMountStats } from '../fuse/fuse-mount';
+import { DEFAULT_FILE_NAME, FuseMount, type FuseMountStats } from '../fuse/fuse-mount';
 import { GIB_BYTES, MIB_BYTES } from '../units';
 import { backgroundLogFile, defaultLogFile, redirectOutputToLog, runInBackground } from './background';
 import { addConnectionOptions, openSnapshotClient, type OpenedClient } from './connection';
@@ -20,9 +20,7 @@ import { installLastResortUnmount, UNMOUNT_SIGNALS, waitForUnmountRequest } from
 import { addSnapshotOptions } from './options';
 import { startFlushProgress, startMountedStatus, type Reporter } from './progress';
 
-export const DEFAULT_FILE_NAME = 'snapshot.img';
-export const DEFAULT_CACHE_SIZE = '256MiB';
-export const DEFAULT_UPLOAD_CONCURRENCY = 64;
+export const DEFAULT_CACHE_SIZE = `${DEFAULT_LIMITS.cacheSizeBytes / MIB_BYTES}MiB`;
 export function registerMountCommand(program: Command): void {
   const command = program
     .command('mount')
@@ -45,7 +43,7 @@ export function registerMountCommand(program: Command): void {
         'has free beyond a reserve of 10% of it (at least 64MiB)',
       'auto',
     )
-    .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_UPLOAD_CONCURRENCY))
+    .option('--upload-concurrency <n>', 'PutSnapshotBlock requests in flight', String(DEFAULT_LIMITS.uploadConcurrency))
     .option(
       '--state-dir <dir>',
       'where pending snapshots keep their state (default $XDG_STATE_HOME/ebs-fuse, else ~/.local/state/ebs-fuse)',

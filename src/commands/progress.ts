@@ -19,25 +19,21 @@ export interface ProgressStream {
 
 export const STATUS_LINE_INTERVAL_MS = 5000;
 export const IDLE_STATUS_LINE_INTERVAL_MS = 60_000;
-export const BAR_REDRAW_INTERVAL_MS = 200;
-export const LIVE_REDRAW_INTERVAL_MS = 500;
+const BAR_REDRAW_INTERVAL_MS = 200;
+const LIVE_REDRAW_INTERVAL_MS = 500;
 /** Carriage return and erase-line: the live line is redrawn where it is. */
 const ERASE_LINE = '\r\x1b[2K';
 
-/** Upload speed between two samples of bytesUploaded. */
-class RateMeter {
-  private lastBytes: number;
-  private lastAtMs: number;
+/** MB/s of a growing byte count between two samples; the mount's, upload's and download's. */
+export class RateMeter {
+  private lastAtMs = Date.now();
 
-  constructor(stats: VolumeStats, nowMs: number) {
-    this.lastBytes = stats.bytesUploaded;
-    this.lastAtMs = nowMs;
-  }
+  constructor(private lastBytes: number) {}
 
-  sampleMBps(stats: VolumeStats, nowMs: number): number {
+  sampleMBps(bytes: number, nowMs: number): number {
     const elapsedMs = nowMs - this.lastAtMs;
-    const rate = elapsedMs > 0 ? (stats.bytesUploaded - this.lastBytes) / BYTES_PER_MB / (elapsedMs / 1000) : 0;
-    this.lastBytes = stats.bytesUploaded;
+    const rate = elapsedMs > 0 ? (bytes - this.lastBytes) / BYTES_PER_MB / (elapsedMs / 1000) : 0;
+    this.lastBytes = bytes;
     this.lastAtMs = nowMs;
     return rate;
   }
@@ -99,7 +95,7 @@ export function startMountedStatus(source: StatsSource, stream: ProgressStream):
  * drawn again after. stop() erases it and gives the stream back.
  */
 export function startLiveLine(source: StatsSource, stream: ProgressStream, phase: string, intervalMs = LIVE_REDRAW_INTERVAL_MS): Reporter {
-  const meter = new RateMeter(source.stats(), Date.now());
+  const meter = new RateMeter(source.stats().bytesUploaded);
   const write = stream.write.bind(stream);
   let rateMBps = 0;
   let lastSampleAtMs = Date.now();
@@ -109,7 +105,7 @@ export function startLiveLine(source: StatsSource, stream: ProgressStream, phase
     const nowMs = Date.now();
     // A rate over half a second jitters; sample it once a second.
     if (nowMs - lastSampleAtMs >= 1000) {
-      rateMBps = meter.sampleMBps(stats, nowMs);
+      rateMBps = meter.sampleMBps(stats.bytesUploaded, nowMs);
       lastSampleAtMs = nowMs;
     }
     // A pseudo-terminal may report no width (0): take the classic 80 then.
@@ -152,13 +148,13 @@ export function startStatusLines(
   intervalMs = STATUS_LINE_INTERVAL_MS,
 ): Reporter {
   if (stream.isTTY) return { stop: () => undefined };
-  const meter = new RateMeter(source.stats(), Date.now());
+  const meter = new RateMeter(source.stats().bytesUploaded);
   let lastLine = '';
   let lastWrittenAtMs = 0;
   const timer = setInterval(() => {
     const stats = source.stats();
     const nowMs = Date.now();
-    const line = formatStatusLine(phase, stats, meter.sampleMBps(stats, nowMs));
+    const line = formatStatusLine(phase, stats, meter.sampleMBps(stats.bytesUploaded, nowMs));
     if (line === lastLine && nowMs - lastWrittenAtMs < IDLE_STATUS_LINE_INTERVAL_MS) return;
     lastLine = line;
     lastWrittenAtMs = nowMs;
@@ -183,7 +179,7 @@ export function startFlushProgress(
   // Nothing left to upload: a bar would only flash.
   if (first.dirtyBlocks + first.uploadingBlocks === 0) return { stop: () => undefined };
   let total = first.dirtyBlocks + first.uploadingBlocks;
-  const meter = new RateMeter(first, Date.now());
+  const meter = new RateMeter(first.bytesUploaded);
   const bar = new SingleBar({
     stream,
     format: 'flushing |{bar}| {value}/{total} blocks | {rate} MB/s | {retries} retries',
@@ -205,7 +201,7 @@ export function startFlushProgress(
     }
     ticks += 1;
     // The rate over one redraw period jitters; sample it once a second.
-    if (ticks % Math.max(1, Math.round(1000 / BAR_REDRAW_INTERVAL_MS)) === 0) lastRate = meter.sampleMBps(stats, Date.now());
+    if (ticks % Math.max(1, Math.round(1000 / BAR_REDRAW_INTERVAL_MS)) === 0) lastRate = meter.sampleMBps(stats.bytesUploaded, Date.now());
     bar.update(done, { rate: lastRate.toFixed(1), retries: stats.retries });
   };
   return redrawnBar(redraw, () => bar.stop());

@@ -17,6 +17,9 @@ import {
   type MountState,
 } from './mount-record';
 
+/** How long `status` leaves the record of an ended mount for the `unmount` that waits on it. */
+const ENDED_RECORD_KEPT_MS = 60_000;
+
 interface StatusFlags {
   json?: boolean;
 }
@@ -74,12 +77,17 @@ function toStatus(record: MountRecord, state: MountState): MountStatus {
   };
 }
 
-/** Live and died mounts; an ended record, or a died one whose mountpoint was cleaned up, is removed. */
+/** Live and died mounts; an ended record (after a minute), or a died one whose mountpoint was cleaned up, is removed. */
 async function allMounts(): Promise<MountStatus[]> {
   const mounts: MountStatus[] = [];
   for (const record of readRecords()) {
     const state = stateOf(record);
-    if (state === 'ended' || (state === 'died' && !(await isMountPoint(record.mountpoint)))) {
+    if (state === 'ended') {
+      // An unmount waiting for this mount reads its end here: left to it for a while.
+      if (Date.now() - Date.parse(record.updatedAt) > ENDED_RECORD_KEPT_MS) removeRecord(record);
+      continue;
+    }
+    if (state === 'died' && !(await isMountPoint(record.mountpoint))) {
       removeRecord(record);
       continue;
     }
@@ -105,7 +113,12 @@ function statusLine(mount: MountStatus): string {
     `${mount.retries} retries`,
   ];
   if (mount.lastError) parts.push(`last error: ${mount.lastError}`);
-  if (mount.state === 'died')
-    parts.push(`process ${mount.pid} is gone; the snapshot stays pending (ebs-fuse mount --resume ${mount.snapshotId})`);
+  if (mount.state === 'died') {
+    parts.push(
+      mount.readOnly
+        ? `process ${mount.pid} is gone (fusermount -uz ${mount.mountpoint})`
+        : `process ${mount.pid} is gone; the snapshot stays pending (ebs-fuse mount --resume ${mount.snapshotId})`,
+    );
+  }
   return parts.join(', ');
 }

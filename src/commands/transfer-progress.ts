@@ -5,8 +5,8 @@
 // once, where the number of blocks to send is only known at the end.
 import { SingleBar } from 'cli-progress';
 import type { TransferStats } from '../core/transfer';
-import { redrawnBar, STATUS_LINE_INTERVAL_MS, type ProgressStream, type Reporter } from './progress';
-import { BYTES_PER_MB, MIB_BYTES, formatMB } from '../units';
+import { RateMeter, redrawnBar, STATUS_LINE_INTERVAL_MS, type ProgressStream, type Reporter } from './progress';
+import { MIB_BYTES, formatMB } from '../units';
 
 const RATE_SAMPLE_INTERVAL_MS = 1000;
 
@@ -19,20 +19,6 @@ export interface TransferProgressSource {
 export interface TransferLabels {
   phase: string;
   moved: string;
-}
-
-class RateMeter {
-  private lastBytes = 0;
-  private lastAtMs = Date.now();
-  rateMBps = 0;
-
-  sample(bytes: number, nowMs: number): void {
-    const elapsedMs = nowMs - this.lastAtMs;
-    if (elapsedMs <= 0) return;
-    this.rateMBps = (bytes - this.lastBytes) / BYTES_PER_MB / (elapsedMs / 1000);
-    this.lastBytes = bytes;
-    this.lastAtMs = nowMs;
-  }
 }
 
 function percent(stats: TransferStats): string {
@@ -55,11 +41,12 @@ export function startTransferProgress(
   stream: ProgressStream & NodeJS.WritableStream,
   intervalMs = STATUS_LINE_INTERVAL_MS,
 ): Reporter {
-  const meter = new RateMeter();
+  const meter = new RateMeter(0);
+  let rateMBps = 0;
   if (!stream.isTTY) {
     const timer = setInterval(() => {
-      meter.sample(source.stats.bytesTransferred, Date.now());
-      stream.write(`${formatTransferLine(labels, source.stats, meter.rateMBps, source.retries())}\n`);
+      rateMBps = meter.sampleMBps(source.stats.bytesTransferred, Date.now());
+      stream.write(`${formatTransferLine(labels, source.stats, rateMBps, source.retries())}\n`);
     }, intervalMs);
     timer.unref();
     return { stop: () => clearInterval(timer) };
@@ -79,14 +66,14 @@ export function startTransferProgress(
     if (stats.volumeBytes === 0) return;
     const now = Date.now();
     if (now - lastSampleMs >= RATE_SAMPLE_INTERVAL_MS) {
-      meter.sample(stats.bytesTransferred, now);
+      rateMBps = meter.sampleMBps(stats.bytesTransferred, now);
       lastSampleMs = now;
     }
     const payload = {
       volume: `${(stats.volumeBytes / 2 ** 30).toFixed(0)} GiB`,
       blocks: stats.blocksTransferred,
       skipped: stats.blocksSkipped,
-      rate: meter.rateMBps.toFixed(1),
+      rate: rateMBps.toFixed(1),
       retries: source.retries(),
     };
     const total = Math.max(1, Math.round(stats.volumeBytes / MIB_BYTES));

@@ -5,6 +5,7 @@
 // process; a plain `umount` keeps working beside it.
 import type { Command } from 'commander';
 import { describeError, UserError } from '../errors';
+import { fileBusyMessage } from '../fuse/fuse-mount';
 import { isMountPoint } from '../fuse/mountinfo';
 import {
   mountProcessAlive,
@@ -38,11 +39,13 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** How a gone process's record reads: ended as recorded, or died without ending. */
+/** The line for a mount whose process died without ending it. */
 function goneMessage(record: MountRecord, mountpoint: string): string {
+  const gone = `the ebs-fuse process of ${mountpoint} (pid ${record.pid}) is gone without ending its mount`;
+  // A read-only mount wrote nothing: there is nothing to resume.
+  if (record.readOnly) return `${gone}; run fusermount -uz ${mountpoint}`;
   return (
-    `the ebs-fuse process of ${mountpoint} (pid ${record.pid}) is gone without ending its mount: ${record.snapshotId} stays pending; ` +
-    `run fusermount -uz ${mountpoint}, then ebs-fuse mount ${mountpoint} --resume ${record.snapshotId}` +
+    `${gone}: ${record.snapshotId} stays pending; run fusermount -uz ${mountpoint}, then ebs-fuse mount ${mountpoint} --resume ${record.snapshotId}` +
     (record.stateDir ? ` --state-dir ${record.stateDir}` : '')
   );
 }
@@ -92,10 +95,8 @@ async function runUnmount(mountpointArgument: string): Promise<number> {
     }
     const waitedMs = Date.now() - signalledAtMs;
     if (now.phase === 'mounted' && waitedMs > BUSY_AFTER_MS) {
-      const handles = now.progress.openHandles;
       throw new UserError(
-        `${mountpoint} is busy: ${now.filePath} is still open (${handles} handle${handles === 1 ? '' : 's'}; a loop device? see losetup -j ${now.filePath}); ` +
-          'close it, then run ebs-fuse unmount again',
+        `${fileBusyMessage(mountpoint, now.filePath, now.progress.openHandles)}; close it, then run ebs-fuse unmount again`,
       );
     }
     if (waitedMs > WAIT_LIMIT_MS) {

@@ -2,6 +2,7 @@
 // snapshot ID once it is completed. `ebs-fuse upload - --size GIB` reads the
 // image from standard input instead, once, front to back.
 import type { Command } from 'commander';
+import { DEFAULT_LIMITS, TRANSFER_CONCURRENCY_MAX } from '../core/limits';
 import { newTransferStats } from '../core/transfer';
 import { uploadFile, uploadStream, type UploadResult } from '../core/upload';
 import { addConnectionOptions, openSnapshotClient, type ConnectionOptions } from './connection';
@@ -10,12 +11,8 @@ import { describeError, UserError } from '../errors';
 import { formatMB } from '../units';
 import { completionNote, log } from './log';
 import { onInterrupt, transferFailure } from './interrupt';
-import { DEFAULT_UPLOAD_CONCURRENCY } from './mount';
 import { addSnapshotOptions, parseInteger, parseVolumeSizeGiB, snapshotParams, type SnapshotOptionValues } from './options';
 import { startTransferProgress } from './transfer-progress';
-
-/** As the mount's --upload-concurrency. */
-const UPLOAD_CONCURRENCY_MAX = 1024;
 
 interface UploadFlags extends SnapshotOptionValues, ConnectionOptions {
   size?: string;
@@ -32,7 +29,7 @@ export function registerUploadCommand(program: Command): void {
       "volume size in GiB; default FILE's size rounded up to whole GiB, and only larger is accepted; required with -",
     );
   addSnapshotOptions(command);
-  command.option('--upload-concurrency <n>', 'blocks read and PUT at once', String(DEFAULT_UPLOAD_CONCURRENCY));
+  command.option('--upload-concurrency <n>', 'blocks read and PUT at once', String(DEFAULT_LIMITS.uploadConcurrency));
   addConnectionOptions(command);
   command.action(async (file: string, flags: UploadFlags) => {
     process.exitCode = await runUpload(file, flags);
@@ -49,7 +46,7 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
   const name = fromStdin ? 'standard input' : file;
   // The size is worked out from the file; 1 only stands in while the options are checked.
   const snapshot = snapshotParams(1, flags);
-  const concurrency = parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, UPLOAD_CONCURRENCY_MAX);
+  const concurrency = parseInteger(flags.uploadConcurrency, '--upload-concurrency', 1, TRANSFER_CONCURRENCY_MAX);
 
   const opened = await openSnapshotClient(flags, { maxSockets: concurrency, log });
   const stats = newTransferStats();
@@ -78,15 +75,17 @@ async function runUpload(file: string, flags: UploadFlags): Promise<number> {
       },
     };
     let result: UploadResult;
+    let bytesRead: number | undefined;
     if (fromStdin) {
       const streamed = await uploadStream(opened.client, { ...common, stream: process.stdin, name, volumeSizeGiB: volumeSizeGiB! });
-      // A pipe that ends early (its writer failed) looks like a short image: the count lets a script check.
-      log(`standard input ended after ${streamed.bytesRead} bytes`);
+      bytesRead = streamed.bytesRead;
       result = streamed;
     } else {
       result = await uploadFile(opened.client, { ...common, filePath: file, volumeSizeGiB });
     }
     progress.stop();
+    // A pipe that ends early (its writer failed) looks like a short image: the count lets a script check.
+    if (bytesRead !== undefined) log(`standard input ended after ${bytesRead} bytes`);
     const seconds = ((Date.now() - startedAtMs) / 1000).toFixed(1);
     const parentPart = snapshot.parentSnapshotId === undefined ? '' : `, ${result.blocksEqualToParent} equal to the parent`;
     log(

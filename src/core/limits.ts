@@ -20,10 +20,13 @@ export interface CoreLimits {
   diskCacheSizeBytes: DiskBudget;
 }
 
+/** PUTs (or GETs) in flight at once, at most: --upload-concurrency, --download-concurrency, the library's concurrency. */
+export const TRANSFER_CONCURRENCY_MAX = 1024;
+
 /** The final flush and CompleteSnapshot of a mount or `complete`, together; retries are bounded well inside it. */
 export const FINISH_TIMEOUT_MS = 30 * 60_000;
 
-export const MIN_CACHE_SIZE_BYTES = 16 * 1024 * 1024;
+export const CACHE_SIZE_MIN_BYTES = 16 * 1024 * 1024;
 
 export const DEFAULT_LIMITS: CoreLimits = {
   cacheSizeBytes: 256 * 1024 * 1024,

@@ -78,7 +78,8 @@ export interface AwsSnapshotClientOptions {
 export const DEFAULT_MAX_SOCKETS = 64;
 export const DEFAULT_CONNECTION_TIMEOUT_MS = 10_000;
 // A 512 KiB PUT on a link shared by 64 of them at a few MB/s still fits well
-// inside 30 s; a stall (coldsnap #437) ends here instead of hanging forever.
+// inside 30 s; a stalled connection (another uploader has hung on one) ends here
+// instead of hanging forever.
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_RESOURCE_NOT_FOUND_WINDOW_MS = 130_000;
 // Started snapshots remembered for the ResourceNotFound window; a mount starts one.

@@ -21,6 +21,15 @@ const execFileAsync = promisify(execFile);
 
 /** libfuse 2.9 caps a write at 128 KiB; asking for it needs big_writes too. */
 export const WRITE_MAX_BYTES = 131072;
+/** The one file's name in the mountpoint, unless --file-name says otherwise. */
+export const DEFAULT_FILE_NAME = 'snapshot.img';
+/** The kernel sends release shortly after the last close; a file still open past this is busy. */
+export const FILE_RELEASE_GRACE_MS = 2000;
+
+/** The one line, less what to do next, for a file still open when asked to unmount. */
+export function fileBusyMessage(mountpoint: string, filePath: string, handles: number): string {
+  return `${mountpoint} is busy: ${filePath} is still open (${handles} handle${handles === 1 ? '' : 's'}; a loop device? see losetup -j ${filePath})`;
+}
 
 /**
  * fuse-native answers ETIMEDOUT to the kernel when a handler takes longer than
@@ -72,7 +81,7 @@ export function loadFuseNative(): FuseClass {
   if (loadedFuse) return loadedFuse;
   let Base: FuseClass;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on first use, so that a missing libfuse is an error the CLI explains
     Base = require('fuse-native') as FuseClass;
   } catch (error) {
     const reason = describeError(error);

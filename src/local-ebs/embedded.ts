@@ -84,7 +84,7 @@ class MessageQueue {
       if (message.kind === 'log') return log(message.line);
       this.push(message);
     });
-    worker.on('error', (error) => log(`local-ebs: the embedded server failed: ${error.message.split('\n')[0]}`));
+    worker.on('error', (error) => log(`local-ebs: the embedded server failed: ${describeError(error)}`));
     worker.on('exit', () => {
       this.ended = true;
       this.waiter?.(undefined);

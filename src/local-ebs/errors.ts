@@ -1,4 +1,4 @@
-// The modeled errors of the EBS direct APIs (ebs-service-2.json) plus the few
+// The modeled errors of the EBS direct APIs (AWS's service model) plus the few
 // unmodeled ones AWS's front end sends (signature failures, ThrottlingException).
 // Each carries everything the HTTP layer needs to write the restJson1 error.
 

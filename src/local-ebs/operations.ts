@@ -31,7 +31,8 @@ export interface OperationContext {
   stats: { faultsInjected: Record<string, number> };
 }
 
-function increment(counter: Record<string, number>, key: string): void {
+/** Adds one to a counter of the server's stats. */
+export function increment(counter: Record<string, number>, key: string): void {
   counter[key] = (counter[key] ?? 0) + 1;
 }
 

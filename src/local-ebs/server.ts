@@ -47,7 +47,7 @@ import {
   type Reply,
   type Route,
 } from './http';
-import { runOperation } from './operations';
+import { increment, runOperation } from './operations';
 
 export interface LocalEbsOptions {
   dataDir: string;
@@ -124,8 +124,9 @@ const PUT_BODIES_IN_MEMORY_MAX = 256;
  */
 const LINGER_MS = 1_000;
 const LINGER_MAX_BYTES = 4 * 1024 * 1024;
-function increment(counter: Record<string, number>, key: string): void {
-  counter[key] = (counter[key] ?? 0) + 1;
+/** What serving a request leaves: its answer, out now or at a latency fault's due time. */
+interface Served {
+  answered: Promise<void>;
 }
 
 /** A request as it arrives: routed, not yet read. */
@@ -224,6 +225,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     const method = request.method ?? '';
     const matched = route(method, rawPath);
     const isAdmin = matched !== undefined && isAdminRoute(matched.operation);
+    // Counted until the answer is out, a delayed one included.
     if (!isAdmin) stats.connections.inflightRequests++;
     try {
       await handleRequest({
@@ -287,7 +289,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
 
     if (!matched) {
       // What AWS's service framework answers when no operation claims a request
-      // (smithy-lang/smithy#1368), for an unknown path and a known path with another
+      // (as its Smithy framework does), for an unknown path and a known path with another
       // method alike. The body is not read: the connection closes after the answer.
       refuse(errorReply(new EbsApiError('UnknownOperationException', 404, `No operation matches ${method} ${rawPath.slice(0, 200)}.`)));
       return;
@@ -303,25 +305,38 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     if (expectsContinue) response.writeContinue();
 
     const pooled = operation === 'PutSnapshotBlock' ? await blockBuffers.acquire() : undefined;
+    let served: Served;
     try {
-      await serve({ ...incoming, matched, operation, capBytes, pooled, send, refuse, requestId });
+      served = await serve({ ...incoming, matched, operation, capBytes, pooled, send, refuse, requestId });
     } finally {
       // Every use of the body (hash, store write) has finished by now.
       if (pooled) blockBuffers.release(pooled);
     }
+    // A latency fault's answer goes out later, without the buffer.
+    await served.answered;
   };
 
-  const serve = async (context: RequestContext): Promise<void> => {
+  /** Serves the request; resolves, once its work is done, with when its answer is out. */
+  const serve = async (context: RequestContext): Promise<Served> => {
     const { request, matched, operation, capBytes, pooled, send, refuse, requestId, rawPath, rawQuery, method } = context;
     const arrivedAtMs = performance.now();
     // A latency fault sets when the answer is due: the request's work (body, hash,
     // store) runs at once and counts toward the delay, as a service's own work counts
     // toward its latency, and the wait holds no body buffer, so it limits no concurrency.
     let answerNotBeforeMs: number | undefined;
+    let answered: Promise<void> = Promise.resolve();
     const whenDue = (act: () => void): void => {
       const waitMs = answerNotBeforeMs === undefined ? 0 : answerNotBeforeMs - performance.now();
-      if (waitMs <= 0) act();
-      else setTimeout(act, waitMs).unref();
+      if (waitMs <= 0) {
+        act();
+        return;
+      }
+      answered = new Promise((resolve) => {
+        setTimeout(() => {
+          act();
+          resolve();
+        }, waitMs).unref();
+      });
     };
     const answer = (reply: Reply): void => whenDue(() => send(reply));
     let body: Body;
@@ -335,7 +350,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     } catch (error) {
       if (error instanceof BodyTooLarge) refuse(errorReply(tooLarge(operation, capBytes)));
       else request.socket.destroy();
-      return;
+      return { answered };
     }
 
     try {
@@ -350,7 +365,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
 
       if (operation === 'AdminStats') {
         answer(jsonReply(200, snapshotStats(stats, sockets.size)));
-        return;
+        return { answered };
       }
       if (operation === 'AdminFaults') {
         const spec = body.data.toString('utf8');
@@ -362,12 +377,12 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
         }
         log(`local-ebs: faults set to "${spec}"`);
         answer(jsonReply(200, { faults: spec }));
-        return;
+        return { answered };
       }
       if (operation === 'AdminExpire') {
         const snapshotId = validateSnapshotId(decodeLabel(matched.labels[0]));
         answer(jsonReply(200, { SnapshotId: snapshotId, Status: await service.expireSnapshot(snapshotId) }));
-        return;
+        return { answered };
       }
 
       const faults = injector;
@@ -381,7 +396,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       if (decided.delayMs !== undefined) answerNotBeforeMs = arrivedAtMs + decided.delayMs;
       if (decided.reset) {
         whenDue(() => request.socket.destroy());
-        return;
+        return { answered };
       }
       if (decided.error) throw decided.error;
       answer(await runOperation({ operation, labels: matched.labels, query: parseQuery(rawQuery), headers, body, service, faults, stats }));
@@ -389,19 +404,18 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       if (error instanceof EbsApiError) {
         answer(errorReply(error));
       } else {
-        log(
-          `local-ebs: ${operation} request ${requestId} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
-        );
+        log(`local-ebs: ${operation} request ${requestId} failed: ${describeError(error)}`);
         answer(errorReply(internalError()));
       }
     }
+    return { answered };
   };
 
   const onRequest =
     (expectsContinue: boolean) =>
     (request: http.IncomingMessage, response: http.ServerResponse): void => {
       handle(request, response, expectsContinue).catch((error: unknown) => {
-        log(`local-ebs: unexpected failure: ${String(error)}`);
+        log(`local-ebs: unexpected failure: ${describeError(error)}`);
         if (!response.headersSent && !response.destroyed) {
           response.writeHead(500, {
             'Content-Type': 'application/json',
@@ -489,7 +503,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
     if (code === 'EADDRINUSE') throw new UserError(`port ${port} on ${host} is in use: choose another with --port (0 picks a free one)`);
     throw new UserError(`cannot listen on ${host}:${port}: ${describeError(error)}`);
   }
-  server.on('error', (error) => log(`local-ebs: server error: ${error.message}`));
+  server.on('error', (error) => log(`local-ebs: server error: ${describeError(error)}`));
   const address = server.address() as AddressInfo;
   const urlHost = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;
   const endpoint = `http://${urlHost}:${address.port}`;

@@ -7,6 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { linearChecksumBase64 } from '../ebs/checksum';
+import { describeError } from '../errors';
 import { EbsApiError, conflictError, snapshotNotFound, validationError } from './errors';
 import type { SnapshotMeta, SnapshotStore, StoredSnapshot } from './store';
 import type { TokenSigner } from './tokens';
@@ -534,7 +535,7 @@ export class EbsService {
       try {
         await this.refreshIdle(snapshot);
       } catch (error) {
-        this.log(`local-ebs: could not record the timeout of ${snapshot.id}: ${String(error)}`);
+        this.log(`local-ebs: could not record the timeout of ${snapshot.id}: ${describeError(error)}`);
       }
     }
   }

@@ -1,5 +1,5 @@
-// Server-side validation of every constraint in the EBS service model (AWS's
-// ebs-service-2.json) and the API reference. The JS client validates nothing, so this is the only place a
+// Server-side validation of every constraint in the EBS service model and the API
+// reference, both AWS's. The JS client validates nothing, so this is the only place a
 // malformed request is caught before it reaches the store or a file path.
 import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, TAGS_MAX, VOLUME_SIZE_MAX_GIB } from '../ebs/client';
 import { validationError } from './errors';
@@ -13,10 +13,10 @@ const KMS_KEY_ARN_PATTERN = /^arn:aws[a-z-]*:kms:.*:[0-9]{12}:key\/.*$/s;
 /** The model's BlockIndex and ChangedBlocksCount are `integer`: 32-bit signed. */
 const INT32_MAX = 2 ** 31 - 1;
 
-export const MIN_TIMEOUT_MINUTES = 10;
+export const TIMEOUT_MIN_MINUTES = 10;
 export const TIMEOUT_MAX_MINUTES = 4320;
 export const DEFAULT_TIMEOUT_MINUTES = 60;
-export const MIN_MAX_RESULTS = 100;
+export const MAX_RESULTS_MIN = 100;
 export const MAX_RESULTS_MAX = 10000;
 /** AWS does not document a default page size; the model's maximum keeps round trips few. */
 export const DEFAULT_MAX_RESULTS = 10000;
@@ -165,10 +165,10 @@ export function validateStartSnapshot(body: unknown): StartSnapshotInput {
 
   const timeout = member(body, 'Timeout');
   if (timeout !== undefined) {
-    if (!isInteger(timeout) || timeout < MIN_TIMEOUT_MINUTES || timeout > TIMEOUT_MAX_MINUTES) {
+    if (!isInteger(timeout) || timeout < TIMEOUT_MIN_MINUTES || timeout > TIMEOUT_MAX_MINUTES) {
       throw validationError(
         'INVALID_PARAMETER_VALUE',
-        `Timeout must be an integer from ${MIN_TIMEOUT_MINUTES} to ${TIMEOUT_MAX_MINUTES} (minutes).`,
+        `Timeout must be an integer from ${TIMEOUT_MIN_MINUTES} to ${TIMEOUT_MAX_MINUTES} (minutes).`,
       );
     }
     input.timeoutMinutes = timeout;
@@ -285,8 +285,8 @@ export function validatePage(query: ReadonlyMap<string, string>): PageInput {
   const maxText = query.get('maxResults');
   if (maxText !== undefined) {
     const max = parseStrictInt(maxText);
-    if (max === undefined || max < MIN_MAX_RESULTS || max > MAX_RESULTS_MAX) {
-      throw validationError('INVALID_PARAMETER_VALUE', `MaxResults must be an integer from ${MIN_MAX_RESULTS} to ${MAX_RESULTS_MAX}.`);
+    if (max === undefined || max < MAX_RESULTS_MIN || max > MAX_RESULTS_MAX) {
+      throw validationError('INVALID_PARAMETER_VALUE', `MaxResults must be an integer from ${MAX_RESULTS_MIN} to ${MAX_RESULTS_MAX}.`);
     }
     page.maxResults = max;
   }
