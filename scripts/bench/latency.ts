@@ -5,7 +5,6 @@
 // latency are the reference. Performance goal 4: each reaches
 // ≥ 0.8 × min(its own rate without latency, concurrency × 512 KiB / latency).
 import type { Cleanup } from './lib/cleanup';
-import { dd } from './lib/data';
 import { RunningMount, runUpload } from './lib/ebs-fuse';
 import { LocalEbs } from './lib/local-ebs';
 import { fixed, GIB, megabytesPerSecond, median, MIB } from './lib/stats';
@@ -77,17 +76,8 @@ async function mount(cleanup: Cleanup, settings: LatencySettings, server: LocalE
     server,
     extraArgs: ['--upload-concurrency', String(concurrency)],
   });
-  const startNs = process.hrtime.bigint();
-  await dd(cleanup, {
-    input: settings.dataFile,
-    output: running.filePath,
-    blockSizeBytes: MIB,
-    count: Math.ceil(settings.dataBytes / MIB),
-    conv: 'fsync',
-    timeoutMs: TIMEOUT_MS,
-  });
-  const finished = await running.finish();
-  return Number(finished.endedAtNs - startNs) / 1e9;
+  const { seconds } = await running.ddThenFinish(cleanup, settings.dataFile, settings.dataBytes, TIMEOUT_MS);
+  return seconds;
 }
 
 /** Each run under latency against its bound, min(the same path and concurrency without latency, the concurrency bound); goal 4 holds when every share is ≥ 0.8. */

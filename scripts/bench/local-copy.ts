@@ -9,7 +9,6 @@ import path from 'node:path';
 import type { Cleanup } from './lib/cleanup';
 import { RunningMount } from './lib/ebs-fuse';
 import { LocalEbs } from './lib/local-ebs';
-import { dd } from './lib/data';
 import { GIB, MIB } from './lib/stats';
 import { fileSystemWorkload, makeTree } from './ext4';
 
@@ -78,18 +77,8 @@ async function sequential(cleanup: Cleanup, settings: LocalCopySettings, name: s
     server,
     extraArgs: ['--disk-cache-size', budget],
   });
-  const startNs = process.hrtime.bigint();
-  await dd(cleanup, {
-    input: settings.dataFile,
-    output: mount.filePath,
-    blockSizeBytes: MIB,
-    count: Math.ceil(settings.dataBytes / MIB),
-    conv: 'fsync',
-    timeoutMs: 10 * 60_000,
-  });
-  const finished = await mount.finish();
+  const { finished, seconds } = await mount.ddThenFinish(cleanup, settings.dataFile, settings.dataBytes, 10 * 60_000);
   await server.stop();
-  const seconds = Number(finished.endedAtNs - startNs) / 1e9;
   return { ...localDisk(finished.stderr), megabytesPerSecond: settings.dataBytes / 1e6 / seconds };
 }
 

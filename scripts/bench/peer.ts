@@ -7,12 +7,11 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Cleanup } from './lib/cleanup';
-import { dd } from './lib/data';
 import { RunningMount } from './lib/ebs-fuse';
 import { LocalEbs } from './lib/local-ebs';
 import { BENCH_DIR, REPO_ROOT } from './lib/paths';
 import { describeExit, spawnTracked } from './lib/proc';
-import { GIB, median, MIB } from './lib/stats';
+import { GIB, median } from './lib/stats';
 
 /** Debian's python3, where python3-boto3 is installed. */
 const SYSTEM_PYTHON = '/usr/bin/python3';
@@ -77,18 +76,9 @@ async function mount(cleanup: Cleanup, settings: PeerSettings, name: string, ser
     server: separate,
     localDataDir: separate ? undefined : localDataDir,
   });
-  const startNs = process.hrtime.bigint();
-  await dd(cleanup, {
-    input: settings.dataFile,
-    output: running.filePath,
-    blockSizeBytes: MIB,
-    count: Math.ceil(settings.dataBytes / MIB),
-    conv: 'fsync',
-    timeoutMs: TIMEOUT_MS,
-  });
-  const finished = await running.finish();
+  const { seconds } = await running.ddThenFinish(cleanup, settings.dataFile, settings.dataBytes, TIMEOUT_MS);
   await separate?.stop();
-  return settings.dataBytes / 1e6 / (Number(finished.endedAtNs - startNs) / 1e9);
+  return settings.dataBytes / 1e6 / seconds;
 }
 
 /** The table of baseline 8 and the ratio of performance goal 1 (mount ≥ 1.0 × the peer). */

@@ -185,7 +185,7 @@ async function runMount(mountpointArgument: string, flags: MountFlags): Promise<
       complete: settings.complete,
       endpoint: opened.endpointDescription,
       ...(session ? { stateDir: settings.stateDir } : {}),
-      ...(backgroundLogFile() ? { logFile: backgroundLogFile() } : {}),
+      logFile: backgroundLogFile(),
       progress: progress(),
     },
     log,

@@ -5,7 +5,7 @@
 // corrupted GetSnapshotBlock responses that must never be returned.
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
-import { PutSnapshotBlockCommand } from '@aws-sdk/client-ebs';
+
 import { AwsSnapshotClient, type AwsSnapshotClientOptions } from '../../src/ebs/aws-client';
 import { classifyEbsError } from '../../src/ebs/classify';
 import { linearChecksumBase64, sha256Base64, sha256Digest } from '../../src/ebs/checksum';
@@ -14,6 +14,7 @@ import { RetryingSnapshotClient, type RetryPolicy } from '../../src/ebs/retry';
 import { getLocalEbsStats, setLocalEbsFaults } from '../../src/local-ebs/admin-client';
 import type { LocalEbsStats } from '../../src/local-ebs/server';
 import { CLI_PATH, startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../support/local-ebs-process';
+import { putBlockCommand } from '../support/sdk-commands';
 
 /** A block whose bytes depend on a label, so two blocks never match by accident. */
 function blockOf(label: string): Buffer {
@@ -362,21 +363,10 @@ describe('AwsSnapshotClient against local-ebs', function () {
       const client = aws();
       const short = Buffer.alloc(1000, 1);
       // Our client refuses to send such a body, so the SDK below it sends it.
-      const sdkError = await client.sdk
-        .send(
-          new PutSnapshotBlockCommand({
-            SnapshotId: snapshotId,
-            BlockIndex: 0,
-            BlockData: short,
-            DataLength: BLOCK_SIZE_BYTES,
-            Checksum: sha256Base64(short),
-            ChecksumAlgorithm: 'SHA256',
-          }),
-        )
-        .then(
-          () => assert.fail('the short PUT was accepted'),
-          (error: unknown) => error,
-        );
+      const sdkError = await client.sdk.send(putBlockCommand(snapshotId, 0, short)).then(
+        () => assert.fail('the short PUT was accepted'),
+        (error: unknown) => error,
+      );
       assert.match(String((sdkError as Error).message), /Failed to read block data/);
       const classified = classifyEbsError(sdkError);
       assert.equal(classified.kind, 'transient');

@@ -13,7 +13,6 @@ import {
   EBSClient,
   GetSnapshotBlockCommand,
   ListSnapshotBlocksCommand,
-  PutSnapshotBlockCommand,
   StartSnapshotCommand,
 } from '@aws-sdk/client-ebs';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -35,6 +34,7 @@ import {
   type LocalEbsProcess,
 } from '../support/local-ebs-process';
 import { rawRequest, type RawRequest } from './raw-client';
+import { putBlockCommand } from '../support/sdk-commands';
 
 /** Longer than any answer here takes; a request still unanswered then is a hang. */
 const HANG_MS = 5_000;
@@ -247,16 +247,7 @@ async function makeReference(server: LocalEbsProcess): Promise<Reference> {
   try {
     const data = block(0x42);
     const snapshotId = (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1 }))).SnapshotId!;
-    await ebs.send(
-      new PutSnapshotBlockCommand({
-        SnapshotId: snapshotId,
-        BlockIndex: 0,
-        BlockData: data,
-        DataLength: BLOCK_SIZE_BYTES,
-        Checksum: sha256Base64(data),
-        ChecksumAlgorithm: 'SHA256',
-      }),
-    );
+    await ebs.send(putBlockCommand(snapshotId, 0, data));
     await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snapshotId, ChangedBlocksCount: 1 }));
     const pendingId = (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1, Timeout: 4320 }))).SnapshotId!;
     return { snapshotId, data, pendingId };
@@ -301,16 +292,7 @@ async function assertServing(server: LocalEbsProcess, reference: Reference): Pro
     );
     assert.ok(Buffer.from(await got.BlockData!.transformToByteArray()).equals(reference.data));
     const data = block(0x17);
-    await ebs.send(
-      new PutSnapshotBlockCommand({
-        SnapshotId: reference.pendingId,
-        BlockIndex: 1,
-        BlockData: data,
-        DataLength: BLOCK_SIZE_BYTES,
-        Checksum: sha256Base64(data),
-        ChecksumAlgorithm: 'SHA256',
-      }),
-    );
+    await ebs.send(putBlockCommand(reference.pendingId, 1, data));
   } finally {
     ebs.destroy();
   }
@@ -1140,16 +1122,7 @@ describe('local-ebs timeouts and connection cap', function () {
         for (let i = 0; i < 6; i++) {
           const start = performance.now();
           const fresh = block(0x80 + i);
-          await ebs.send(
-            new PutSnapshotBlockCommand({
-              SnapshotId: reference.pendingId,
-              BlockIndex: 10 + i,
-              BlockData: fresh,
-              DataLength: BLOCK_SIZE_BYTES,
-              Checksum: sha256Base64(fresh),
-              ChecksumAlgorithm: 'SHA256',
-            }),
-          );
+          await ebs.send(putBlockCommand(reference.pendingId, 10 + i, fresh));
           await ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: reference.snapshotId }));
           latenciesMs.push(performance.now() - start);
         }

@@ -3,13 +3,7 @@
 // parent/child lineage) and must see the modeled results and errors.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import {
-  CompleteSnapshotCommand,
-  GetSnapshotBlockCommand,
-  ListSnapshotBlocksCommand,
-  PutSnapshotBlockCommand,
-  StartSnapshotCommand,
-} from '@aws-sdk/client-ebs';
+import { CompleteSnapshotCommand, GetSnapshotBlockCommand, ListSnapshotBlocksCommand, StartSnapshotCommand } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
 import {
@@ -30,6 +24,7 @@ import {
   type Observed,
   type ObservedError,
 } from './conformance-clients';
+import { putBlockCommand } from '../support/sdk-commands';
 
 const BIG_BLOCK_COUNT = 120;
 const BIG_INDEX_STRIDE = 7;
@@ -106,16 +101,7 @@ describe('local-ebs conformance with three clients', function () {
         Array.from({ length: 8 }, async () => {
           for (let index = queue.shift(); index !== undefined; index = queue.shift()) {
             const data = pattern(`big-${index}`);
-            await ebs.send(
-              new PutSnapshotBlockCommand({
-                SnapshotId: bigId,
-                BlockIndex: index,
-                BlockData: data,
-                DataLength: BLOCK_SIZE_BYTES,
-                Checksum: sha256Base64(data),
-                ChecksumAlgorithm: 'SHA256',
-              }),
-            );
+            await ebs.send(putBlockCommand(bigId, index, data));
           }
         }),
       );

@@ -7,17 +7,16 @@ import {
   EBSClient,
   GetSnapshotBlockCommand,
   ListSnapshotBlocksCommand,
-  PutSnapshotBlockCommand,
   StartSnapshotCommand,
 } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
-import { sha256Base64 } from '../../src/ebs/checksum';
 import {
   startLocalEbsProcess,
   stopAllLocalEbsProcesses,
   removeTemporaryDataDirs,
   type LocalEbsProcess,
 } from '../support/local-ebs-process';
+import { putBlockCommand } from '../support/sdk-commands';
 
 const BLOCK_COUNT = 300;
 const WRITERS = 16;
@@ -61,16 +60,7 @@ describe('local-ebs crash safety', function () {
           const data = content(index);
           inflight++;
           try {
-            await ebs.send(
-              new PutSnapshotBlockCommand({
-                SnapshotId: snapshotId,
-                BlockIndex: index,
-                BlockData: data,
-                DataLength: BLOCK_SIZE_BYTES,
-                Checksum: sha256Base64(data),
-                ChecksumAlgorithm: 'SHA256',
-              }),
-            );
+            await ebs.send(putBlockCommand(snapshotId, index, data));
             acked.add(index);
           } catch {
             // Unacknowledged: in flight at the kill, or sent after it.
@@ -116,16 +106,7 @@ describe('local-ebs crash safety', function () {
     try {
       for (const index of all.filter((i) => !acked.has(i))) {
         const data = content(index);
-        await ebs.send(
-          new PutSnapshotBlockCommand({
-            SnapshotId: snapshotId,
-            BlockIndex: index,
-            BlockData: data,
-            DataLength: BLOCK_SIZE_BYTES,
-            Checksum: sha256Base64(data),
-            ChecksumAlgorithm: 'SHA256',
-          }),
-        );
+        await ebs.send(putBlockCommand(snapshotId, index, data));
       }
       assert.equal(
         (await ebs.send(new CompleteSnapshotCommand({ SnapshotId: snapshotId, ChangedBlocksCount: BLOCK_COUNT }))).Status,

@@ -15,7 +15,6 @@ import {
   EBSClient,
   GetSnapshotBlockCommand,
   ListSnapshotBlocksCommand,
-  PutSnapshotBlockCommand,
   StartSnapshotCommand,
 } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
@@ -32,6 +31,7 @@ import {
   removeTemporaryDataDirs,
   type LocalEbsProcess,
 } from '../support/local-ebs-process';
+import { putBlockCommand } from '../support/sdk-commands';
 
 interface Failure {
   name: string;
@@ -119,17 +119,7 @@ describe('local-ebs faults seen by a client', function () {
   let server: LocalEbsProcess;
   let ebs: EBSClient;
   const data = Buffer.alloc(BLOCK_SIZE_BYTES, 0x5a);
-  const put = (snapshotId: string, index: number) =>
-    ebs.send(
-      new PutSnapshotBlockCommand({
-        SnapshotId: snapshotId,
-        BlockIndex: index,
-        BlockData: data,
-        DataLength: BLOCK_SIZE_BYTES,
-        Checksum: sha256Base64(data),
-        ChecksumAlgorithm: 'SHA256',
-      }),
-    );
+  const put = (snapshotId: string, index: number) => ebs.send(putBlockCommand(snapshotId, index, data));
   const start = async () => (await ebs.send(new StartSnapshotCommand({ VolumeSize: 1 }))).SnapshotId!;
   const faults = (spec: string) => setLocalEbsFaults(server.endpoint, server.credentials, spec);
 
@@ -275,18 +265,7 @@ describe('local-ebs faults seen by a client', function () {
     });
     try {
       const before = (await getLocalEbsStats(server.endpoint, server.credentials)).requests.PutSnapshotBlock ?? 0;
-      const again = await failure(
-        retrying.send(
-          new PutSnapshotBlockCommand({
-            SnapshotId: other,
-            BlockIndex: 0,
-            BlockData: data,
-            DataLength: BLOCK_SIZE_BYTES,
-            Checksum: sha256Base64(data),
-            ChecksumAlgorithm: 'SHA256',
-          }),
-        ),
-      );
+      const again = await failure(retrying.send(putBlockCommand(other, 0, data)));
       const after = await getLocalEbsStats(server.endpoint, server.credentials);
       assert.equal(again.name, 'AccessDeniedException');
       assert.equal((after.requests.PutSnapshotBlock ?? 0) - before, 1);

@@ -13,7 +13,6 @@ import {
   GetSnapshotBlockCommand,
   ListChangedBlocksCommand,
   ListSnapshotBlocksCommand,
-  PutSnapshotBlockCommand,
   StartSnapshotCommand,
 } from '@aws-sdk/client-ebs';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
@@ -23,6 +22,7 @@ import { startLocalEbs, type RunningLocalEbs } from '../../src/local-ebs/server'
 import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import { TEST_CREDENTIALS } from '../support/local-ebs-process';
 import { rawRequest } from './raw-client';
+import { putBlockCommand } from '../support/sdk-commands';
 
 const MINUTE_MS = 60_000;
 
@@ -54,17 +54,7 @@ describe('local-ebs server', function () {
   let ebs: EBSClient;
   let clockOffsetMs = 0;
 
-  const put = (snapshotId: string, index: number, data: Buffer) =>
-    ebs.send(
-      new PutSnapshotBlockCommand({
-        SnapshotId: snapshotId,
-        BlockIndex: index,
-        BlockData: data,
-        DataLength: BLOCK_SIZE_BYTES,
-        Checksum: sha256Base64(data),
-        ChecksumAlgorithm: 'SHA256',
-      }),
-    );
+  const put = (snapshotId: string, index: number, data: Buffer) => ebs.send(putBlockCommand(snapshotId, index, data));
   const start = async (input: { VolumeSize: number; ParentSnapshotId?: string; Timeout?: number; ClientToken?: string }) =>
     (await ebs.send(new StartSnapshotCommand(input))).SnapshotId!;
   const complete = (snapshotId: string, count: number, checksum?: string) =>

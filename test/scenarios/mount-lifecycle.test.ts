@@ -33,6 +33,18 @@ describe('scenario: mount --background, status and unmount', function () {
       timeoutMs: COMMAND_TIMEOUT_MS,
     });
 
+  /** `mount MOUNTPOINT` of a new 1 GiB snapshot on the suite's local-ebs and state directory. */
+  const mountArgs = (mountpoint: string): string[] => [
+    'mount',
+    mountpoint,
+    '--size',
+    '1',
+    '--endpoint',
+    context.endpoint.endpoint,
+    '--state-dir',
+    context.file('state'),
+  ];
+
   const status = async (mountpoint?: string): Promise<MountStatus[]> => {
     const result = await cli(['status', ...(mountpoint ? [mountpoint] : []), '--json']);
     assert.equal(result.code, 0, result.stderr);
@@ -55,18 +67,7 @@ describe('scenario: mount --background, status and unmount', function () {
     const mountpoint = context.file(`mnt-bg-${mountCount}`);
     await mkdir(mountpoint);
     mountpoints.push(mountpoint);
-    const result = await cli([
-      'mount',
-      mountpoint,
-      '--size',
-      '1',
-      '--endpoint',
-      context.endpoint.endpoint,
-      '--state-dir',
-      context.file('state'),
-      '--background',
-      ...args,
-    ]);
+    const result = await cli([...mountArgs(mountpoint), '--background', ...args]);
     assert.equal(result.code, 0, result.stderr);
     const [snapshotId, filePath] = result.stdout.trim().split(' ');
     assert.match(snapshotId, /^snap-[0-9a-f]+$/);
@@ -150,18 +151,7 @@ describe('scenario: mount --background, status and unmount', function () {
     const mountpoint = context.file('mnt-tty');
     await mkdir(mountpoint);
     mountpoints.push(mountpoint);
-    const command = [
-      process.execPath,
-      CLI_PATH,
-      'mount',
-      mountpoint,
-      '--size',
-      '1',
-      '--endpoint',
-      context.endpoint.endpoint,
-      '--state-dir',
-      context.file('state'),
-    ].join(' ');
+    const command = [process.execPath, CLI_PATH, ...mountArgs(mountpoint)].join(' ');
     // script(1) gives the mount a pseudo-terminal as its stdout and stderr.
     const terminal = spawn('script', ['-qfec', command, '/dev/null'], {
       env: cliEnvironment(context.endpoint, { XDG_RUNTIME_DIR: runtimeDir }),
@@ -249,17 +239,7 @@ describe('scenario: mount --background, status and unmount', function () {
     const busy = context.file('busy');
     await mkdir(busy);
     await writeFile(path.join(busy, 'file'), 'x');
-    const refused = await cli([
-      'mount',
-      busy,
-      '--size',
-      '1',
-      '--endpoint',
-      context.endpoint.endpoint,
-      '--state-dir',
-      context.file('state'),
-      '--background',
-    ]);
+    const refused = await cli([...mountArgs(busy), '--background']);
     assertOneLineFailure(refused, /mountpoint .* is not empty/);
     assert.equal(refused.stdout, '');
     assertOneLineFailure(

@@ -5,10 +5,12 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Cleanup } from './cleanup';
+import { dd } from './data';
 import { environmentWithoutAws, type LocalEbs } from './local-ebs';
 import { registerFuseMountpoint } from './mounts';
 import { describeExit, spawnTracked, type Rusage, type Tracked } from './proc';
 import { BENCH_DIR, CLI_PATH, REPO_ROOT } from './paths';
+import { MIB } from './stats';
 
 const READY_TIMEOUT_MS = 60_000;
 /** The final flush of 2 GiB at a few tens of MB/s still fits. */
@@ -109,6 +111,18 @@ export class RunningMount {
     const startSeconds = Number(process.hrtime.bigint() - tracked.startedAtNs) / 1e9;
     const [snapshotId, filePath] = line.split(' ');
     return new RunningMount(tracked, snapshotId, filePath, startSeconds, unregisterMountpoint);
+  }
+
+  /**
+   * The sequential write of the end-to-end baselines: `dd bs=1M conv=fsync` of
+   * `bytes` of `file` into the mounted file, then finish(); seconds from dd's start
+   * to the completed snapshot.
+   */
+  async ddThenFinish(cleanup: Cleanup, file: string, bytes: number, timeoutMs: number): Promise<{ finished: Finished; seconds: number }> {
+    const startNs = process.hrtime.bigint();
+    await dd(cleanup, { input: file, output: this.filePath, blockSizeBytes: MIB, count: Math.ceil(bytes / MIB), conv: 'fsync', timeoutMs });
+    const finished = await this.finish();
+    return { finished, seconds: Number(finished.endedAtNs - startNs) / 1e9 };
   }
 
   /** SIGINT (as Ctrl-C or `umount` would), then the final flush and completion; rejects unless completed. */
