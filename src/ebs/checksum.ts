@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 
 export function sha256Digest(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
@@ -20,4 +20,29 @@ export function linearChecksumBase64(digestsByIndex: ReadonlyMap<number, Buffer>
   const indexes = [...digestsByIndex.keys()].sort((a, b) => a - b);
   for (const index of indexes) hash.update(digestsByIndex.get(index)!);
   return hash.digest('base64');
+}
+
+type SourceData = string | ArrayBuffer | ArrayBufferView;
+
+function toBuffer(data: SourceData): Buffer {
+  if (typeof data === 'string') return Buffer.from(data, 'utf8');
+  if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return Buffer.from(data);
+}
+
+/** The hash @smithy/signature-v4 asks for, on node:crypto: the client's own PutSnapshotBlock and local-ebs's admin client sign with it. */
+export class Sha256 {
+  private readonly hash: Hash | Hmac;
+
+  constructor(secret?: SourceData) {
+    this.hash = secret === undefined ? createHash('sha256') : createHmac('sha256', toBuffer(secret));
+  }
+
+  update(data: SourceData): void {
+    this.hash.update(toBuffer(data));
+  }
+
+  async digest(): Promise<Uint8Array> {
+    return this.hash.digest();
+  }
 }

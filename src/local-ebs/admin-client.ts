@@ -2,8 +2,8 @@
 // for service `ebs` like every request): tests and benchmarks count requests at
 // the server and switch faults at run time.
 import http from 'node:http';
-import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { Sha256 } from '../ebs/checksum';
 import type { LocalEbsStats } from './server';
 
 export interface AdminCredentials {
@@ -13,31 +13,6 @@ export interface AdminCredentials {
 
 const ADMIN_TIMEOUT_MS = 10_000;
 const ADMIN_RESPONSE_MAX_BYTES = 1024 * 1024;
-
-type SourceData = string | ArrayBuffer | ArrayBufferView;
-
-function toBuffer(data: SourceData): Buffer {
-  if (typeof data === 'string') return Buffer.from(data, 'utf8');
-  if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  return Buffer.from(data);
-}
-
-/** The hash the signer asks for, on node:crypto. */
-export class Sha256 {
-  private readonly hash: Hash | Hmac;
-
-  constructor(secret?: SourceData) {
-    this.hash = secret === undefined ? createHash('sha256') : createHmac('sha256', toBuffer(secret));
-  }
-
-  update(data: SourceData): void {
-    this.hash.update(toBuffer(data));
-  }
-
-  async digest(): Promise<Uint8Array> {
-    return this.hash.digest();
-  }
-}
 
 async function adminRequest(
   endpoint: string,

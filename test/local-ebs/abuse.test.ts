@@ -18,7 +18,8 @@ import {
 import { SignatureV4 } from '@smithy/signature-v4';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Base64 } from '../../src/ebs/checksum';
-import { Sha256, getLocalEbsStats } from '../../src/local-ebs/admin-client';
+import { Sha256 } from '../../src/ebs/checksum';
+import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import {
   CONNECTION_LIMIT_ENV,
   DEFAULT_CONNECTION_LIMITS,

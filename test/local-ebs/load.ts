@@ -9,7 +9,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { Sha256, getLocalEbsStats } from '../../src/local-ebs/admin-client';
+import { Sha256 } from '../../src/ebs/checksum';
+import { getLocalEbsStats } from '../../src/local-ebs/admin-client';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { startLocalEbsProcess, stopAllLocalEbsProcesses } from '../support/local-ebs-process';
 

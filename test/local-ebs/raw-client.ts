@@ -2,7 +2,7 @@
 // chunked bodies, lying Content-Length), for what the SDKs never send.
 import http from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { Sha256 } from '../../src/local-ebs/admin-client';
+import { Sha256 } from '../../src/ebs/checksum';
 import type { TestCredentials } from '../support/local-ebs-process';
 
 export interface RawRequest {

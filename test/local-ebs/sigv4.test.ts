@@ -3,7 +3,7 @@
 // the name AWS uses.
 import assert from 'node:assert/strict';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { Sha256 } from '../../src/local-ebs/admin-client';
+import { Sha256 } from '../../src/ebs/checksum';
 import { EbsApiError } from '../../src/local-ebs/errors';
 import { SigV4Verifier, UNSIGNED_PAYLOAD, canonicalQuery, type SignedRequest } from '../../src/local-ebs/sigv4';
 import { createHash } from 'node:crypto';
