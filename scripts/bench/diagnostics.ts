@@ -4,7 +4,9 @@
 //   - local-ebs alone under a load generator: the product's AwsSnapshotClient
 //     with N PUTs in flight, distinct blocks read from the data file, no FUSE and
 //     no cache in the way. If this is not far above the mount's rate, the server
-//     on the same two cores is what limits the end-to-end figures;
+//     on the same two cores is what limits the end-to-end figures. Run twice:
+//     with the client's own signed PutSnapshotBlock and with the SDK's, whose
+//     client CPU per GiB says what the signed PUT saves;
 //   - a write-size sweep (dd bs=16K, 32K, 64K, and 1M, which FUSE splits into 128 KiB
 //     calls) on the C libfuse 2 null file system, fuse-native's no-op handler and
 //     the null-client mount: a line fit of time against write calls splits each
@@ -42,6 +44,8 @@ export interface DiagnosticsSettings {
 }
 
 export interface LoadResult {
+  /** Whether PutSnapshotBlock went through the SDK rather than as the client's own signed PUT. */
+  putThroughSdk: boolean;
   concurrency: number;
   puts: number;
   seconds: number;
@@ -191,9 +195,9 @@ export function measureSha256(totalBytes: number): number {
   return megabytesPerSecond(blocks * BLOCK_SIZE_BYTES, Number(process.hrtime.bigint() - startNs) / 1e9);
 }
 
-export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<LoadResult> {
-  const server = await LocalEbs.start(cleanup, settings.scratch, 'loadgen');
-  const client = server.client(settings.loadConcurrency);
+export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSettings, putThroughSdk: boolean): Promise<LoadResult> {
+  const server = await LocalEbs.start(cleanup, settings.scratch, putThroughSdk ? 'loadgen-sdk' : 'loadgen');
+  const client = server.client(settings.loadConcurrency, { putThroughSdk });
   const input = await open(settings.dataFile, 'r');
   try {
     const blockCount = Math.floor(settings.loadBytes / BLOCK_SIZE_BYTES);
@@ -219,6 +223,7 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
     client.close();
     const serverRusage = await server.stop();
     return {
+      putThroughSdk,
       concurrency: settings.loadConcurrency,
       puts,
       seconds,
@@ -236,10 +241,14 @@ export async function runLoadGenerator(cleanup: Cleanup, settings: DiagnosticsSe
 export async function runDiagnostics(cleanup: Cleanup, settings: DiagnosticsSettings): Promise<DiagnosticsResult> {
   const sha256MegabytesPerSecond = measureSha256(1024 * 1024 * 1024);
   settings.log(`diagnostics: SHA-256 ${sha256MegabytesPerSecond.toFixed(0)} MB/s on one core`);
-  const load = [await runLoadGenerator(cleanup, settings)];
-  settings.log(
-    `diagnostics: local-ebs alone: ${load[0].putsPerSecond.toFixed(0)} PUT/s (${load[0].megabytesPerSecond.toFixed(0)} MB/s) at ${load[0].concurrency} in flight`,
-  );
+  const load: LoadResult[] = [];
+  for (const putThroughSdk of [false, true]) {
+    const result = await runLoadGenerator(cleanup, settings, putThroughSdk);
+    settings.log(
+      `diagnostics: local-ebs alone, PUTs ${putThroughSdk ? 'through the SDK' : 'signed by the client'}: ${result.putsPerSecond.toFixed(0)} PUT/s (${result.megabytesPerSecond.toFixed(0)} MB/s) at ${result.concurrency} in flight`,
+    );
+    load.push(result);
+  }
   const sweep = await sweepWriteSizes(cleanup, settings);
   for (const line of sweep) {
     settings.log(

@@ -631,7 +631,7 @@ export function renderReport(results: Results): string {
     for (const load of diagnostics.load) {
       const loadGiB = (load.puts * 524288) / GIB;
       rows.push([
-        `local-ebs alone: ${load.puts} PUTs from the product's AwsSnapshotClient, ${load.concurrency} in flight, no FUSE`,
+        `local-ebs alone: ${load.puts} PUTs from the product's AwsSnapshotClient, ${load.concurrency} in flight, no FUSE; PutSnapshotBlock ${load.putThroughSdk ? 'through the SDK' : 'as its own signed PUT (the default)'}`,
         `${fixed(load.putsPerSecond, 0)} PUT/s = ${fixed(load.megabytesPerSecond, 0)} MB/s; client CPU ${fixed(load.clientCpuSeconds / loadGiB, 2)} s/GiB, ` +
           `local-ebs CPU ${fixed(cpuSeconds(load.serverRusage) / loadGiB, 2)} s/GiB, local-ebs peak RSS ${mib(load.serverRusage.maxRssBytes)} MiB`,
       ]);

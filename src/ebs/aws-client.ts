@@ -34,6 +34,7 @@ import {
   type StartedSnapshot,
 } from './client';
 import { classifyEbsError, QUOTED_MESSAGE_MAX_CHARS } from './classify';
+import { hostOf, readLimitedBody, SignedPut, type ResolvedOrigin } from './signed-put';
 import type { SnapshotOperation } from './retry';
 
 export interface AwsCredentials {
@@ -73,6 +74,12 @@ export interface AwsSnapshotClientOptions {
   sdkClient?: EBSClient;
   /** SDK settings under this client's own (a credential provider, a custom user agent…). */
   sdkConfig?: EBSClientConfig;
+  /**
+   * Send PutSnapshotBlock through the SDK as well, instead of as this client's
+   * own signed PUT (signed-put.ts). Always so for a caller's sdkClient or
+   * requestHandler, whose transport is theirs to choose.
+   */
+  putThroughSdk?: boolean;
 }
 
 export const DEFAULT_MAX_SOCKETS = 64;
@@ -113,8 +120,9 @@ export class AwsSnapshotClient implements SnapshotClient {
   private readonly httpsAgent: https.Agent;
   private readonly inFlight = new Set<AbortController>();
   private readonly startedAtMs = new Map<string, number>();
-  /** The origin the last request went to, as the SDK resolved it. */
-  private lastOrigin?: string;
+  /** Where the SDK sent its last request; PutSnapshotBlock goes there too. */
+  private origin?: ResolvedOrigin;
+  private readonly signedPut?: SignedPut;
   private closed = false;
   private ownsSdk = true;
 
@@ -164,10 +172,16 @@ export class AwsSnapshotClient implements SnapshotClient {
     this.sdk = new EBSClient(config);
     this.sdk.middlewareStack.add(
       (next) => async (args) => {
-        const request = args.request as { protocol?: string; hostname?: string; port?: number } | undefined;
+        const request = args.request as { protocol?: string; hostname?: string; port?: number; path?: string } | undefined;
         if (request?.hostname) {
-          const port = request.port ? `:${request.port}` : '';
-          this.lastOrigin = `${request.protocol ?? 'https:'}//${request.hostname}${port}`;
+          const path = request.path ?? '';
+          const snapshots = path.lastIndexOf('/snapshots');
+          this.origin = {
+            protocol: request.protocol === 'http:' ? 'http:' : 'https:',
+            hostname: request.hostname.replace(/^\[(.*)\]$/, '$1'),
+            ...(request.port ? { port: request.port } : {}),
+            basePath: snapshots > 0 ? path.slice(0, snapshots) : '',
+          };
         }
         return next(args);
       },
@@ -187,6 +201,18 @@ export class AwsSnapshotClient implements SnapshotClient {
       },
       { step: 'build', name: 'ebsFuseReusePayloadHash' },
     );
+    if (options.putThroughSdk !== true && options.sdkConfig?.requestHandler === undefined) {
+      if (options.endpoint !== undefined) this.origin = originOf(options.endpoint);
+      const sdkConfig = this.sdk.config;
+      this.signedPut = new SignedPut({
+        credentials: () => sdkConfig.credentials(),
+        region: () => sdkConfig.region(),
+        httpAgent: this.httpAgent,
+        httpsAgent: this.httpsAgent,
+        connectionTimeoutMs: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+        clockOffsetMs: () => sdkConfig.systemClockOffset ?? 0,
+      });
+    }
   }
 
   /**
@@ -194,7 +220,7 @@ export class AwsSnapshotClient implements SnapshotClient {
    * configured one, else the region's. Never throws.
    */
   async endpointDescription(): Promise<string> {
-    if (this.lastOrigin) return this.lastOrigin;
+    if (this.origin) return `${this.origin.protocol}//${hostOf(this.origin)}`;
     if (this.explicitEndpoint) return this.explicitEndpoint;
     if (process.env.AWS_IGNORE_CONFIGURED_ENDPOINT_URLS !== 'true') {
       const fromEnv = process.env.AWS_ENDPOINT_URL_EBS || process.env.AWS_ENDPOINT_URL;
@@ -255,8 +281,12 @@ export class AwsSnapshotClient implements SnapshotClient {
         'permanent',
       );
     }
-    const out = await this.call(context, (abortSignal) =>
-      this.sdk.send(
+    const { origin, signedPut } = this;
+    // With no endpoint given, the SDK sends until it has resolved one: only the
+    // first PUTs of a resumed mount, which makes no call before them.
+    const out = await this.call(context, async (abortSignal) => {
+      if (origin !== undefined && signedPut !== undefined) return signedPut.put(origin, params, abortSignal);
+      const sent = await this.sdk.send(
         new PutSnapshotBlockCommand({
           SnapshotId: params.snapshotId,
           BlockIndex: params.blockIndex,
@@ -268,15 +298,16 @@ export class AwsSnapshotClient implements SnapshotClient {
           Progress: params.progressPercent,
         }),
         { abortSignal },
-      ),
-    );
-    if (out.Checksum !== params.checksumBase64) {
-      const got = out.Checksum ? `checksum ${out.Checksum}` : 'no checksum';
+      );
+      return { statusCode: sent.$metadata.httpStatusCode, checksumBase64: sent.Checksum };
+    });
+    if (out.checksumBase64 !== params.checksumBase64) {
+      const got = out.checksumBase64 ? `checksum ${out.checksumBase64}` : 'no checksum';
       throw new SnapshotApiError(
         `${await this.subject(context)} was acknowledged with ${got}, but ${params.checksumBase64} was sent; the block will be sent again`,
         'ChecksumMismatch',
         'transient',
-        out.$metadata.httpStatusCode,
+        out.statusCode,
       );
     }
   }
@@ -370,7 +401,7 @@ export class AwsSnapshotClient implements SnapshotClient {
         { abortSignal },
       );
       // Read inside call() so that the attempt's timeout also covers the body.
-      const body = await readBody(out.BlockData as Readable | undefined, BLOCK_SIZE_BYTES, abortSignal);
+      const body = await readLimitedBody(out.BlockData as Readable | undefined, BLOCK_SIZE_BYTES, abortSignal);
       return { data: body, checksum: out.Checksum, dataLength: out.DataLength };
     });
     // Bad bytes are never returned: a retry fetches the block again.
@@ -480,39 +511,27 @@ function httpLogger(log: ((line: string) => void) | undefined) {
   return { trace: ignore, debug: ignore, info: ignore, warn, error: warn };
 }
 
+/** An endpoint URL as the SDK sends to it: its path, less a trailing '/', goes before /snapshots. */
+function originOf(endpoint: string): ResolvedOrigin | undefined {
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    return undefined; // the SDK reports the bad endpoint on the first call
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return undefined;
+  return {
+    protocol: url.protocol,
+    hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    ...(url.port === '' ? {} : { port: Number(url.port) }),
+    basePath: url.pathname.replace(/\/+$/, ''),
+  };
+}
+
 function closedError(context: CallContext): SnapshotApiError {
   return new SnapshotApiError(`${context.operation}: the snapshot client was closed`, 'ClientClosed', 'permanent');
 }
 
 function asStatus(value: string | undefined): SnapshotStatus | undefined {
   return value === 'pending' || value === 'completed' || value === 'error' ? value : undefined;
-}
-
-/**
- * The whole body, or undefined as soon as it exceeds limitBytes (the stream is
- * then destroyed rather than drained: the socket is not worth saving).
- */
-async function readBody(stream: Readable | undefined, limitBytes: number, signal: AbortSignal): Promise<Buffer | undefined> {
-  if (!stream) return Buffer.alloc(0);
-  const onAbort = (): void => {
-    stream.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-  };
-  if (signal.aborted) onAbort();
-  signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for await (const chunk of stream) {
-      const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
-      total += buffer.length;
-      if (total > limitBytes) {
-        stream.destroy();
-        return undefined;
-      }
-      chunks.push(buffer);
-    }
-    return Buffer.concat(chunks, total);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
 }

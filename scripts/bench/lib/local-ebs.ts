@@ -84,8 +84,8 @@ export class LocalEbs {
     return getLocalEbsStats(this.endpoint, this.credentials);
   }
 
-  client(maxSockets = 16): AwsSnapshotClient {
-    return new AwsSnapshotClient({ endpoint: this.endpoint, region: 'us-east-1', credentials: this.credentials, maxSockets });
+  client(maxSockets = 16, options: { putThroughSdk?: boolean } = {}): AwsSnapshotClient {
+    return new AwsSnapshotClient({ endpoint: this.endpoint, region: 'us-east-1', credentials: this.credentials, maxSockets, ...options });
   }
 
   /** Distinct blocks the snapshot holds, from ListSnapshotBlocks (it must be completed). */
