@@ -46,6 +46,7 @@ function usage(): string {
     '  BENCH_LATENCY_MIB=256        bytes of each run of baseline 9 (upload and mount under latency)',
     '  BENCH_LATENCY_MS=50,100      the PUT latencies of baseline 9 (each also runs without)',
     '  BENCH_LATENCY_CONCURRENCY=16,64,128   the --upload-concurrency settings of baseline 9',
+    '  BENCH_LATENCY_ROUNDS=3       rounds of each setting of baseline 9 (the median decides)',
     '  BENCH_RANDOM_MIB=272         the range fio writes in baseline 10',
     '  BENCH_RANDOM_CACHE_MIB=32,64,128,256,512   the --cache-size settings of baseline 10',
     '  BENCH_RANDOM_JOBS=1,5        the fio job counts of baseline 10',
@@ -130,6 +131,7 @@ async function main(): Promise<number> {
     latencyBytes: integerSetting('BENCH_LATENCY_MIB', 256, 16, 65536) * MIB,
     latenciesMs: integerListSetting('BENCH_LATENCY_MS', [50, 100], 1, 60_000),
     latencyConcurrencies: integerListSetting('BENCH_LATENCY_CONCURRENCY', [16, 64, 128], 1, 1024),
+    latencyRounds: integerSetting('BENCH_LATENCY_ROUNDS', 3, 1, 20),
     randomBytes: integerSetting('BENCH_RANDOM_MIB', 272, 16, 65536) * MIB,
     randomCacheSizesMiB: integerListSetting('BENCH_RANDOM_CACHE_MIB', [32, 64, 128, 256, 512], 16, 65536),
     randomJobCounts: integerListSetting('BENCH_RANDOM_JOBS', [1, 5], 1, 64),
@@ -272,6 +274,7 @@ async function main(): Promise<number> {
         dataBytes: settings.latencyBytes,
         latenciesMs: settings.latenciesMs,
         concurrencies: settings.latencyConcurrencies,
+        rounds: settings.latencyRounds,
         log,
       });
     }
