@@ -41,6 +41,7 @@ export interface Settings {
   latencyBytes: number;
   latenciesMs: number[];
   latencyConcurrencies: number[];
+  latencyRounds: number;
   randomBytes: number;
   randomCacheSizesMiB: number[];
   randomJobCounts: number[];
