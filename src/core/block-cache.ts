@@ -142,7 +142,14 @@ export class BlockCache {
   /** Buffers given back, for reuse; with buffersHeld never more than the capacity. */
   private readonly freeBuffers: Buffer[] = [];
   /** Wakes writers waiting for room; notified when a buffer is freed or a block turns clean. */
-  readonly roomSignal = new ChangeSignal();
+  private readonly roomSignal = new ChangeSignal();
+  /**
+   * A writer's wait for room ran out and none has been made since. Until some is,
+   * a writer that finds the cache full fails at once: one write call that the
+   * kernel splits (a 1 MiB dd write is eight FUSE writes) or the next write of a
+   * program that retries would otherwise wait the whole bound again each time.
+   */
+  private fullAfterWait = false;
 
   constructor(private readonly options: BlockCacheOptions) {
     // Eviction is ours (only clean blocks may go), so the LRU's own bound must
@@ -300,7 +307,12 @@ export class BlockCache {
     if (block.data === data) block.dataSharedWithUpload = false;
     // A copy-on-write during the upload left `data` held by the upload alone, which has ended.
     else if (data !== null) this.releaseBuffer(data);
-    if (block.isClean) this.roomSignal.notify();
+    if (block.isClean) this.roomMade();
+  }
+
+  private roomMade(): void {
+    this.fullAfterWait = false;
+    this.roomSignal.notify();
   }
 
   private noteChanged(block: CachedBlock): void {
@@ -327,9 +339,16 @@ export class BlockCache {
     while (this.buffersHeld >= this.options.capacityBlocks) {
       if (this.evictClean((block) => block.data !== null)) continue;
       this.options.requestWriteback();
+      if (this.fullAfterWait) {
+        throw new FileOperationError(
+          'EIO',
+          `the block cache is still full of dirty blocks: no upload has finished since a write waited ${this.options.writerWaitTimeoutMs} ms for one`,
+        );
+      }
       const remainingMs = deadlineMs - Date.now();
       if (remainingMs <= 0 || !(await this.roomSignal.wait(remainingMs))) {
         if (this.buffersHeld < this.options.capacityBlocks) break;
+        this.fullAfterWait = true;
         throw new FileOperationError(
           'EIO',
           `the block cache is full of dirty blocks and no upload finished within ${this.options.writerWaitTimeoutMs} ms`,
@@ -366,7 +385,7 @@ export class BlockCache {
     if (buffer?.length === BLOCK_SIZE_BYTES && this.buffersHeld + this.freeBuffers.length < this.options.capacityBlocks) {
       this.freeBuffers.push(buffer);
     }
-    this.roomSignal.notify();
+    this.roomMade();
   }
 
   /** Evicts the least recently used clean, unlocked block that matches; false when none. */

@@ -128,6 +128,30 @@ describe('core: block cache (the state table and its transitions)', () => {
     assert.equal(cache.buffersInUse, 2);
   });
 
+  it('once a wait for room ran out, the next writer fails at once, until room is made; then writers wait again', async () => {
+    const { cache } = makeCache(2, 150);
+    const first = await written(cache, 1);
+    await written(cache, 2);
+    await assert.rejects(written(cache, 3), /no upload finished within 150 ms/);
+    let started = Date.now();
+    await assert.rejects(
+      written(cache, 4),
+      (error: Error) => error instanceof FileOperationError && error.errno === 'EIO' && /still full/.test(error.message),
+    );
+    assert.ok(Date.now() - started < 100, `the second writer waited ${Date.now() - started} ms`);
+    // Still no room made: a third writer fails at once too.
+    await assert.rejects(written(cache, 5), /still full/);
+    // An upload makes block 1 clean: room, so the next writer gets its buffer.
+    const view = cache.beginUpload(first);
+    cache.acknowledge(first, view.generation);
+    cache.endUpload(first, view.data);
+    await written(cache, 6);
+    // Full again, of dirty blocks: a writer waits the whole bound once more.
+    started = Date.now();
+    await assert.rejects(written(cache, 7), /no upload finished within 150 ms/);
+    assert.ok(Date.now() - started >= 140);
+  });
+
   it('evicts a clean block to make room, and zero blocks hold no buffer', async () => {
     const { cache } = makeCache(2);
     const first = await written(cache, 1);
