@@ -81,6 +81,8 @@ export class LocalCopy {
   private averageWriteMs = 0;
   private unsynced = false;
   private freeSpace?: { bytes: number; reserveBytes: number; atMs: number };
+  /** The statfs in progress: allocations waiting for a fresh figure share it. */
+  private freeSpaceRefresh?: Promise<void>;
   private handle?: Promise<fs.FileHandle>;
   /** Bytes written to the file since open, for the benchmarks. */
   bytesWritten = 0;
@@ -287,27 +289,40 @@ export class LocalCopy {
 
   private async mayGrow(): Promise<boolean> {
     if (this.budget !== 'auto') return (this.slotCount + 1) * BLOCK_SIZE_BYTES <= this.budget;
-    const nowMs = Date.now();
-    if (!this.freeSpace || nowMs - this.freeSpace.atMs > STATFS_TRUSTED_MS) {
-      try {
-        const stats = await fs.statfs(this.directory);
-        // Slots grown into but not yet written take no space in statfs's figure yet; with
-        // many writes in flight that would let the file overshoot the reserve by as many blocks.
-        const allocatedBytes = this.handle ? (await (await this.handle).stat()).blocks * 512 : 0;
-        const unwrittenBytes = Math.max(0, this.slotCount * BLOCK_SIZE_BYTES - allocatedBytes);
-        this.freeSpace = {
-          bytes: stats.bavail * stats.bsize - unwrittenBytes,
-          reserveBytes: autoReserveBytes(stats.blocks * stats.bsize),
-          atMs: nowMs,
-        };
-      } catch {
-        return false;
-      }
+    if (!this.freeSpace || Date.now() - this.freeSpace.atMs > STATFS_TRUSTED_MS) {
+      // One statfs for all who ask meanwhile: each taking its own would replace the
+      // figure that the others' growth was already counted against.
+      this.freeSpaceRefresh ??= this.refreshFreeSpace().finally(() => {
+        this.freeSpaceRefresh = undefined;
+      });
+      await this.freeSpaceRefresh;
     }
-    if (this.freeSpace.bytes - BLOCK_SIZE_BYTES < this.freeSpace.reserveBytes) return false;
+    if (!this.freeSpace || this.freeSpace.bytes - BLOCK_SIZE_BYTES < this.freeSpace.reserveBytes) return false;
     // Until statfs is asked again, count our own growth against the figure.
     this.freeSpace.bytes -= BLOCK_SIZE_BYTES;
     return true;
+  }
+
+  /** Leaves freeSpace unset when statfs fails: then nothing grows. */
+  private async refreshFreeSpace(): Promise<void> {
+    const nowMs = Date.now();
+    try {
+      // Slots grown into but not yet written take no space in statfs's figure yet; with
+      // many writes in flight that would let the file overshoot the reserve by as many blocks.
+      // The file's size on disk is read first and the slots grown last: a write or a
+      // slot landing between the calls then counts twice (a little less room), never
+      // not at all (an overshoot).
+      const allocatedBytes = this.handle ? (await (await this.handle).stat()).blocks * 512 : 0;
+      const stats = await fs.statfs(this.directory);
+      const unwrittenBytes = Math.max(0, this.slotCount * BLOCK_SIZE_BYTES - allocatedBytes);
+      this.freeSpace = {
+        bytes: stats.bavail * stats.bsize - unwrittenBytes,
+        reserveBytes: autoReserveBytes(stats.blocks * stats.bsize),
+        atMs: nowMs,
+      };
+    } catch {
+      this.freeSpace = undefined;
+    }
   }
 
   private open(): Promise<fs.FileHandle> {
