@@ -63,19 +63,6 @@ export class Flusher {
     this.zeroSkipExempt.add(index);
   }
 
-  /**
-   * After a write to the block: a block a stream has just written whole, front
-   * to back, is done with, so it goes now while an upload slot is free, instead
-   * of waiting for the high-water mark. dd, cp and qemu-img then upload while
-   * they write, from the first block on; random writers (fio, a file system's
-   * metadata) write in other orders and wait for write-back, where rewrites coalesce.
-   */
-  uploadIfStreamed(block: CachedBlock): void {
-    if (!block.streamedWholeSinceUpload || !block.isDirty || block.uploading || this.queue.has(block.index)) return;
-    if (this.inFlight + this.queue.size >= this.options.concurrency) return;
-    this.enqueue(block);
-  }
-
   /** After a write: uploads the coldest dirty blocks beyond the high-water mark. */
   writeBackIfOverHighWater(): void {
     const dirtyNotUploading = this.options.cache.dirtyCount - this.inFlight - this.queue.size;

@@ -163,38 +163,6 @@ describe('core: flusher (uploads and write-back)', () => {
     assert.match(h.cache.peek(5)!.lastFailure!.message, /held nowhere/);
   });
 
-  it('uploads a block streamed whole (front to back) at once, while slots are free; a block written whole in another order waits', async () => {
-    const h = await harness({ concurrency: 2 });
-    const streamed = await dirty(h, 1, 1, [
-      [0, B / 4],
-      [B / 4, B / 4],
-      [B / 2, B / 2],
-    ]);
-    const shuffled = await dirty(h, 2, 2, [
-      [B / 2, B / 2],
-      [0, B / 2],
-    ]);
-    const partial = await dirty(h, 3, 3, [[0, B / 2]]);
-    assert.equal(streamed.streamedWholeSinceUpload, true);
-    assert.equal(shuffled.writtenWholeSinceUpload && !shuffled.streamedWholeSinceUpload, true);
-    for (const block of [streamed, shuffled, partial]) h.flusher.uploadIfStreamed(block);
-    await settled(h);
-    assert.deepEqual(
-      [1, 2, 3].map((index) => h.cache.peek(index)!.isDirty),
-      [false, true, true],
-    );
-    assert.equal(h.client.callCounts.put, 1);
-    // With every slot taken, a streamed block waits for write-back or fsync.
-    const slow = await harness({ concurrency: 1 });
-    const first = await dirty(slow, 1, 1);
-    const second = await dirty(slow, 2, 2);
-    slow.flusher.uploadIfStreamed(first);
-    slow.flusher.uploadIfStreamed(second);
-    assert.equal(slow.flusher.uploadsInFlight, 1);
-    await settled(slow);
-    assert.equal(slow.cache.peek(2)!.isDirty, true, 'not queued behind a full window');
-  });
-
   it('skips never-sent zero blocks only where the zero-block rule allows, and sends zeros over sent data', async () => {
     const h = await harness({ concurrency: 2 });
     h.flusher.enqueue(await dirty(h, 4, 0));
