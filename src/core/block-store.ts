@@ -44,6 +44,8 @@ const NOWHERE_LOG_LINES_MAX = 20;
 export interface BlockStoreOptions {
   directory: string;
   diskBudget: DiskBudget;
+  /** Copy writes past the page cache at once (local-copy.ts); more wait their turn. */
+  directCopyWritesAtOnce: number;
   parent?: SnapshotReader;
   log: (line: string) => void;
 }
@@ -86,7 +88,10 @@ export class BlockStore {
     // eslint-disable-next-line prefer-const -- the journal's sync callback closes over it before it is assigned
     let localCopy: LocalCopy | undefined;
     const { journal, replay } = await Journal.open(options.directory, async () => localCopy?.sync());
-    localCopy = new LocalCopy(options.directory, options.diskBudget, replay.slotCount);
+    localCopy = new LocalCopy(options.directory, options.diskBudget, replay.slotCount, {
+      mode: 'direct',
+      directAtOnce: options.directCopyWritesAtOnce,
+    });
     const store = new BlockStore(options, journal, localCopy, replay);
     const resend = await store.settle(replay);
     // A fresh start after compaction; a full disk just leaves the longer journal.

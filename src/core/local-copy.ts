@@ -16,11 +16,16 @@
 // The budget is fixed (--disk-cache-size) or `auto`: the file grows only while
 // its file system keeps the reserve free, so a copy never fills the disk. A
 // copy that cannot be written (ENOSPC, EIO) is dropped: the upload goes on.
+//
+// Copies are written with O_DIRECT where the file system takes it, through a few
+// aligned staging buffers (staging-buffers.ts): through the page cache each
+// copy cost the mount more kernel time than the rest of its block's path.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
 import { writeFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
+import { StagingBuffers } from './staging-buffers';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
 
@@ -48,6 +53,23 @@ const FILE_NAME = 'local-copy.img';
 const SLOW_WRITE_AVERAGE_MS = 500;
 /** Weight of the newest write in that average. */
 const WRITE_TIME_WEIGHT = 0.2;
+/**
+ * Copy writes past the page cache at once, at most: 16 MiB of staging memory
+ * beside --cache-size, taken at the first copy. More wait for a buffer, and each
+ * waiter holds an upload slot: a dd through the mount measured slower with 16
+ * than with 32 or 64, which measured alike (docs/BENCHMARKS.md).
+ */
+export const DIRECT_WRITES_AT_ONCE_MAX = 32;
+
+/** How copies reach the file: past the page cache where the file system allows, else through it. */
+export type CopyWriteMode = 'direct' | 'buffered';
+
+interface DirectFile {
+  handle: fs.FileHandle;
+  staging: StagingBuffers;
+  /** A write was refused for its alignment (EINVAL): copies go through the page cache from then on. */
+  refused: boolean;
+}
 
 interface Entry {
   slot: number;
@@ -84,14 +106,19 @@ export class LocalCopy {
   /** The statfs in progress: allocations waiting for a fresh figure share it. */
   private freeSpaceRefresh?: Promise<void>;
   private handle?: Promise<fs.FileHandle>;
+  /** Resolves to undefined where O_DIRECT cannot be had. */
+  private direct?: Promise<DirectFile | undefined>;
   /** Bytes written to the file since open, for the benchmarks. */
   bytesWritten = 0;
+  /** Copies written past the page cache. */
+  directWriteCount = 0;
 
   constructor(
     private readonly directory: string,
     private readonly budget: DiskBudget,
     /** Slots the state already uses (replayed from the journal). */
     existingSlotCount = 0,
+    private readonly writes: { mode: CopyWriteMode; directAtOnce: number } = { mode: 'direct', directAtOnce: DIRECT_WRITES_AT_ONCE_MAX },
   ) {
     this.slotCount = existingSlotCount;
     for (let slot = 0; slot < existingSlotCount; slot += 1) this.freeSlots.add(slot);
@@ -170,7 +197,7 @@ export class LocalCopy {
     this.writesInFlightCount += 1;
     const startedMs = Date.now();
     try {
-      await writeFully(await this.open(), data, slot * BLOCK_SIZE_BYTES);
+      if (!(await this.writeDirect(slot, data))) await writeFully(await this.open(), data, slot * BLOCK_SIZE_BYTES);
       this.bytesWritten += data.length;
       this.unsynced = true;
       this.averageWriteMs += WRITE_TIME_WEIGHT * (Date.now() - startedMs - this.averageWriteMs);
@@ -181,6 +208,24 @@ export class LocalCopy {
     } finally {
       this.writesInFlightCount -= 1;
     }
+  }
+
+  /** False when the copy must go through the page cache instead. */
+  private async writeDirect(slot: number, data: Buffer): Promise<boolean> {
+    const direct = data.length === BLOCK_SIZE_BYTES ? await this.directFile() : undefined;
+    if (!direct || direct.refused) return false;
+    try {
+      await direct.staging.with(async (aligned) => {
+        data.copy(aligned);
+        await writeFully(direct.handle, aligned, slot * BLOCK_SIZE_BYTES);
+      });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+      direct.refused = true;
+      return false;
+    }
+    this.directWriteCount += 1;
+    return true;
   }
 
   /** The written slot becomes the block's copy; the copy it replaces is retired. */
@@ -255,6 +300,8 @@ export class LocalCopy {
     if (!this.unsynced || !this.handle) return;
     this.unsynced = false;
     try {
+      // One inode behind both descriptors: this also flushes the O_DIRECT writes
+      // out of the device's cache and makes the blocks they allocated durable.
       await (await this.handle).datasync();
     } catch (error) {
       this.unsynced = true;
@@ -263,6 +310,10 @@ export class LocalCopy {
   }
 
   async close(): Promise<void> {
+    const direct = this.direct;
+    this.direct = undefined;
+    const directFile = await direct?.catch(() => undefined);
+    if (directFile) await directFile.handle.close();
     const handle = this.handle;
     this.handle = undefined;
     if (handle) await (await handle).close();
@@ -322,6 +373,33 @@ export class LocalCopy {
       };
     } catch {
       this.freeSpace = undefined;
+    }
+  }
+
+  private directFile(): Promise<DirectFile | undefined> {
+    if (!this.direct) {
+      const opening = this.openDirect();
+      // A failed open is tried again by the next write; a file system without O_DIRECT is not.
+      opening.catch(() => {
+        if (this.direct === opening) this.direct = undefined;
+      });
+      this.direct = opening;
+    }
+    return this.direct;
+  }
+
+  private async openDirect(): Promise<DirectFile | undefined> {
+    const flag = fs.constants.O_DIRECT as number | undefined;
+    if (this.writes.mode !== 'direct' || flag === undefined) return undefined;
+    // The buffered handle first: it creates the file, and stat and sync use it.
+    await this.open();
+    const staging = StagingBuffers.allocate(this.writes.directAtOnce, BLOCK_SIZE_BYTES);
+    if (!staging) return undefined;
+    try {
+      return { handle: await fs.open(LocalCopy.fileIn(this.directory), fs.constants.O_RDWR | flag), staging, refused: false };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+      throw error;
     }
   }
 

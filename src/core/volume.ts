@@ -7,6 +7,7 @@ import { blockSegments } from './block-segments';
 import { BlockStore } from './block-store';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
+import { DIRECT_WRITES_AT_ONCE_MAX } from './local-copy';
 import type { CoreLimits } from './limits';
 import type { SnapshotReader } from './snapshot-reader';
 import { ZERO_BLOCK } from './transfer';
@@ -53,6 +54,8 @@ export class Volume implements VolumeFile {
     const { store, resend } = await BlockStore.open({
       directory: options.stateDirectory,
       diskBudget: options.limits.diskCacheSizeBytes,
+      // A copy is written per upload at most, so more buffers than uploads would stay unused.
+      directCopyWritesAtOnce: Math.min(DIRECT_WRITES_AT_ONCE_MAX, options.limits.uploadConcurrency),
       parent: options.parent,
       log,
     });

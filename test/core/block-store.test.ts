@@ -27,7 +27,7 @@ describe('core: block store (what the snapshot holds, and where the bytes are)',
   });
 
   async function open(diskBudget: number | 'auto' = 8 * B): Promise<{ store: BlockStore; resend: number[] }> {
-    const opened = await BlockStore.open({ directory, diskBudget, log: (line) => lines.push(line) });
+    const opened = await BlockStore.open({ directory, diskBudget, directCopyWritesAtOnce: 4, log: (line) => lines.push(line) });
     stores.push(opened.store);
     return opened;
   }

@@ -65,7 +65,12 @@ describe('core: flusher (uploads and write-back)', () => {
       },
     });
     const { snapshotId } = await inner.startSnapshot({ volumeSizeGiB: 1 });
-    const { store } = await BlockStore.open({ directory, diskBudget: options.diskBudget ?? 16 * B, log: () => {} });
+    const { store } = await BlockStore.open({
+      directory,
+      diskBudget: options.diskBudget ?? 16 * B,
+      directCopyWritesAtOnce: 4,
+      log: () => {},
+    });
     stores.push(store);
     const locks = new BlockLocks();
     const failures: string[] = [];

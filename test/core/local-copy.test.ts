@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Digest } from '../../src/ebs/checksum';
-import { autoReserveBytes, LocalCopy, type CopyKind } from '../../src/core/local-copy';
+import { autoReserveBytes, LocalCopy, type CopyKind, type CopyWriteMode } from '../../src/core/local-copy';
 
 const B = BLOCK_SIZE_BYTES;
 const notBusy = (): boolean => false;
@@ -20,8 +21,8 @@ describe('core: local copy', () => {
     rmSync(directory, { recursive: true, force: true });
   });
 
-  const open = (budget: number | 'auto', existingSlots = 0): LocalCopy => {
-    const copy = new LocalCopy(directory, budget, existingSlots);
+  const open = (budget: number | 'auto', existingSlots = 0, writeMode?: CopyWriteMode): LocalCopy => {
+    const copy = new LocalCopy(directory, budget, existingSlots, writeMode && { mode: writeMode, directAtOnce: 2 });
     copies.push(copy);
     return copy;
   };
@@ -139,4 +140,49 @@ describe('core: local copy', () => {
     assert.equal(copy.blocksHeld, 0);
     assert.notEqual(await copy.allocate('pieces', notBusy), undefined, 'the slot is free again');
   });
+
+  /** Bytes of the file in the page cache, by util-linux's fincore (mincore(2)). */
+  const residentBytes = (file: string): number =>
+    Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).trim());
+
+  function takesDirectIo(dir: string): boolean {
+    const probe = path.join(dir, 'probe');
+    try {
+      closeSync(openSync(probe, constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT));
+      return true;
+    } catch {
+      return false;
+    } finally {
+      rmSync(probe, { force: true });
+    }
+  }
+
+  for (const writeMode of ['direct', 'buffered'] as const) {
+    it(`writeMode ${writeMode}: copies ${writeMode === 'direct' ? 'bypass' : 'go through'} the page cache, read back exactly and sync`, async function () {
+      if (writeMode === 'direct' && !takesDirectIo(directory)) {
+        this.skip(); // the temporary directory's file system refuses O_DIRECT: nothing to check here
+      }
+      const copy = open(8 * B, 0, writeMode);
+      const data = [3, 4, 5, 6].map((index) => Buffer.alloc(B, index).fill(index + 100, 1000, 2000));
+      const slots = await Promise.all(
+        data.map(async (bytes, i) => {
+          const slot = (await copy.allocate('whole', notBusy))!;
+          assert.equal(await copy.write(slot, bytes), true);
+          copy.commit(3 + i, slot, sha256Digest(bytes), 'whole');
+          return slot;
+        }),
+      );
+      assert.equal(new Set(slots).size, 4);
+      assert.equal(copy.directWriteCount, writeMode === 'direct' ? 4 : 0);
+      const resident = residentBytes(LocalCopy.fileIn(directory));
+      if (writeMode === 'direct') assert.equal(resident, 0, 'no page of the copies in the page cache');
+      else assert.equal(resident, 4 * B, 'every page of the copies in the page cache');
+      await copy.sync();
+      for (const [i, bytes] of data.entries()) {
+        assert.ok((await copy.readRange(3 + i, 0, B))!.equals(bytes));
+        assert.ok((await copy.readRange(3 + i, 990, 20))!.equals(bytes.subarray(990, 1010)));
+      }
+      assert.equal(copy.bytesWritten, 4 * B);
+    });
+  }
 });

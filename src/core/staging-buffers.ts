@@ -1,0 +1,56 @@
+// Page-aligned buffers for the local copy's O_DIRECT writes.
+//
+// A buffered write of a 512 KiB copy costs the mount more kernel time than the
+// rest of that block's path together: page-cache pages to allocate and fill, then
+// the writeback that the copy's fdatasync runs in the mount's own threads
+// (docs/BENCHMARKS.md, "The local copy written past the page cache"). O_DIRECT
+// skips the page cache but needs its memory aligned to the device's logical
+// block size, and Node has no aligned allocator. A WebAssembly.Memory is whole
+// pages that V8 maps itself, so views of it at multiples of 4096 are aligned.
+import { Semaphore } from 'async-mutex';
+
+/** The strictest logical block size of a Linux block device; O_DIRECT needs memory, offset and length aligned to it. */
+export const DIRECT_IO_ALIGNMENT_BYTES = 4096;
+
+const WASM_PAGE_BYTES = 65536;
+
+interface WasmMemoryConstructor {
+  new (descriptor: { initial: number; maximum: number }): { readonly buffer: ArrayBuffer };
+}
+
+/** A fixed set of aligned buffers, lent one at a time; borrowers beyond the set wait their turn. */
+export class StagingBuffers {
+  private readonly free: Buffer[];
+  private readonly turns: Semaphore;
+
+  private constructor(buffers: Buffer[]) {
+    this.free = buffers;
+    this.turns = new Semaphore(buffers.length);
+  }
+
+  /**
+   * `count` buffers of `bufferBytes` (a multiple of 4096) in one allocation that is
+   * never resized (growing a WebAssembly.Memory would detach every view of it), or
+   * undefined where the runtime has no WebAssembly (`node --jitless`).
+   */
+  static allocate(count: number, bufferBytes: number): StagingBuffers | undefined {
+    if (bufferBytes % DIRECT_IO_ALIGNMENT_BYTES !== 0) throw new Error(`staging buffers of ${bufferBytes} bytes cannot be aligned`);
+    const Memory = (globalThis as { WebAssembly?: { Memory: WasmMemoryConstructor } }).WebAssembly?.Memory;
+    if (!Memory) return undefined;
+    const pages = Math.ceil((count * bufferBytes) / WASM_PAGE_BYTES);
+    const { buffer } = new Memory({ initial: pages, maximum: pages });
+    return new StagingBuffers(Array.from({ length: count }, (_, i) => Buffer.from(buffer, i * bufferBytes, bufferBytes)));
+  }
+
+  /** Runs `use` with a buffer of the set to itself; the buffer goes back when it settles. */
+  async with<T>(use: (buffer: Buffer) => Promise<T>): Promise<T> {
+    return this.turns.runExclusive(async () => {
+      const buffer = this.free.pop()!;
+      try {
+        return await use(buffer);
+      } finally {
+        this.free.push(buffer);
+      }
+    });
+  }
+}
