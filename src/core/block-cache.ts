@@ -32,6 +32,8 @@
  *   upload can tell a block written whole (a stream: `dd`, `cp`, file data, in
  *   writes of any size) from one written only in part (file-system metadata:
  *   bitmaps, inode tables, directories, a superblock), which the local copy keeps first.
+ *   `inStreamOrderSinceUpload` adds whether those writes came front to back, so
+ *   that the flusher can upload a streamed block as soon as it is whole.
  * - At most one upload of a block is in flight (`uploading`).
  * - Memory: block buffers, whether held by the cache or only by an in-flight
  *   upload after a copy-on-write, never exceed the capacity; a writer that needs
@@ -76,6 +78,8 @@ export class CachedBlock {
   flushWantedGeneration = 0;
   /** What writes covered since the last upload began; null once too scattered to track. */
   generationRanges: Array<[number, number]> | null = [];
+  /** Every write since the last upload began started at 0 or within what was already written: a stream's order. */
+  inStreamOrderSinceUpload = true;
   lastFailure?: UploadFailure;
 
   constructor(readonly index: number) {}
@@ -91,6 +95,11 @@ export class CachedBlock {
   /** Every byte was written since the last upload began: a stream passed over it, and it is likely done. */
   get writtenWholeSinceUpload(): boolean {
     return this.generationRanges !== null && coversWhole(this.generationRanges);
+  }
+
+  /** Written whole, front to back, since the last upload began (dd, cp, a file's data through a loop device). */
+  get streamedWholeSinceUpload(): boolean {
+    return this.inStreamOrderSinceUpload && this.writtenWholeSinceUpload;
   }
 
   /** True when [start, end) lies inside one written range. */
@@ -237,6 +246,10 @@ export class BlockCache {
       block.writtenRanges = [];
       block.baseMerged = true;
     }
+    const before = block.generationRanges;
+    const appends =
+      before !== null && (before.length === 0 ? inBlock === 0 : before.length === 1 && before[0][0] === 0 && inBlock <= before[0][1]);
+    if (!appends) block.inStreamOrderSinceUpload = false;
     const covered = block.generationRanges && addRange(block.generationRanges, inBlock, inBlock + length);
     block.generationRanges = covered && covered.length <= GENERATION_RANGES_MAX ? covered : null;
     this.noteChanged(block);
@@ -266,6 +279,7 @@ export class BlockCache {
     block.baseMerged = true;
     block.writtenRanges = [];
     block.generationRanges = null;
+    block.inStreamOrderSinceUpload = false;
     this.noteChanged(block);
   }
 
@@ -283,6 +297,7 @@ export class BlockCache {
     block.dataSharedWithUpload = block.data !== null;
     const written = block.writtenWholeSinceUpload ? 'whole' : 'pieces';
     block.generationRanges = [];
+    block.inStreamOrderSinceUpload = true;
     return { data: block.data, generation: block.writeGeneration, written };
   }
 

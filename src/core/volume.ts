@@ -109,6 +109,8 @@ export class Volume implements VolumeFile {
     const end = Math.min(this.sizeBytes, offsetBytes + data.length);
     for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
       await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count));
+      const block = this.cache.peek(index);
+      if (block) this.flusher.noteWritten(block);
     }
     this.flusher.writeBackIfOverHighWater();
     this.bytesWritten += end - offsetBytes;

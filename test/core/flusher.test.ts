@@ -168,6 +168,45 @@ describe('core: flusher (uploads and write-back)', () => {
     assert.match(h.cache.peek(5)!.lastFailure!.message, /held nowhere/);
   });
 
+  it('sends blocks streamed whole (front to back) in batches of a quarter of the window once it has room; blocks written otherwise wait', async () => {
+    const h = await harness({ concurrency: 8 }); // batches of 2
+    const streamed = await dirty(h, 1, 1, [
+      [0, B / 4],
+      [B / 4, B / 4],
+      [B / 2, B / 2],
+    ]);
+    const shuffled = await dirty(h, 2, 2, [
+      [B / 2, B / 2],
+      [0, B / 2],
+    ]);
+    const partial = await dirty(h, 3, 3, [[0, B / 2]]);
+    assert.equal(streamed.streamedWholeSinceUpload, true);
+    assert.equal(shuffled.writtenWholeSinceUpload && !shuffled.streamedWholeSinceUpload, true);
+    for (const block of [streamed, shuffled, partial]) h.flusher.noteWritten(block);
+    assert.equal(h.flusher.uploadsInFlight, 0, 'one streamed block is not a batch');
+    h.flusher.noteWritten(await dirty(h, 4, 4));
+    assert.equal(h.flusher.uploadsInFlight, 2, 'the batch of two goes at once');
+    await settled(h);
+    assert.deepEqual(
+      [1, 2, 3, 4].map((index) => h.cache.peek(index)!.isDirty),
+      [false, true, true, false],
+    );
+    assert.equal(h.client.callCounts.put, 2);
+
+    // A full window: the batch waits for room, then goes when uploads end.
+    const busy = await harness({ concurrency: 8 });
+    for (let index = 10; index < 17; index += 1) busy.flusher.enqueue(await dirty(busy, index, index, [[0, B / 2]]));
+    assert.equal(busy.flusher.uploadsInFlight, 7);
+    for (const index of [1, 2]) busy.flusher.noteWritten(await dirty(busy, index, index));
+    assert.equal(busy.flusher.uploadsInFlight, 7, 'one slot is not room for a batch of two');
+    await settled(busy);
+    assert.deepEqual(
+      [1, 2].map((index) => busy.cache.peek(index)!.isDirty),
+      [false, false],
+    );
+    assert.equal(busy.client.callCounts.put, 9);
+  });
+
   it('skips never-sent zero blocks only where the zero-block rule allows, and sends zeros over sent data', async () => {
     const h = await harness({ concurrency: 2 });
     h.flusher.enqueue(await dirty(h, 4, 0));
