@@ -33,7 +33,7 @@
  *   writes of any size) from one written only in part (file-system metadata:
  *   bitmaps, inode tables, directories, a superblock), which the local copy keeps first.
  *   `inStreamOrderSinceUpload` adds whether those writes came front to back, so
- *   that the flusher can upload a streamed block as soon as it is whole.
+ *   that the flusher can send streamed blocks early, in batches (flusher.ts).
  * - At most one upload of a block is in flight (`uploading`).
  * - Memory: block buffers, whether held by the cache or only by an in-flight
  *   upload after a copy-on-write, never exceed the capacity; a writer that needs

@@ -3,14 +3,14 @@
 // A buffered write of a 512 KiB copy costs the mount more kernel time than the
 // rest of that block's path together: page-cache pages to allocate and fill, then
 // the writeback that the copy's fdatasync runs in the mount's own threads
-// (docs/BENCHMARKS.md, "The local copy written past the page cache"). O_DIRECT
+// (docs/BENCHMARKS.md, the latest run's "What changed the figures"). O_DIRECT
 // skips the page cache but needs its memory aligned to the device's logical
 // block size, and Node has no aligned allocator. A WebAssembly.Memory is whole
 // pages that V8 maps itself, so views of it at multiples of 4096 are aligned.
 import { Semaphore } from 'async-mutex';
 
 /** The strictest logical block size of a Linux block device; O_DIRECT needs memory, offset and length aligned to it. */
-export const DIRECT_IO_ALIGNMENT_BYTES = 4096;
+const DIRECT_IO_ALIGNMENT_BYTES = 4096;
 
 const WASM_PAGE_BYTES = 65536;
 
