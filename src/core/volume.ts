@@ -54,8 +54,16 @@ export class Volume implements VolumeFile {
     const { store, resend } = await BlockStore.open({
       directory: options.stateDirectory,
       diskBudget: options.limits.diskCacheSizeBytes,
-      // A copy is written per upload at most, so more buffers than uploads would stay unused.
-      directCopyWritesAtOnce: Math.min(DIRECT_WRITES_AT_ONCE_MAX, options.limits.uploadConcurrency),
+      // A copy is written per upload at most, so more buffers than uploads would stay
+      // unused; and the staging memory stays within a sixteenth of the cache's.
+      directCopyWritesAtOnce: Math.max(
+        1,
+        Math.min(
+          DIRECT_WRITES_AT_ONCE_MAX,
+          options.limits.uploadConcurrency,
+          Math.floor(options.limits.cacheSizeBytes / BLOCK_SIZE_BYTES / 16),
+        ),
+      ),
       parent: options.parent,
       log,
     });
