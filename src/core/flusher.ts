@@ -79,7 +79,7 @@ export class Flusher {
    * write-back, where rewrites coalesce.
    */
   noteWritten(block: CachedBlock): void {
-    if (!block.streamedWholeSinceUpload || !block.isDirty || block.uploading || this.queue.has(block.index)) return;
+    if (!block.streamedWholeSinceUpload || !this.isQueueable(block)) return;
     this.streamedWaiting += 1;
     this.sendStreamedBatch();
   }
@@ -107,15 +107,14 @@ export class Flusher {
 
   /** Queues up to `count` blocks by writeBack's tiers, or only streamed ones; returns how many. */
   private queueColdest(count: number, onlyStreamed: boolean): number {
-    const slotsFree = Math.max(0, this.options.concurrency - this.inFlight - this.queue.size);
-    let wanted = Math.min(count, slotsFree);
+    let wanted = Math.min(count, this.slotsFree);
     const queueable = wanted;
     // One pass over the cache (this runs after every write above the high-water
     // mark): tier 1 is queued as found, tiers 2 and 3 are kept, in LRU order, for after.
     const later: [CachedBlock[], CachedBlock[]] = [[], []];
     for (const block of this.options.cache.leastRecentFirst()) {
       if (wanted <= 0) return queueable;
-      if (!block.isDirty || block.uploading || this.queue.has(block.index)) continue;
+      if (!this.isQueueable(block)) continue;
       if (onlyStreamed && !block.streamedWholeSinceUpload) continue;
       const tier = writeBackTier(block);
       if (tier === 1) {
@@ -135,6 +134,16 @@ export class Flusher {
     return queueable - wanted;
   }
 
+  /** Uploads that may still be queued before the window is full. */
+  private get slotsFree(): number {
+    return Math.max(0, this.options.concurrency - this.inFlight - this.queue.size);
+  }
+
+  /** Dirty, and neither uploading nor queued. */
+  private isQueueable(block: CachedBlock): boolean {
+    return block.isDirty && !block.uploading && !this.queue.has(block.index);
+  }
+
   /** A quarter of the upload window, at most 16 blocks: the intents one journal commit carries. */
   private get streamBatchBlocks(): number {
     return Math.max(1, Math.min(STREAM_BATCH_BLOCKS_MAX, Math.floor(this.options.concurrency / 4)));
@@ -142,8 +151,8 @@ export class Flusher {
 
   private sendStreamedBatch(): void {
     const batch = this.streamBatchBlocks;
-    if (this.stopped || this.streamedWaiting < batch || this.options.concurrency - this.inFlight - this.queue.size < batch) return;
-    const wanted = Math.min(this.streamedWaiting, this.options.concurrency - this.inFlight - this.queue.size);
+    if (this.stopped || this.streamedWaiting < batch || this.slotsFree < batch) return;
+    const wanted = Math.min(this.streamedWaiting, this.slotsFree);
     const queued = this.queueColdest(wanted, true);
     // Fewer found than counted: the rest went by write-back or fsync meanwhile.
     this.streamedWaiting = queued < wanted ? 0 : this.streamedWaiting - queued;
