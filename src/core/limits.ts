@@ -1,3 +1,4 @@
+import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import type { DiskBudget } from './local-copy';
 
 /** Every bound of the core in one place, so that each limit is chosen, not implied. */
@@ -18,6 +19,24 @@ export interface CoreLimits {
    * tenth of it (at least 64 MiB). 0 keeps no block copy at all.
    */
   diskCacheSizeBytes: DiskBudget;
+}
+
+/**
+ * Copy writes past the page cache at once, at most (local-copy.ts): 16 MiB of
+ * staging memory beside --cache-size, taken at the first copy. More wait for a
+ * buffer, and each waiter holds an upload slot: a dd through the mount measured
+ * slower with 16 than with 32 or 64, which measured alike (docs/BENCHMARKS.md).
+ */
+const DIRECT_COPY_WRITES_AT_ONCE_MAX = 32;
+
+/**
+ * The local copy's staging buffers: one copy is written per upload at most, so
+ * more buffers than uploads would stay unused, and their memory stays within a
+ * sixteenth of the cache's.
+ */
+export function directCopyWritesAtOnce(limits: Pick<CoreLimits, 'uploadConcurrency' | 'cacheSizeBytes'>): number {
+  const perCache = Math.floor(limits.cacheSizeBytes / BLOCK_SIZE_BYTES / 16);
+  return Math.max(1, Math.min(DIRECT_COPY_WRITES_AT_ONCE_MAX, limits.uploadConcurrency, perCache));
 }
 
 /** PUTs (or GETs) in flight at once, at most: --upload-concurrency, --download-concurrency, the library's concurrency. */

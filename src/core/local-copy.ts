@@ -53,14 +53,6 @@ const FILE_NAME = 'local-copy.img';
 const SLOW_WRITE_AVERAGE_MS = 500;
 /** Weight of the newest write in that average. */
 const WRITE_TIME_WEIGHT = 0.2;
-/**
- * Copy writes past the page cache at once, at most: 16 MiB of staging memory
- * beside --cache-size, taken at the first copy. More wait for a buffer, and each
- * waiter holds an upload slot: a dd through the mount measured slower with 16
- * than with 32 or 64, which measured alike (docs/BENCHMARKS.md).
- */
-export const DIRECT_WRITES_AT_ONCE_MAX = 32;
-
 /** How copies reach the file: past the page cache where the file system allows, else through it. */
 export type CopyWriteMode = 'direct' | 'buffered';
 
@@ -117,8 +109,9 @@ export class LocalCopy {
     private readonly directory: string,
     private readonly budget: DiskBudget,
     /** Slots the state already uses (replayed from the journal). */
-    existingSlotCount = 0,
-    private readonly writes: { mode: CopyWriteMode; directAtOnce: number } = { mode: 'direct', directAtOnce: DIRECT_WRITES_AT_ONCE_MAX },
+    existingSlotCount: number,
+    /** directAtOnce: copy writes past the page cache at once (limits.ts: directCopyWritesAtOnce); more wait their turn. */
+    private readonly writes: { mode: CopyWriteMode; directAtOnce: number },
   ) {
     this.slotCount = existingSlotCount;
     for (let slot = 0; slot < existingSlotCount; slot += 1) this.freeSlots.add(slot);
@@ -393,14 +386,18 @@ export class LocalCopy {
     if (this.writes.mode !== 'direct' || flag === undefined) return undefined;
     // The buffered handle first: it creates the file, and stat and sync use it.
     await this.open();
-    const staging = StagingBuffers.allocate(this.writes.directAtOnce, BLOCK_SIZE_BYTES);
-    if (!staging) return undefined;
+    let handle: fs.FileHandle;
     try {
-      return { handle: await fs.open(LocalCopy.fileIn(this.directory), fs.constants.O_RDWR | flag), staging, refused: false };
+      handle = await fs.open(LocalCopy.fileIn(this.directory), fs.constants.O_RDWR | flag);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
       throw error;
     }
+    // Taken once the file is open, so that a failing open retried by each write allocates nothing.
+    const staging = StagingBuffers.allocate(this.writes.directAtOnce, BLOCK_SIZE_BYTES);
+    if (staging) return { handle, staging, refused: false };
+    await handle.close();
+    return undefined;
   }
 
   private open(): Promise<fs.FileHandle> {

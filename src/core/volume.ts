@@ -7,8 +7,7 @@ import { blockSegments } from './block-segments';
 import { BlockStore } from './block-store';
 import { FileOperationError } from './file-errors';
 import { Flusher } from './flusher';
-import { DIRECT_WRITES_AT_ONCE_MAX } from './local-copy';
-import type { CoreLimits } from './limits';
+import { directCopyWritesAtOnce, type CoreLimits } from './limits';
 import type { SnapshotReader } from './snapshot-reader';
 import { ZERO_BLOCK } from './transfer';
 import type { VolumeFile, VolumeStats } from './volume-file';
@@ -54,16 +53,7 @@ export class Volume implements VolumeFile {
     const { store, resend } = await BlockStore.open({
       directory: options.stateDirectory,
       diskBudget: options.limits.diskCacheSizeBytes,
-      // A copy is written per upload at most, so more buffers than uploads would stay
-      // unused; and the staging memory stays within a sixteenth of the cache's.
-      directCopyWritesAtOnce: Math.max(
-        1,
-        Math.min(
-          DIRECT_WRITES_AT_ONCE_MAX,
-          options.limits.uploadConcurrency,
-          Math.floor(options.limits.cacheSizeBytes / BLOCK_SIZE_BYTES / 16),
-        ),
-      ),
+      directCopyWritesAtOnce: directCopyWritesAtOnce(options.limits),
       parent: options.parent,
       log,
     });
@@ -116,9 +106,7 @@ export class Volume implements VolumeFile {
     }
     const end = Math.min(this.sizeBytes, offsetBytes + data.length);
     for (const { index, inBlock, count, fromStart } of blockSegments(offsetBytes, end)) {
-      await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count));
-      const block = this.cache.peek(index);
-      if (block) this.flusher.noteWritten(block);
+      this.flusher.noteWritten(await this.writeBlockRange(index, inBlock, data.subarray(fromStart, fromStart + count)));
     }
     this.flusher.writeBackIfOverHighWater();
     this.bytesWritten += end - offsetBytes;
@@ -289,8 +277,9 @@ export class Volume implements VolumeFile {
     (await this.store.readRange(index, inBlock, count)).copy(out, outOffset);
   }
 
-  private async writeBlockRange(index: number, inBlock: number, source: Buffer): Promise<void> {
-    await this.locks.with(index, async () => {
+  /** Resolves with the block written. */
+  private async writeBlockRange(index: number, inBlock: number, source: Buffer): Promise<CachedBlock> {
+    return this.locks.with(index, async () => {
       let block = this.cache.get(index);
       const isNew = !block;
       if (!block) block = this.cache.insert(index);
@@ -307,6 +296,7 @@ export class Volume implements VolumeFile {
       }
       source.copy(block.data!, inBlock);
       this.cache.noteWritten(block, inBlock, source.length);
+      return block;
     });
   }
 

@@ -21,8 +21,8 @@ describe('core: local copy', () => {
     rmSync(directory, { recursive: true, force: true });
   });
 
-  const open = (budget: number | 'auto', existingSlots = 0, writeMode?: CopyWriteMode): LocalCopy => {
-    const copy = new LocalCopy(directory, budget, existingSlots, writeMode && { mode: writeMode, directAtOnce: 2 });
+  const open = (budget: number | 'auto', existingSlots = 0, writeMode: CopyWriteMode = 'direct'): LocalCopy => {
+    const copy = new LocalCopy(directory, budget, existingSlots, { mode: writeMode, directAtOnce: 2 });
     copies.push(copy);
     return copy;
   };
