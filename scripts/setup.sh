@@ -19,15 +19,16 @@ runtime_packages=(
   "fuse3:fusermount"
   "e2fsprogs:mkfs.ext4"
   "util-linux:losetup"
+  # native/build/fuse3-binding.node, the libfuse 3 path of the mount
+  "libfuse3-dev:/usr/include/fuse3/fuse.h"
+  "gcc:gcc"
+  "pkg-config:pkg-config"
 )
 test_packages=(
   "fio:fio"
   "awscli:/usr/bin/aws"
   "python3-boto3:/usr/lib/python3/dist-packages/boto3/__init__.py"
-  "gcc:gcc"
-  "pkg-config:pkg-config"
   "libfuse-dev:/usr/include/fuse/fuse.h"
-  "libfuse3-dev:/usr/include/fuse3/fuse.h"
   "qemu-utils:qemu-img"
 )
 
@@ -76,6 +77,8 @@ fi
 
 # native/build/extents: SEEK_DATA/SEEK_HOLE for `ebs-fuse upload` (also built on npm install).
 EXTENTS_STRICT=1 sh native/build-extents.sh
+# native/build/fuse3-binding.node: the mount's libfuse 3 path (also built on npm install).
+FUSE3_STRICT=1 sh native/build-fuse3.sh
 
 log "building"
 npx --no-install tsc -p tsconfig.json
