@@ -10,7 +10,7 @@ import type { DiskBudget } from '../core/local-copy';
 import { defaultStateDir } from '../core/session';
 import type { StartSnapshotParams } from '../ebs/client';
 import { describeError, UserError } from '../errors';
-import { FuseUnavailableError, loadFuseNative } from '../fuse/fuse-mount';
+import { chooseFuseBinding, FuseUnavailableError, loadFuseNative } from '../fuse/fuse-mount';
 import { isMountPoint } from '../fuse/mountinfo';
 import { MIB_BYTES } from '../units';
 import type { ConnectionOptions } from './connection';
@@ -96,11 +96,15 @@ function checkFuseAvailable(): void {
       '/dev/fuse is not the FUSE device: load the FUSE module (modprobe fuse), or in a container pass --device /dev/fuse',
     );
   }
+  let libfuse3Missing: string | undefined;
   try {
-    loadFuseNative();
+    const choice = chooseFuseBinding();
+    libfuse3Missing = choice.fallbackReason;
+    if (choice.name === 'fuse-native') loadFuseNative();
   } catch (error) {
     if (error instanceof FuseUnavailableError) {
-      throw new UserError(`libfuse 2 is not usable: ${error.message}; install it with: apt-get install libfuse2`);
+      const neither = libfuse3Missing === undefined ? '' : `, and the libfuse 3 path is not either (${libfuse3Missing})`;
+      throw new UserError(`FUSE is not usable: ${error.message}${neither}; install libfuse with: apt-get install libfuse2 libfuse3-3`);
     }
     throw error;
   }

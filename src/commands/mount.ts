@@ -284,10 +284,10 @@ function mountProgress(volume: VolumeStats | undefined, kernel: FuseMountStats):
   };
 }
 
-/** What the kernel sent: the write size shows whether big_writes took effect. */
+/** What the kernel sent, and through which FUSE path: the write size shows whether 1 MiB writes (libfuse 3) or big_writes took effect. */
 function kernelRequestsLine(stats: FuseMountStats): string {
   return (
-    `kernel requests: ${stats.writeCalls} writes (${stats.writeBytes} bytes, largest ${stats.largestWriteBytes}), ` +
+    `kernel requests through ${stats.binding}: ${stats.writeCalls} writes (${stats.writeBytes} bytes, largest ${stats.largestWriteBytes}), ` +
     `${stats.readCalls} reads, ${stats.fsyncCalls} fsyncs, ${stats.flushCalls} flushes`
   );
 }

@@ -12,7 +12,8 @@ type FuseOperations = Fuse.FuseOperations;
 type FuseStat = Fuse.FuseStat;
 type FuseStatfs = Fuse.FuseStatfs;
 type FuseOptions = Fuse.FuseOptions;
-import { FileOperationError } from '../core/file-errors';
+import { FileOperationError, type FileErrno } from '../core/file-errors';
+import { Fuse3, loadFuse3Binding } from './fuse3';
 import type { VolumeFile } from '../core/volume-file';
 import { isMountPoint, watchForUnmount, type UnmountWatcher } from './mountinfo';
 import { describeError } from '../errors';
@@ -21,6 +22,8 @@ const execFileAsync = promisify(execFile);
 
 /** libfuse 2.9 caps a write at 128 KiB; asking for it needs big_writes too. */
 export const WRITE_MAX_BYTES = 131072;
+/** libfuse 3 and the kernel (max_pages) agree to 1 MiB; native/fuse3 asks for it in init. */
+export const LIBFUSE3_WRITE_MAX_BYTES = 1048576;
 /** The one file's name in the mountpoint, unless --file-name says otherwise. */
 export const DEFAULT_FILE_NAME = 'snapshot.img';
 /** The kernel sends release shortly after the last close; a file still open past this is busy. */
@@ -71,6 +74,30 @@ export class FuseUnavailableError extends Error {
 type FuseClass = typeof Fuse;
 let loadedFuse: FuseClass | undefined;
 
+/** What the adapter needs of either binding: fuse-native's shape. */
+interface FuseSession {
+  mount(cb: (error: Error | null) => void): void;
+  unmount(cb: (error: Error | null) => void): void;
+}
+/** The negative errnos the adapter answers with, which both bindings export. */
+type FuseErrnos = Record<FileErrno | 'EPERM' | 'ENOENT' | 'EISDIR', number>;
+
+/** The two FUSE paths: libfuse 3 through native/fuse3 where it loads, fuse-native (libfuse 2.9) otherwise. */
+export type FuseBindingName = 'libfuse3' | 'fuse-native';
+
+/**
+ * libfuse 3 unless EBS_FUSE_BINDING=fuse-native asks for the other, or the
+ * addon is not there; with the reason when it fell back.
+ */
+export function chooseFuseBinding(env: NodeJS.ProcessEnv = process.env): { name: FuseBindingName; fallbackReason?: string } {
+  const asked = env.EBS_FUSE_BINDING;
+  if (asked === 'fuse-native') return { name: 'fuse-native' };
+  const binding = loadFuse3Binding();
+  if (typeof binding !== 'string') return { name: 'libfuse3' };
+  if (asked === 'libfuse3') throw new FuseUnavailableError(`EBS_FUSE_BINDING=libfuse3, but ${binding}`);
+  return { name: 'fuse-native', fallbackReason: binding };
+}
+
 /**
  * Loads fuse-native on first use, so that a missing libfuse.so.2 becomes an
  * error the CLI can explain instead of a crash at start-up. What it returns
@@ -103,22 +130,25 @@ export function loadFuseNative(): FuseClass {
 }
 
 /**
- * The version of the libfuse that fuse-native loaded, from the file this process
- * mapped (libfuse.so.2 links to libfuse.so.2.9.9), or why there is none.
+ * Which FUSE path a mount takes and the version of its libfuse, from the file
+ * this process mapped (libfuse.so.2 links to libfuse.so.2.9.9), or why there is none.
  */
 export function libfuseVersion(): string {
+  let binding: FuseBindingName;
   try {
-    loadFuseNative();
+    binding = chooseFuseBinding().name;
+    if (binding === 'fuse-native') loadFuseNative();
   } catch (error) {
     return `not loadable: ${describeError(error)}`;
   }
+  const library = binding === 'libfuse3' ? /\/libfuse3\.so/ : /\/libfuse\.so/;
   const mapped = readFileSync('/proc/self/maps', 'utf8')
     .split('\n')
     .map((line) => line.slice(line.indexOf('/')))
-    .find((file) => /\/libfuse\.so/.test(file));
-  if (mapped === undefined) return 'unknown (libfuse is not mapped)';
-  const version = /libfuse\.so\.(\d+(?:\.\d+)*)$/.exec(realpathSync(mapped));
-  return version ? version[1] : `unknown (${mapped})`;
+    .find((file) => library.test(file));
+  if (mapped === undefined) return `unknown (${binding}: libfuse is not mapped)`;
+  const version = /libfuse3?\.so\.(\d+(?:\.\d+)*)$/.exec(realpathSync(mapped));
+  return `${version ? version[1] : `unknown (${mapped})`} through ${binding}`;
 }
 
 export interface FuseMountOptions {
@@ -131,9 +161,12 @@ export interface FuseMountOptions {
   log: (line: string) => void;
   /** Called once when the mount disappears without unmount() (an external `umount`). */
   onExternalUnmount?: () => void;
+  /** Which FUSE path; chooseFuseBinding() when absent. */
+  binding?: FuseBindingName;
 }
 
 export interface FuseMountStats {
+  binding: FuseBindingName;
   writeCalls: number;
   writeBytes: number;
   /** The largest write the kernel sent: 128 KiB when big_writes reached it. */
@@ -152,7 +185,10 @@ export class FuseMount {
   readonly mountpoint: string;
   readonly filePath: string;
 
-  private readonly fuse: Fuse;
+  readonly binding: FuseBindingName;
+  /** The largest write the kernel sends: 1 MiB through libfuse 3, 128 KiB through fuse-native. */
+  readonly writeMaxBytes: number;
+  private readonly fuse: FuseSession;
   private readonly handles = new Map<number, OpenHandle>();
   private nextHandleId = 1;
   private readonly counters = { writeCalls: 0, writeBytes: 0, largestWriteBytes: 0, readCalls: 0, fsyncCalls: 0, flushCalls: 0 };
@@ -165,10 +201,11 @@ export class FuseMount {
 
   private constructor(
     private readonly options: FuseMountOptions,
-    FuseConstructor: FuseClass,
+    binding: FuseBindingName,
   ) {
     this.mountpoint = realpathSync(options.mountpoint);
     this.filePath = `${this.mountpoint}/${options.fileName}`;
+    this.binding = binding;
     const fuseOptions: FuseOptions = {
       timeout: { ...FUSE_OP_TIMEOUTS_MS },
       fsname: 'ebs-fuse',
@@ -176,19 +213,39 @@ export class FuseMount {
       force: false,
       mkdir: false,
     };
-    this.fuse = new FuseConstructor(this.mountpoint, this.operations(FuseConstructor), fuseOptions);
+    if (binding === 'libfuse3') {
+      this.writeMaxBytes = LIBFUSE3_WRITE_MAX_BYTES;
+      const file = options.file;
+      this.fuse = new Fuse3(this.mountpoint, this.operations(Fuse3), {
+        ...fuseOptions,
+        queuedFilePath: `/${options.fileName}`,
+        absorbBelowBytes: () => (file.readOnly ? 0 : file.sizeBytes),
+        // Without this an external umount would let the process exit before the poll below sees it.
+        onSessionEnd: () => this.noticeUnmounted(),
+      });
+    } else {
+      this.writeMaxBytes = WRITE_MAX_BYTES;
+      const FuseConstructor = loadFuseNative();
+      this.fuse = new FuseConstructor(this.mountpoint, this.operations(FuseConstructor), fuseOptions);
+    }
   }
 
   /** Mounts and resolves once the kernel finished the FUSE handshake: the file is then usable. */
   static async mount(options: FuseMountOptions): Promise<FuseMount> {
-    const FuseConstructor = loadFuseNative();
-    const mount = new FuseMount(options, FuseConstructor);
+    let binding = options.binding;
+    if (binding === undefined) {
+      const choice = chooseFuseBinding();
+      if (choice.fallbackReason !== undefined)
+        options.log(`the libfuse 3 path is not usable (${choice.fallbackReason}); mounting through fuse-native and libfuse 2.9`);
+      binding = choice.name;
+    }
+    const mount = new FuseMount(options, binding);
     await mount.start();
     return mount;
   }
 
   stats(): FuseMountStats {
-    return { ...this.counters, openHandles: this.handles.size };
+    return { ...this.counters, binding: this.binding, openHandles: this.handles.size };
   }
 
   openHandleCount(): number {
@@ -242,11 +299,15 @@ export class FuseMount {
         else resolve();
       });
     });
-    this.watcher = watchForUnmount(this.mountpoint, UNMOUNT_POLL_INTERVAL_MS, () => {
-      if (this.unmountPromise) return;
-      this.unmountPromise = Promise.resolve();
-      this.options.onExternalUnmount?.();
-    });
+    this.watcher = watchForUnmount(this.mountpoint, UNMOUNT_POLL_INTERVAL_MS, () => this.noticeUnmounted());
+  }
+
+  /** The mount is gone: an external umount unless unmount() was asked for first. */
+  private noticeUnmounted(): void {
+    if (this.unmountPromise) return;
+    this.unmountPromise = Promise.resolve();
+    this.watcher?.stop();
+    this.options.onExternalUnmount?.();
   }
 
   private async detach(): Promise<void> {
@@ -254,7 +315,7 @@ export class FuseMount {
     if (!(await isMountPoint(this.mountpoint))) return;
     const attempts: Array<[string, () => Promise<unknown>]> = [
       [
-        'fuse-native unmount',
+        `${this.binding} unmount`,
         () => withTimeout(promisify((cb: (error: Error | null) => void) => this.fuse.unmount(cb))(), UNMOUNT_COMMAND_TIMEOUT_MS),
       ],
       ['fusermount -uz', () => execFileAsync('fusermount', ['-uz', this.mountpoint], { timeout: UNMOUNT_COMMAND_TIMEOUT_MS })],
@@ -284,7 +345,7 @@ export class FuseMount {
       gid: process.getgid?.() ?? 0,
       size: sizeBytes,
       nlink: 1,
-      blksize: WRITE_MAX_BYTES,
+      blksize: this.writeMaxBytes,
       // Reported fully allocated, so that copying tools read it instead of seeking for holes.
       blocks: Math.ceil(sizeBytes / 512),
       atime: this.modifiedAtMs,
@@ -307,10 +368,9 @@ export class FuseMount {
   }
 
   /** The negative errno fuse-native expects for a failure of the core. */
-  private errnoOf(FuseConstructor: FuseClass, operation: string, error: unknown): number {
+  private errnoOf(FuseConstructor: FuseErrnos, operation: string, error: unknown): number {
     if (error instanceof FileOperationError) {
-      const code = FuseConstructor[error.errno];
-      if (typeof code === 'number') return code;
+      return FuseConstructor[error.errno];
     }
     if (this.unexpectedErrorsLogged < UNEXPECTED_ERRORS_LOGGED_MAX) {
       this.unexpectedErrorsLogged += 1;
@@ -340,7 +400,7 @@ export class FuseMount {
     }
   }
 
-  private operations(F: FuseClass): FuseOperations {
+  private operations(F: FuseErrnos): FuseOperations {
     const file = this.options.file;
     const fail = (operation: string, error: unknown): number => this.errnoOf(F, operation, error);
     const getattr = (path: string, cb: (errno: number, stat?: FuseStat) => void): void => {

@@ -16,6 +16,8 @@ export class MemoryVolumeFile implements VolumeFile {
   fsyncDelayMs = 0;
   /** When set, read rejects with it (a failure that is not a FileOperationError). */
   readFailure: Error | undefined;
+  /** When set, write rejects with it. */
+  writeFailure: Error | undefined;
   fsyncCalls = 0;
   private readonly chunks = new Map<number, Buffer>();
 
@@ -39,6 +41,7 @@ export class MemoryVolumeFile implements VolumeFile {
   }
 
   async write(offsetBytes: number, data: Buffer): Promise<number> {
+    if (this.writeFailure) throw this.writeFailure;
     if (this.readOnly) throw new FileOperationError('EROFS', 'read-only');
     if (offsetBytes >= this.sizeBytes) throw new FileOperationError('ENOSPC', 'past the end');
     const end = Math.min(offsetBytes + data.length, this.sizeBytes);

@@ -33,32 +33,35 @@ async function makeTree(root: string): Promise<number> {
   return totalBytes;
 }
 
-describe('scenario: mkfs.ext4 and a file tree on the mounted file', function () {
-  this.timeout(300_000);
-  const context = new ScenarioContext();
-  const loops = new LoopDevices();
+// Through both FUSE paths: libfuse 3 (the default) and fuse-native (where libfuse 3 is missing).
+for (const binding of ['libfuse3', 'fuse-native'] as const)
+  describe(`scenario: mkfs.ext4 and a file tree on the mounted file (${binding})`, function () {
+    this.timeout(300_000);
+    const context = new ScenarioContext(binding);
+    const loops = new LoopDevices();
 
-  before(async () => {
-    await context.setUp();
+    before(async () => {
+      await context.setUp();
+    });
+
+    after(async () => {
+      await loops.cleanUp();
+      await context.tearDown();
+    });
+
+    it('e2fsck is clean on the downloaded snapshot and the tree is identical', async () => {
+      const tree = context.file('tree');
+      const treeBytes = await makeTree(tree);
+      assert.ok(treeBytes > 20 * MIB);
+
+      const mount = await context.mount(1);
+      await copyTreeIntoExt4(context, loops, mount.filePath, tree);
+      const result = await mount.stop('SIGINT');
+      expectEnded(result, mount.snapshotId);
+      assert.match(result.stderr, new RegExp(`kernel requests through ${binding}:`));
+
+      const { fsck, diff } = await checkExt4Tree(context, loops, mount.snapshotId, tree);
+      assert.equal(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+      assert.equal(diff.code, 0, `diff -r: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);
+    });
   });
-
-  after(async () => {
-    await loops.cleanUp();
-    await context.tearDown();
-  });
-
-  it('e2fsck is clean on the downloaded snapshot and the tree is identical', async () => {
-    const tree = context.file('tree');
-    const treeBytes = await makeTree(tree);
-    assert.ok(treeBytes > 20 * MIB);
-
-    const mount = await context.mount(1);
-    await copyTreeIntoExt4(context, loops, mount.filePath, tree);
-    const result = await mount.stop('SIGINT');
-    expectEnded(result, mount.snapshotId);
-
-    const { fsck, diff } = await checkExt4Tree(context, loops, mount.snapshotId, tree);
-    assert.equal(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
-    assert.equal(diff.code, 0, `diff -r: ${diff.stdout.slice(0, 2000)}${diff.stderr}`);
-  });
-});

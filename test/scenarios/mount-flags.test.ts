@@ -12,6 +12,7 @@ import { sh } from './support';
 
 const UNREACHABLE_ENDPOINT = 'http://127.0.0.1:9';
 const LIBFUSE_PATH = '/usr/lib/x86_64-linux-gnu/libfuse.so.2';
+const LIBFUSE3_PATH = '/usr/lib/x86_64-linux-gnu/libfuse3.so.3';
 
 interface FlagCase {
   name: string;
@@ -21,6 +22,8 @@ interface FlagCase {
   mountpoint?: 'missing' | 'file' | 'not-empty' | 'mounted';
   /** Run inside a private mount namespace after this shell command. */
   namespaceSetup?: string;
+  /** Added to the CLI's environment. */
+  env?: NodeJS.ProcessEnv;
 }
 
 const CASES: FlagCase[] = [
@@ -110,10 +113,18 @@ const CASES: FlagCase[] = [
     message: /^\/dev\/fuse is missing: load the FUSE module \(modprobe fuse\)/,
   },
   {
-    name: 'libfuse missing (fuse-native fails to load)',
+    name: 'libfuse 2 and 3 missing (neither FUSE path loads)',
+    args: ['MNT', '--size', '1'],
+    namespaceSetup: `mount --bind /dev/null "$(readlink -f ${LIBFUSE_PATH})" && mount --bind /dev/null "$(readlink -f ${LIBFUSE3_PATH})"`,
+    message:
+      /^FUSE is not usable: fuse-native failed to load \(.*\), and the libfuse 3 path is not either \(.*failed to load.*\); install libfuse with: apt-get install libfuse2 libfuse3-3$/,
+  },
+  {
+    name: 'libfuse 2 missing with EBS_FUSE_BINDING=fuse-native',
     args: ['MNT', '--size', '1'],
     namespaceSetup: `mount --bind /dev/null "$(readlink -f ${LIBFUSE_PATH})"`,
-    message: /^libfuse 2 is not usable: fuse-native failed to load \(.*\); install it with: apt-get install libfuse2$/,
+    env: { EBS_FUSE_BINDING: 'fuse-native' },
+    message: /^FUSE is not usable: fuse-native failed to load \(.*\); install libfuse with: apt-get install libfuse2 libfuse3-3$/,
   },
 ];
 
@@ -148,7 +159,10 @@ describe('scenario: mount refuses bad flags with one line and exit code 1', func
       if (!args.includes('--endpoint')) args.push('--endpoint', UNREACHABLE_ENDPOINT);
       args.push('--state-dir', path.join(scratch, 'state'));
 
-      const env = cliEnvironment({ endpoint: UNREACHABLE_ENDPOINT, accessKeyId: 'AKIAUNUSED', secretAccessKey: 'unused' });
+      const env = {
+        ...cliEnvironment({ endpoint: UNREACHABLE_ENDPOINT, accessKeyId: 'AKIAUNUSED', secretAccessKey: 'unused' }),
+        ...flagCase.env,
+      };
       const result = flagCase.namespaceSetup
         ? await sh('unshare', ['-m', 'sh', '-c', `${flagCase.namespaceSetup} && exec "$0" "$@"`, process.execPath, CLI_PATH, ...args], {
             env,

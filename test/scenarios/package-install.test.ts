@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { WRITE_MAX_BYTES } from '../../src/fuse/fuse-mount';
+import { LIBFUSE3_WRITE_MAX_BYTES } from '../../src/fuse/fuse-mount';
 import { REPO_ROOT } from '../support/local-ebs-process';
 import { cliEnvironment } from '../support/mount-process';
 import { createZeroImage, expectEnded, GIB, MIB, mustRun, ScenarioContext } from './support';
@@ -71,9 +71,14 @@ describe('scenario: the packed package installed with npm install -g', function 
     assert.match(
       result.stdout.trim(),
       new RegExp(
-        `^ebs-fuse ${version.replace(/\./g, '\\.')} \\(Node\\.js ${process.version.replace(/\./g, '\\.')}, libfuse 2\\.\\d+\\.\\d+\\)$`,
+        `^ebs-fuse ${version.replace(/\./g, '\\.')} \\(Node\\.js ${process.version.replace(/\./g, '\\.')}, libfuse 3\\.\\d+\\.\\d+ through libfuse3\\)$`,
       ),
     );
+  });
+
+  it('built the libfuse 3 addon on install', () => {
+    const addon = path.join(installedPackage, 'native', 'build', 'fuse3-binding.node');
+    assert.ok(existsSync(addon), `${addon} is missing`);
   });
 
   it('built the extents helper on install', async () => {
@@ -84,16 +89,16 @@ describe('scenario: the packed package installed with npm install -g', function 
     assert.equal((await mustRun(helper, [sparse, '0'])).stdout, `size ${8 * MIB}\n`, 'a hole of 8 MiB has no data extent');
   });
 
-  it('mounts, and dd bs=1M arrives as 128 KiB kernel writes, to a completed snapshot of what was written', async () => {
+  it('mounts through libfuse 3, and dd bs=1M arrives as 1 MiB kernel writes, to a completed snapshot of what was written', async () => {
     const data = context.file('data.bin');
     await writeFile(data, randomBytes(16 * MIB));
     const mount = await context.mount(1, [], { command: [installedBin], env: cliEnvironment(context.endpoint) });
     await mustRun('dd', [`if=${data}`, `of=${mount.filePath}`, 'bs=1M', 'seek=3', 'conv=notrunc,fsync', 'status=none']);
     const result = await mount.stop('SIGINT');
     expectEnded(result, mount.snapshotId);
-    const largest = /kernel requests: \d+ writes \(\d+ bytes, largest (\d+)\)/.exec(result.stderr);
+    const largest = /kernel requests through libfuse3: \d+ writes \(\d+ bytes, largest (\d+)\)/.exec(result.stderr);
     assert.ok(largest, `no kernel-requests line in:\n${result.stderr}`);
-    assert.equal(Number(largest[1]), WRITE_MAX_BYTES);
+    assert.equal(Number(largest[1]), LIBFUSE3_WRITE_MAX_BYTES);
 
     const expected = context.file('expected.img');
     await createZeroImage(expected, GIB);

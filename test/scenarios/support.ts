@@ -8,8 +8,9 @@ import path from 'node:path';
 import { AwsSnapshotClient } from '../../src/ebs/aws-client';
 import { BLOCK_SIZE_BYTES, type SnapshotClient } from '../../src/ebs/client';
 import { isMountPoint } from '../../src/fuse/mountinfo';
+import type { FuseBindingName } from '../../src/fuse/fuse-mount';
 import { startLocalEbsProcess, stopAllLocalEbsProcesses, type LocalEbsProcess } from '../support/local-ebs-process';
-import { MountProcess, type CliResult, type Endpoint, type MountProcessOptions } from '../support/mount-process';
+import { cliEnvironment, MountProcess, type CliResult, type Endpoint, type MountProcessOptions } from '../support/mount-process';
 
 export const MIB = 1048576;
 export const GIB = 1073741824;
@@ -60,6 +61,9 @@ export class ScenarioContext {
   private readonly mounts: MountProcess[] = [];
   private mountCount = 0;
 
+  /** binding: the FUSE path every mount of this context takes (EBS_FUSE_BINDING); the default choice when absent. */
+  constructor(private readonly binding?: FuseBindingName) {}
+
   get endpoint(): Endpoint {
     return { endpoint: this.localEbs.endpoint, ...this.localEbs.credentials };
   }
@@ -69,8 +73,8 @@ export class ScenarioContext {
    * after them, also when one fails. Suites that need more before or after use
    * setUp() and tearDown() in hooks of their own.
    */
-  static forSuite(faults?: string): ScenarioContext {
-    const context = new ScenarioContext();
+  static forSuite(faults?: string, binding?: FuseBindingName): ScenarioContext {
+    const context = new ScenarioContext(binding);
     before(() => context.setUp(faults));
     after(() => context.tearDown());
     return context;
@@ -93,6 +97,7 @@ export class ScenarioContext {
       stateDir: path.join(this.scratch, 'state'),
       args,
       ...extra,
+      ...(this.binding ? { env: { ...(extra.env ?? cliEnvironment(this.endpoint)), EBS_FUSE_BINDING: this.binding } } : {}),
     });
     this.mounts.push(mount);
     return mount;
