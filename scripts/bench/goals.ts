@@ -6,6 +6,7 @@ import type { PeerResult } from './peer';
 import { fittingSamples, RANDOM_GOAL_PUTS_PER_BLOCK, type RandomResult } from './random-writes';
 import { cpuSeconds, pairedRatio, table, verdict, type Results } from './report';
 import { fixed, median } from './lib/stats';
+import { WRITE_MAX_BYTES as LIBFUSE2_WRITE_MAX_BYTES } from '../../src/fuse/fuse-mount';
 
 export interface GoalInputs {
   results: Results;
@@ -57,15 +58,20 @@ export function renderGoals({ results, peer, latency, random }: GoalInputs): str
       : NOT_RUN('throughput')),
   });
 
+  // "At the same write size": the C null file system of the libfuse the mount went through, told by
+  // the largest write the mount saw (1 MiB through libfuse 3, 128 KiB through fuse-native).
+  const mountGotLargeWrites = (results.throughput?.nullMountLargestWriteBytes ?? 0) > LIBFUSE2_WRITE_MAX_BYTES;
   const nullOverC =
     rounds &&
     pairedRatio(
       rounds,
       (r) => r.nullMount.megabytesPerSecond,
-      (r) => r.ceilings.nullfs2.megabytesPerSecond,
+      (r) => (mountGotLargeWrites ? r.ceilings.nullfs3 : r.ceilings.nullfs2).megabytesPerSecond,
     );
   goals.push({
-    name: '3. null-client mount ≥ 0.75 × C libfuse 2 null file system, 128 KiB writes (2/1b)',
+    name: mountGotLargeWrites
+      ? '3. null-client mount ≥ 0.75 × C null file system at the same write size: libfuse 3, 1 MiB writes (2/1a)'
+      : '3. null-client mount ≥ 0.75 × C null file system at the same write size: libfuse 2, 128 KiB writes (2/1b)',
     ...(nullOverC
       ? {
           measured: `median ${fixed(median(nullOverC), 3)} (${nullOverC.map((r) => fixed(r, 3)).join(', ')})`,

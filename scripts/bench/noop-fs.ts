@@ -96,6 +96,8 @@ async function runAdapter(mountpoint: string): Promise<WriteCounters> {
     fileName: FILE_NAME,
     file: new NoopFile(),
     log: (line) => void process.stderr.write(`noop-fs: ${line}\n`),
+    // 1d measures the adapter's own cost against 1c, fuse-native's no-op handler: the same binding.
+    binding: 'fuse-native',
   });
   process.stdout.write(`READY ${fuseMount.filePath}\n`);
   await waitForSignal();
