@@ -11,8 +11,8 @@
  *     applies the queued writes in order. Reads, fsync, flush and every other
  *     operation wait, in JavaScript, until the writes queued before them are
  *     applied, so no caller can see the difference except in its timing. A queued
- *     write the core refuses is reported by the next fsync or flush, as a kernel
- *     page-cache writeback error would be.
+ *     write the core refuses is reported by the next fsync or close of each handle
+ *     open for writing at the time, as a page-cache writeback error would be.
  *   - every other operation is forwarded to JavaScript and its FUSE thread waits
  *     for the answer, at most the operation's timeout (then ETIMEDOUT).
  *

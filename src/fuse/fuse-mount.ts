@@ -1,8 +1,9 @@
-// The FUSE adapter: the only code that talks to fuse-native. It translates FUSE
-// calls into VolumeFile calls and FileOperationError errnos into fuse-native's
-// negative codes, keeps the table of open handles, and nothing else; every
-// decision about data lives in the core. Over 400 lines because fuse-native takes
-// its operations as one object, and each needs its errno mapping and timeout beside it.
+// The FUSE adapter: with fuse3.ts the only code that talks to a FUSE binding
+// (native/fuse3 through fuse3.ts, or fuse-native). It translates FUSE calls into
+// VolumeFile calls and FileOperationError errnos into negative codes, keeps the
+// table of open handles, and nothing else; every decision about data lives in the
+// core. Over 400 lines because both bindings take the operations as one object,
+// and each needs its errno mapping and timeout beside it.
 import { execFile } from 'node:child_process';
 import { constants as fsConstants, readFileSync, realpathSync } from 'node:fs';
 import { promisify } from 'node:util';
@@ -35,8 +36,8 @@ export function fileBusyMessage(mountpoint: string, filePath: string, handles: n
 }
 
 /**
- * fuse-native answers ETIMEDOUT to the kernel when a handler takes longer than
- * its timeout (15 s by default), while the handler keeps running. fsync and
+ * Both bindings answer ETIMEDOUT to the kernel when a handler takes longer than
+ * its timeout (fuse-native's default: 15 s), while the handler keeps running. fsync and
  * close wait for uploads, which may take minutes on a slow link with retries,
  * so they get a long limit. Reads and writes wait at most for a cache slot or a
  * read-back, which the core bounds well under these limits; a write timing out
@@ -169,7 +170,7 @@ export interface FuseMountStats {
   binding: FuseBindingName;
   writeCalls: number;
   writeBytes: number;
-  /** The largest write the kernel sent: 128 KiB when big_writes reached it. */
+  /** The largest write the kernel sent: 1 MiB through libfuse 3, 128 KiB through fuse-native with big_writes. */
   largestWriteBytes: number;
   readCalls: number;
   fsyncCalls: number;
@@ -367,7 +368,7 @@ export class FuseMount {
     };
   }
 
-  /** The negative errno fuse-native expects for a failure of the core. */
+  /** The negative errno either binding expects for a failure of the core. */
   private errnoOf(FuseConstructor: FuseErrnos, operation: string, error: unknown): number {
     if (error instanceof FileOperationError) {
       return FuseConstructor[error.errno];

@@ -2,8 +2,9 @@
 // mount, unmount and operation callbacks that fuse-native has, so the adapter in
 // fuse-mount.ts drives either. What is different, and why, is in the C file's
 // header: 1 MiB writes, and writes of the file queued in a bounded ring and
-// answered on the FUSE thread. This class applies the queued writes in order and
-// holds every other operation until the writes queued before it are applied.
+// answered on the FUSE thread. This class applies the queued writes in order,
+// holds every other operation until the writes queued before it are applied, and
+// hands a refused write's errno to the handles open for writing at the time.
 import { execFile } from 'node:child_process';
 import { constants as fsConstants, existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
@@ -81,10 +82,10 @@ interface Fuse3Binding {
 }
 
 /** Where scripts/setup.sh and the package's install step build the addon. */
-export const FUSE3_BINDING_PATH = join(__dirname, '..', '..', 'native', 'build', 'fuse3-binding.node');
+const FUSE3_BINDING_PATH = join(__dirname, '..', '..', 'native', 'build', 'fuse3-binding.node');
 
 /** The writes queued between the FUSE thread and the event loop: 8 one-MiB writes. */
-export const WRITE_QUEUE_BYTES = 8 * 1024 * 1024;
+const WRITE_QUEUE_BYTES = 8 * 1024 * 1024;
 const QUEUED_WRITES_MAX = 256;
 
 let loadedBinding: Fuse3Binding | undefined;
