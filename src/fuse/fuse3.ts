@@ -139,20 +139,17 @@ function statfsArray(s: FuseStatfs): number[] {
   return [s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.favail, s.fsid, s.flag, s.namemax];
 }
 
+/** The errnos are those the adapter answers with (fuse-mount.ts: FuseErrnos) and ENOSYS. */
 export class Fuse3 {
   static readonly EPERM = errnoConstant('EPERM');
   static readonly ENOENT = errnoConstant('ENOENT');
   static readonly EIO = errnoConstant('EIO');
-  static readonly EBADF = errnoConstant('EBADF');
-  static readonly EACCES = errnoConstant('EACCES');
-  static readonly EEXIST = errnoConstant('EEXIST');
   static readonly EISDIR = errnoConstant('EISDIR');
   static readonly EINVAL = errnoConstant('EINVAL');
   static readonly EFBIG = errnoConstant('EFBIG');
   static readonly ENOSPC = errnoConstant('ENOSPC');
   static readonly EROFS = errnoConstant('EROFS');
   static readonly ENOSYS = errnoConstant('ENOSYS');
-  static readonly EOPNOTSUPP = errnoConstant('EOPNOTSUPP');
 
   readonly mnt: string;
   private readonly binding: Fuse3Binding;
