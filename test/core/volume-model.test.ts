@@ -30,11 +30,14 @@ async function runModel(
   diskCacheSizeBytes: DiskBudget,
 ): Promise<{ fsyncOk: number; fsyncFailed: number; puts: number; heldNowhere: number }> {
   const random = new SeededRandom(seed);
+  // Uploads draw from their own stream: how many PUTs run depends on timing,
+  // and drawing from `random` would make the operation sequence depend on it too.
+  const faultRandom = new SeededRandom(seed + 1_000_003);
   let failureRate = 0;
   const client = new MemorySnapshotClient({
     latencyMs: 1,
     failBefore: (operation) =>
-      operation === 'put' && random.next() < failureRate
+      operation === 'put' && faultRandom.next() < failureRate
         ? new SnapshotApiError('injected', 'InternalServerException', 'transient', 500)
         : undefined,
   });
