@@ -45,6 +45,7 @@ export interface Settings {
   randomBytes: number;
   randomCacheSizesMiB: number[];
   randomJobCounts: number[];
+  randomFittingRounds: number;
 }
 
 export interface Results {
