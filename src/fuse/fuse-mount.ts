@@ -180,6 +180,8 @@ export interface FuseMountStats {
 
 interface OpenHandle {
   writable: boolean;
+  /** A close (flush) came through it; the file description may live on (a dup), but its writer is done or nearly. */
+  closed: boolean;
 }
 
 export class FuseMount {
@@ -384,6 +386,12 @@ export class FuseMount {
     return FuseConstructor.EIO;
   }
 
+  /** A writable handle other than `fd` that no close has come through yet. */
+  private anotherWriterOpen(fd: number): boolean {
+    for (const [id, handle] of this.handles) if (id !== fd && handle.writable && !handle.closed) return true;
+    return false;
+  }
+
   private releaseHandle(fd: number): void {
     this.handles.delete(fd);
     if (this.handles.size > 0) return;
@@ -460,7 +468,7 @@ export class FuseMount {
         const writable = (flags & 3) !== fsConstants.O_RDONLY;
         if (writable && file.readOnly) return cb(F.EROFS);
         const id = this.allocateHandleId();
-        this.handles.set(id, { writable });
+        this.handles.set(id, { writable, closed: false });
         cb(0, id);
       },
       read: (path, _fd, buffer, length, position, cb) => {
@@ -504,6 +512,11 @@ export class FuseMount {
         // A read-only handle has nothing of its own to upload.
         if (!handle?.writable) return cb(0);
         this.counters.flushCalls += 1;
+        handle.closed = true;
+        // Another writer is still at work (fio's jobs, parallel tools): uploading
+        // now would send blocks it is about to dirty again, and its close will
+        // upload them. The last writer's close is the fsync (SEMANTICS.md).
+        if (this.anotherWriterOpen(fd)) return cb(0);
         file.fsync().then(
           () => cb(0),
           (error: unknown) => {

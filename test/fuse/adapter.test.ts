@@ -302,6 +302,45 @@ for (const { name: binding, writeMaxBytes } of BINDINGS)
       assert.equal(file.fsyncCalls, callsBefore);
     });
 
+    it('uploads at the close of the last writer only: a close while another writable handle is open does not fsync', async () => {
+      const file = new MemoryVolumeFile(VOLUME_BYTES);
+      const { mount } = await mountFile(file);
+      const first = await open(mount.filePath, 'r+');
+      const second = await open(mount.filePath, 'r+');
+      const reader = await open(mount.filePath, 'r');
+      let firstClosed = false;
+      let secondClosed = false;
+      try {
+        await first.write(Buffer.from('first'), 0, 5, 0);
+        await second.write(Buffer.from('second'), 0, 6, MIB);
+        const callsBefore = file.fsyncCalls;
+        await first.close();
+        firstClosed = true;
+        assert.equal(file.fsyncCalls, callsBefore, 'the first of two writers closed: nothing uploaded');
+        // A reader still open does not count as a writer.
+        await second.close();
+        secondClosed = true;
+        assert.equal(file.fsyncCalls, callsBefore + 1, 'the last writer closed: one fsync of the whole file');
+        // Both close before either release arrives: the second close still finds the first one closed.
+        const third = await open(mount.filePath, 'r+');
+        const fourth = await open(mount.filePath, 'r+');
+        await Promise.all([third.close(), fourth.close()]);
+        assert.equal(file.fsyncCalls, callsBefore + 2, 'two writers closing together: the later close uploads');
+        // An fsync is an fsync whoever else has the file open.
+        const fifth = await open(mount.filePath, 'r+');
+        const sixth = await open(mount.filePath, 'r+');
+        await fifth.sync();
+        assert.equal(file.fsyncCalls, callsBefore + 3);
+        await fifth.close();
+        await sixth.close();
+        assert.equal(file.fsyncCalls, callsBefore + 4);
+      } finally {
+        if (!firstClosed) await first.close().catch(() => undefined);
+        if (!secondClosed) await second.close().catch(() => undefined);
+        await reader.close();
+      }
+    });
+
     it('answers EIO to a failure the core did not classify, and logs it', async () => {
       const file = new MemoryVolumeFile(VOLUME_BYTES);
       const { mount, logs } = await mountFile(file);
