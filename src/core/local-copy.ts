@@ -25,7 +25,7 @@ import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
 import { writeFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
-import { StagingBuffers } from './staging-buffers';
+import { StagingBuffers } from '../staging-buffers';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
 

@@ -14,13 +14,14 @@
 // record is durable, so no record that a replay can reach ever names reused data.
 // Storage grows with the distinct blocks written, never with VolumeSize; a child
 // snapshot shares its parent's blocks by reading them from the parent.
-import { close, fdatasync, ftruncate, open, read, write, promises as fsp } from 'node:fs';
+import { close, constants as fsConstants, fdatasync, ftruncate, open, read, write, promises as fsp } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { encodeRecords, replayLog, type BlockRecord } from './block-log';
 import { fsyncDirectory, makeDirectories, writeFileAtomic } from '../durable-file';
 import { SNAPSHOT_ID_PATTERN, type Tag } from './validation';
+import { StagingBuffers } from '../staging-buffers';
 
 // The callback API on plain descriptors: FileHandle objects cost the event loop
 // measurably more per block at hundreds of PUTs per second.
@@ -35,6 +36,8 @@ const STORE_FORMAT = 'local-ebs-store';
 const STORE_VERSION = 2;
 /** A bound on one group commit, so one slow fdatasync never holds an unbounded batch. */
 const RECORDS_PER_COMMIT_MAX = 4096;
+/** Snapshots whose blocks are written past the page cache at the same moment (each writes one at a time). */
+const DIRECT_WRITES_AT_ONCE = 2;
 
 export interface SnapshotMeta {
   snapshotId: string;
@@ -66,6 +69,8 @@ export class StoredSnapshot {
   readonly freeSlots: number[] = [];
   nextSlot = 0;
   dataFd: number | undefined;
+  /** blocks.dat with O_DIRECT; null where the file system refused it. */
+  directFd: number | null | undefined;
   private dataFdOpening: Promise<number> | undefined;
   private dataWrites: Promise<void> = Promise.resolve();
   logFd: number | undefined;
@@ -89,17 +94,44 @@ export class StoredSnapshot {
   }
 
   /**
-   * Writes one block's data at its slot, one write to blocks.dat at a time:
-   * buffered writes to one file serialize on its inode lock anyway, and pool
-   * threads waiting for it spin (rwsem_spin_on_owner was a tenth of local-ebs's
-   * CPU with 64 PUTs in flight, docs/BENCHMARKS.md).
+   * Writes one block's data at its slot, one write to blocks.dat at a time, past
+   * the page cache where the file system allows (O_DIRECT, through `staging`).
+   * Buffered, the copy into fresh page-cache pages was 25-40 % of local-ebs's
+   * CPU, and pool threads queued on the file's inode lock spun
+   * (rwsem_spin_on_owner, a tenth); the group commit's fdatasync still makes
+   * the data durable either way (docs/BENCHMARKS.md).
    */
-  writeData(slot: number, data: Buffer): Promise<void> {
+  writeData(slot: number, data: Buffer, staging: StagingBuffers | undefined): Promise<void> {
     const written = this.dataWrites.then(async () => {
-      await fsWrite(await this.writableDataFd(), data, 0, data.length, slot * BLOCK_SIZE_BYTES);
+      const position = slot * BLOCK_SIZE_BYTES;
+      const direct = staging && (await this.directDataFd());
+      if (staging && direct !== undefined) {
+        await staging.with(async (aligned) => {
+          data.copy(aligned);
+          await fsWrite(direct, aligned, 0, aligned.length, position);
+        });
+      } else {
+        await fsWrite(await this.writableDataFd(), data, 0, data.length, position);
+      }
     });
     this.dataWrites = written.catch(() => undefined);
     return written;
+  }
+
+  /** blocks.dat opened with O_DIRECT, or undefined where the file system refuses it (tmpfs). */
+  private async directDataFd(): Promise<number | undefined> {
+    if (this.directFd === undefined) {
+      const flag = fsConstants.O_DIRECT as number | undefined;
+      // The buffered descriptor too: the group commit's fdatasync goes through it.
+      await this.writableDataFd();
+      try {
+        this.directFd = flag === undefined ? null : await fsOpen(this.dataFile, fsConstants.O_RDWR | flag);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        this.directFd = null;
+      }
+    }
+    return this.directFd ?? undefined;
   }
 
   takeSlot(): number {
@@ -129,6 +161,8 @@ interface QueuedRecord {
 export class SnapshotStore {
   private readonly snapshots = new Map<string, StoredSnapshot>();
   private readonly commitQueue: QueuedRecord[] = [];
+  /** Aligned memory for the O_DIRECT block writes: one per snapshot written at once, at most this many. */
+  private readonly staging = StagingBuffers.allocate(DIRECT_WRITES_AT_ONCE, BLOCK_SIZE_BYTES);
   /** Set and cleared synchronously with the queue check, so no record is ever left unserved. */
   private committing = false;
   private commitDone: Promise<void> = Promise.resolve();
@@ -195,7 +229,7 @@ export class SnapshotStore {
     if (snapshot.meta.status !== 'pending') throw new Error(`snapshot ${snapshot.id} is ${snapshot.meta.status}`);
     const slot = snapshot.takeSlot();
     try {
-      await snapshot.writeData(slot, data);
+      await snapshot.writeData(slot, data, this.staging);
       await new Promise<void>((resolve, reject) => {
         this.commitQueue.push({ snapshot, record: { blockIndex, slot, digest }, resolve, reject });
         if (!this.committing) {
@@ -237,8 +271,10 @@ export class SnapshotStore {
   }
 
   private async closeFiles(snapshot: StoredSnapshot): Promise<void> {
-    for (const fd of [snapshot.dataFd, snapshot.logFd]) if (fd !== undefined) await fsClose(fd).catch(() => undefined);
+    for (const fd of [snapshot.dataFd, snapshot.directFd, snapshot.logFd])
+      if (typeof fd === 'number') await fsClose(fd).catch(() => undefined);
     snapshot.dataFd = undefined;
+    snapshot.directFd = undefined;
     snapshot.logFd = undefined;
   }
 

@@ -2,7 +2,7 @@
 // log tail, half-written block files, an unfinished snapshot directory, block files
 // nobody references) are recovered from.
 import assert from 'node:assert/strict';
-import { promises as fsp, mkdtempSync, readdirSync, statSync } from 'node:fs';
+import { constants, promises as fsp, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
@@ -126,6 +126,41 @@ describe('local-ebs store', () => {
     assert.deepEqual(readdirSync(path.join(dataDir, 'snapshots')), ['snap-0d']);
     assert.deepEqual(readdirSync(path.join(dataDir, 'snapshots', 'snap-0d')).sort(), ['blocks.dat', 'blocks.log', 'meta.json']);
     await store.close();
+  });
+
+  it('writes blocks past the page cache where the file system takes O_DIRECT (disk and tmpfs here), and they survive a reopen', async () => {
+    const shm = mkdtempSync(path.join('/dev/shm', 'local-ebs-store-'));
+    /** Whether this directory's file system opens files with O_DIRECT (tmpfs does since Linux 6.6). */
+    const takesDirect = async (directory: string): Promise<boolean> => {
+      const probe = path.join(directory, 'probe');
+      await fsp.writeFile(probe, '');
+      try {
+        await (await fsp.open(probe, constants.O_RDWR | constants.O_DIRECT)).close();
+        return true;
+      } catch {
+        return false;
+      } finally {
+        await fsp.rm(probe);
+      }
+    };
+    try {
+      for (const directory of [dataDir, shm]) {
+        const direct = await takesDirect(directory);
+        let store = await SnapshotStore.open(directory, log);
+        const s = await store.create(meta('snap-0e'));
+        // Concurrent PUTs of one snapshot share its one-at-a-time writes.
+        await Promise.all([1, 2, 3, 4, 5].map((fill) => store.putBlock(s, fill * 10, sha256Digest(block(fill)), block(fill))));
+        assert.equal(typeof s.directFd === 'number', direct, `${directory}: O_DIRECT ${direct ? 'not used' : 'used'}`);
+        await store.close();
+        store = await SnapshotStore.open(directory, log);
+        const reopened = store.get('snap-0e')!;
+        for (const fill of [1, 2, 3, 4, 5])
+          assert.ok((await store.readBlock(reopened, fill * 10)).equals(block(fill)), `${directory}: block ${fill * 10}`);
+        await store.close();
+      }
+    } finally {
+      await fsp.rm(shm, { recursive: true, force: true });
+    }
   });
 
   it('storage grows with blocks written, not with the volume size', async () => {
