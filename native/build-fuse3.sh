@@ -17,12 +17,7 @@ why_not() {
 }
 compiler=$(command -v cc || command -v gcc) || why_not "no C compiler (cc or gcc) to build $out (apt-get install gcc)"
 fuse3_flags=$(pkg-config --cflags --libs fuse3 2>/dev/null) || why_not "no libfuse 3 headers to build $out (apt-get install libfuse3-dev pkg-config)"
-# Node's own headers: beside the running node, or where Debian's nodejs puts them.
-node_prefix=$(dirname "$(dirname "$(command -v node)")")
-node_include=""
-for dir in "$node_prefix/include/node" /usr/include/node; do
-  [ -f "$dir/node_api.h" ] && { node_include="$dir"; break; }
-done
+. ./node-include.sh
 [ -n "$node_include" ] || why_not "no node_api.h (Node's headers) to build $out"
 flags=""
 [ "$strict" = 1 ] && flags="-Werror"

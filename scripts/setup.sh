@@ -79,6 +79,8 @@ fi
 EXTENTS_STRICT=1 sh native/build-extents.sh
 # native/build/fuse3-binding.node: the mount's libfuse 3 path (also built on npm install).
 FUSE3_STRICT=1 sh native/build-fuse3.sh
+# native/build/sha256-binding.node: the uploads' SHA-256 off the event loop (also built on npm install).
+DIGEST_STRICT=1 sh native/build-digest.sh
 
 log "building"
 npx --no-install tsc -p tsconfig.json

@@ -1,12 +1,12 @@
 // The snapshot client of baseline 2: everything a mount does except the network.
 // Each PUT is acknowledged after hashing its body and checking the checksum sent
-// with it (it stood for the SDK's SigV4 payload hash, which the
-// AWS client has since stopped computing); with verifyChecksums=false it
-// acknowledges without hashing, which is what the product's client side now
-// costs. Nothing is stored or sent.
+// with it, as the service does; like local-ebs, it hashes on the libuv pool
+// (native/digest where built), not on the mount's event loop. With
+// verifyChecksums=false it acknowledges without hashing, which is what the
+// product's client side costs. Nothing is stored or sent.
 // CompleteSnapshot checks ChangedBlocksCount against the distinct blocks PUT.
 import { randomBytes } from 'node:crypto';
-import { sha256Base64 } from '../../src/ebs/checksum';
+import { sha256DigestOffThread } from '../../src/ebs/checksum';
 import {
   BLOCK_SIZE_BYTES,
   SnapshotApiError,
@@ -37,7 +37,7 @@ export class NullSnapshotClient implements SnapshotClient {
     if (params.data.length !== BLOCK_SIZE_BYTES) {
       throw new SnapshotApiError(`block ${params.blockIndex} has ${params.data.length} bytes`, 'ValidationException', 'permanent', 400);
     }
-    if (this.verifyChecksums && sha256Base64(params.data) !== params.checksumBase64) {
+    if (this.verifyChecksums && (await sha256DigestOffThread(params.data)).toString('base64') !== params.checksumBase64) {
       throw new SnapshotApiError(`block ${params.blockIndex} does not match its checksum`, 'ValidationException', 'permanent', 400);
     }
     this.putCount += 1;

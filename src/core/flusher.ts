@@ -2,7 +2,7 @@
 // `concurrency` at once and never two of one block, and decides which dirty
 // blocks go in the background (write-back). What the snapshot holds is the
 // block store's record; the flusher tells it each step of an upload.
-import { sha256Digest } from '../ebs/checksum';
+import { sha256DigestOffThread } from '../ebs/checksum';
 import type { SnapshotClient } from '../ebs/client';
 import type { BlockCache, BlockLocks, CachedBlock } from './block-cache';
 import { ZERO_DIGEST, type BlockStore } from './block-store';
@@ -228,7 +228,8 @@ export class Flusher {
       cache.acknowledge(block, generation);
       return;
     }
-    const digest = isZero ? ZERO_DIGEST : sha256Digest(body);
+    // Off the event loop: the next FUSE write need not wait behind this hash.
+    const digest = isZero ? ZERO_DIGEST : await sha256DigestOffThread(body);
     const copy = store.copyPlan(index, digest, written);
     const slot = await store.announce(index, digest, body, copy);
     try {

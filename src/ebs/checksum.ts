@@ -1,7 +1,31 @@
 import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
+import { join } from 'node:path';
 
 export function sha256Digest(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
+}
+
+interface DigestBinding {
+  sha256(data: Buffer): Promise<Buffer>;
+}
+
+const DIGEST_BINDING_PATH = join(__dirname, '..', '..', 'native', 'build', 'sha256-binding.node');
+let digestBinding: DigestBinding | null | undefined;
+
+/**
+ * SHA-256 on the libuv pool (native/digest), where the addon was built, else on
+ * the calling thread. `data` must not change until the promise settles.
+ */
+export async function sha256DigestOffThread(data: Buffer): Promise<Buffer> {
+  if (digestBinding === undefined) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- a native addon, loaded on first use
+      digestBinding = require(DIGEST_BINDING_PATH) as DigestBinding;
+    } catch {
+      digestBinding = null;
+    }
+  }
+  return digestBinding ? digestBinding.sha256(data) : sha256Digest(data);
 }
 
 /** The x-amz-Checksum form: standard base64, with padding, of SHA-256. */

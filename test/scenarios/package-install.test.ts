@@ -81,6 +81,16 @@ describe('scenario: the packed package installed with npm install -g', function 
     assert.ok(existsSync(addon), `${addon} is missing`);
   });
 
+  it('built the SHA-256 addon on install, and it hashes as node:crypto does', async () => {
+    const addon = path.join(installedPackage, 'native', 'build', 'sha256-binding.node');
+    assert.ok(existsSync(addon), `${addon} is missing`);
+    const script = `require(${JSON.stringify(addon)}).sha256(Buffer.from('abc')).then((d) => console.log(d.toString('hex')))`;
+    assert.equal(
+      (await mustRun(process.execPath, ['-e', script])).stdout,
+      'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n',
+    );
+  });
+
   it('built the extents helper on install', async () => {
     const helper = path.join(installedPackage, 'native', 'build', 'extents');
     assert.ok(existsSync(helper), `${helper} is missing`);
