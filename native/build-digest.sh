@@ -6,26 +6,12 @@
 #   DIGEST_STRICT=1   for development (scripts/setup.sh): build even when up to
 #                     date, with -Werror, and fail when the build fails
 strict="${DIGEST_STRICT:-0}"
+without="the mount will hash each block on the event loop"
 cd "$(dirname "$0")" || exit 0
+. ./addon.sh
 out=build/sha256-binding.node
-if [ "$strict" != 1 ] && [ -f "$out" ] && [ ! digest/sha256-binding.c -nt "$out" ]; then exit 0; fi
-why_not() {
-  echo "ebs-fuse: $1; the mount will hash each block on the event loop" >&2
-  [ "$strict" = 1 ] && exit 1
-  exit 0
-}
-compiler=$(command -v cc || command -v gcc) || why_not "no C compiler (cc or gcc) to build $out (apt-get install gcc)"
-. ./node-include.sh
-[ -n "$node_include" ] && [ -f "$node_include/openssl/sha.h" ] || why_not "no Node headers with OpenSSL's (node_api.h, openssl/sha.h) to build $out"
-flags=""
-[ "$strict" = 1 ] && flags="-Werror"
-mkdir -p build || exit 0
-# Built under a temporary name so a concurrent run never loads half a library.
-# shellcheck disable=SC2086
-if "$compiler" -O2 -Wall -Wextra $flags -fPIC -shared -I"$node_include" -o "$out.tmp.$$" digest/sha256-binding.c; then
-  mv -f "$out.tmp.$$" "$out"
-else
-  rm -f "$out.tmp.$$"
-  why_not "building $out failed"
-fi
+up_to_date "$out" digest/sha256-binding.c && exit 0
+find_node_include
+[ -f "$node_include/openssl/sha.h" ] || why_not "no OpenSSL headers beside Node's ($node_include/openssl/sha.h) to build $out"
+build_addon "$out" digest/sha256-binding.c
 exit 0

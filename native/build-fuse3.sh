@@ -7,27 +7,12 @@
 #   FUSE3_STRICT=1   for development (scripts/setup.sh): build even when up to
 #                    date, with -Werror, and fail when the build fails
 strict="${FUSE3_STRICT:-0}"
+without="the mount will use fuse-native and libfuse 2.9 (128 KiB writes)"
 cd "$(dirname "$0")" || exit 0
+. ./addon.sh
 out=build/fuse3-binding.node
-if [ "$strict" != 1 ] && [ -f "$out" ] && [ ! fuse3/fuse3-binding.c -nt "$out" ]; then exit 0; fi
-why_not() {
-  echo "ebs-fuse: $1; the mount will use fuse-native and libfuse 2.9 (128 KiB writes)" >&2
-  [ "$strict" = 1 ] && exit 1
-  exit 0
-}
-compiler=$(command -v cc || command -v gcc) || why_not "no C compiler (cc or gcc) to build $out (apt-get install gcc)"
+up_to_date "$out" fuse3/fuse3-binding.c && exit 0
 fuse3_flags=$(pkg-config --cflags --libs fuse3 2>/dev/null) || why_not "no libfuse 3 headers to build $out (apt-get install libfuse3-dev pkg-config)"
-. ./node-include.sh
-[ -n "$node_include" ] || why_not "no node_api.h (Node's headers) to build $out"
-flags=""
-[ "$strict" = 1 ] && flags="-Werror"
-mkdir -p build || exit 0
-# Built under a temporary name so a concurrent run never loads half a library.
 # shellcheck disable=SC2086
-if "$compiler" -O2 -Wall -Wextra $flags -fPIC -shared -I"$node_include" -o "$out.tmp.$$" fuse3/fuse3-binding.c $fuse3_flags -lpthread; then
-  mv -f "$out.tmp.$$" "$out"
-else
-  rm -f "$out.tmp.$$"
-  why_not "building $out failed"
-fi
+build_addon "$out" fuse3/fuse3-binding.c $fuse3_flags -lpthread
 exit 0

@@ -118,7 +118,7 @@ export class StoredSnapshot {
     return written;
   }
 
-  /** blocks.dat opened with O_DIRECT, or undefined where the file system refuses it (tmpfs). */
+  /** blocks.dat opened with O_DIRECT, or undefined where the file system refuses it. */
   private async directDataFd(): Promise<number | undefined> {
     if (this.directFd === undefined) {
       const flag = fsConstants.O_DIRECT as number | undefined;
