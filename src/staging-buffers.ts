@@ -3,7 +3,7 @@
 // A buffered write of a 512 KiB copy costs the mount more kernel time than the
 // rest of that block's path together: page-cache pages to allocate and fill, then
 // the writeback that the copy's fdatasync runs in the mount's own threads
-// (docs/BENCHMARKS.md, the latest run's "What changed the figures"). O_DIRECT
+// (docs/BENCHMARKS.md, "The local copy written with O_DIRECT"). O_DIRECT
 // skips the page cache but needs its memory aligned to the device's logical
 // block size, and Node has no aligned allocator. A WebAssembly.Memory is whole
 // pages that V8 maps itself, so views of it at multiples of 4096 are aligned.
