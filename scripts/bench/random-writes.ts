@@ -5,9 +5,8 @@
 // are counted at local-ebs, distinct blocks by ListSnapshotBlocks. Goal 7 of the
 // performance goals: ≤ 1.5 PUTs per block whenever the data fits in the cache.
 // Settings where the data fits run `fittingRounds` times, and the goal takes
-// their medians: with several jobs the count depends on when each job closes
-// (a close uploads every dirty block and the other jobs dirty some again), so
-// one run is one draw of a wide spread (608 to 927 PUTs at one setting).
+// their medians: with several jobs the count depends on timing (while every
+// close was an fsync, 608 to 927 PUTs at one setting), so one run is one draw.
 import type { Cleanup } from './lib/cleanup';
 import { RunningMount } from './lib/ebs-fuse';
 import { LocalEbs, putsBetween } from './lib/local-ebs';
