@@ -177,8 +177,9 @@ for (const { name: binding, writeMaxBytes } of BINDINGS)
         };
         // Each writer overwrites its own region again and again, so only the order within a writer decides the result.
         const plans = Array.from({ length: writerCount }, (_, writer) =>
-          Array.from({ length: 40 }, () => {
-            const length = 1 + random(MIB + 4096);
+          Array.from({ length: 40 }, (_, i) => {
+            // Every tenth write is over 1 MiB, so that the kernel sends it in parts.
+            const length = i % 10 === 0 ? MIB + 1 + random(MIB) : 1 + random(MIB + 4096);
             const offset = writer * regionBytes + random(regionBytes - length);
             return { offset, data: randomBytes(length) };
           }),
@@ -197,6 +198,27 @@ for (const { name: binding, writeMaxBytes } of BINDINGS)
         );
         assert.ok((await file.read(0, VOLUME_BYTES)).equals(model));
         assert.ok(mount.stats().writeCalls > plans.flat().length, 'writes over 1 MiB arrive in parts');
+      });
+
+      it('opens the file with direct_io: a write reaches the core with no page cache, a shared mapping fails with ENODEV, a private one reads', async () => {
+        const file = new MemoryVolumeFile(VOLUME_BYTES);
+        const { mount } = await mountFile(file);
+        await file.write(0, Buffer.from('mapped'));
+        const script = [
+          'import errno, mmap, sys',
+          "f = open(sys.argv[1], 'r+b')",
+          'try:',
+          '    mmap.mmap(f.fileno(), 4096, flags=mmap.MAP_SHARED)',
+          "    print('shared mapped')",
+          'except OSError as e:',
+          "    print('shared', errno.errorcode[e.errno])",
+          "print('private', mmap.mmap(f.fileno(), 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)[:6].decode())",
+        ].join('\n');
+        const { stdout } = await execFileAsync('python3', ['-c', script, mount.filePath]);
+        assert.equal(stdout, 'shared ENODEV\nprivate mapped\n');
+        // Without a page cache a read after a change in the core sees the change at once.
+        await file.write(0, Buffer.from('MAPPED'));
+        assert.equal((await readFile(mount.filePath)).subarray(0, 6).toString(), 'MAPPED');
       });
 
       it('reports a queued write the core refused at the next fsync, once, like a writeback error', async () => {
