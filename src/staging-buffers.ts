@@ -1,4 +1,4 @@
-// Page-aligned buffers for the local copy's O_DIRECT writes.
+// Page-aligned buffers and the O_DIRECT open for the local copy's writes and local-ebs's blocks.
 //
 // A buffered write of a 512 KiB copy costs the mount more kernel time than the
 // rest of that block's path together: page-cache pages to allocate and fill, then
@@ -8,11 +8,29 @@
 // block size, and Node has no aligned allocator. A WebAssembly.Memory is whole
 // pages that V8 maps itself, so views of it at multiples of 4096 are aligned.
 import { Semaphore } from 'async-mutex';
+import { constants as fsConstants } from 'node:fs';
 
 /** The strictest logical block size of a Linux block device; O_DIRECT needs memory, offset and length aligned to it. */
 const DIRECT_IO_ALIGNMENT_BYTES = 4096;
 
 const WASM_PAGE_BYTES = 65536;
+
+/** The O_DIRECT flag of open(2), or undefined where the platform has none. */
+export const O_DIRECT_FLAG = fsConstants.O_DIRECT as number | undefined;
+
+/**
+ * Opens a file read-write with O_DIRECT through `open` (given the flags), or
+ * gives undefined where the platform or the file system refuses it (EINVAL).
+ */
+export async function openDirect<T>(open: (flags: number) => Promise<T>): Promise<T | undefined> {
+  if (O_DIRECT_FLAG === undefined) return undefined;
+  try {
+    return await open(fsConstants.O_RDWR | O_DIRECT_FLAG);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+    throw error;
+  }
+}
 
 interface WasmMemoryConstructor {
   new (descriptor: { initial: number; maximum: number }): { readonly buffer: ArrayBuffer };
@@ -40,6 +58,14 @@ export class StagingBuffers {
     const pages = Math.ceil((count * bufferBytes) / WASM_PAGE_BYTES);
     const { buffer } = new Memory({ initial: pages, maximum: pages });
     return new StagingBuffers(Array.from({ length: count }, (_, i) => Buffer.from(buffer, i * bufferBytes, bufferBytes)));
+  }
+
+  /** Runs `use` with a buffer of the set holding a copy of `data` (at most one buffer long). */
+  async withCopyOf<T>(data: Buffer, use: (aligned: Buffer) => Promise<T>): Promise<T> {
+    return this.with(async (aligned) => {
+      data.copy(aligned);
+      return use(aligned);
+    });
   }
 
   /** Runs `use` with a buffer of the set to itself; the buffer goes back when it settles. */

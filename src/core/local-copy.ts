@@ -25,7 +25,7 @@ import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
 import { writeFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
-import { StagingBuffers } from '../staging-buffers';
+import { O_DIRECT_FLAG, openDirect, StagingBuffers } from '../staging-buffers';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
 
@@ -208,10 +208,7 @@ export class LocalCopy {
     const direct = data.length === BLOCK_SIZE_BYTES ? await this.directFile() : undefined;
     if (!direct || direct.refused) return false;
     try {
-      await direct.staging.with(async (aligned) => {
-        data.copy(aligned);
-        await writeFully(direct.handle, aligned, slot * BLOCK_SIZE_BYTES);
-      });
+      await direct.staging.withCopyOf(data, (aligned) => writeFully(direct.handle, aligned, slot * BLOCK_SIZE_BYTES));
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
       direct.refused = true;
@@ -382,17 +379,11 @@ export class LocalCopy {
   }
 
   private async openDirect(): Promise<DirectFile | undefined> {
-    const flag = fs.constants.O_DIRECT as number | undefined;
-    if (this.writes.mode !== 'direct' || flag === undefined) return undefined;
+    if (this.writes.mode !== 'direct' || O_DIRECT_FLAG === undefined) return undefined;
     // The buffered handle first: it creates the file, and stat and sync use it.
     await this.open();
-    let handle: fs.FileHandle;
-    try {
-      handle = await fs.open(LocalCopy.fileIn(this.directory), fs.constants.O_RDWR | flag);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
-      throw error;
-    }
+    const handle = await openDirect((flags) => fs.open(LocalCopy.fileIn(this.directory), flags));
+    if (!handle) return undefined;
     // Taken once the file is open, so that a failing open retried by each write allocates nothing.
     const staging = StagingBuffers.allocate(this.writes.directAtOnce, BLOCK_SIZE_BYTES);
     if (staging) return { handle, staging, refused: false };

@@ -14,14 +14,14 @@
 // record is durable, so no record that a replay can reach ever names reused data.
 // Storage grows with the distinct blocks written, never with VolumeSize; a child
 // snapshot shares its parent's blocks by reading them from the parent.
-import { close, constants as fsConstants, fdatasync, ftruncate, open, read, write, promises as fsp } from 'node:fs';
+import { close, fdatasync, ftruncate, open, read, write, promises as fsp } from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES, type SnapshotStatus } from '../ebs/client';
 import { encodeRecords, replayLog, type BlockRecord } from './block-log';
 import { fsyncDirectory, makeDirectories, writeFileAtomic } from '../durable-file';
 import { SNAPSHOT_ID_PATTERN, type Tag } from './validation';
-import { StagingBuffers } from '../staging-buffers';
+import { openDirect, StagingBuffers } from '../staging-buffers';
 
 // The callback API on plain descriptors: FileHandle objects cost the event loop
 // measurably more per block at hundreds of PUTs per second.
@@ -106,10 +106,7 @@ export class StoredSnapshot {
       const position = slot * BLOCK_SIZE_BYTES;
       const direct = staging && (await this.directDataFd());
       if (staging && direct !== undefined) {
-        await staging.with(async (aligned) => {
-          data.copy(aligned);
-          await fsWrite(direct, aligned, 0, aligned.length, position);
-        });
+        await staging.withCopyOf(data, (aligned) => fsWrite(direct, aligned, 0, aligned.length, position));
       } else {
         await fsWrite(await this.writableDataFd(), data, 0, data.length, position);
       }
@@ -121,15 +118,9 @@ export class StoredSnapshot {
   /** blocks.dat opened with O_DIRECT, or undefined where the file system refuses it. */
   private async directDataFd(): Promise<number | undefined> {
     if (this.directFd === undefined) {
-      const flag = fsConstants.O_DIRECT as number | undefined;
       // The buffered descriptor too: the group commit's fdatasync goes through it.
       await this.writableDataFd();
-      try {
-        this.directFd = flag === undefined ? null : await fsOpen(this.dataFile, fsConstants.O_RDWR | flag);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
-        this.directFd = null;
-      }
+      this.directFd = (await openDirect((flags) => fsOpen(this.dataFile, flags))) ?? null;
     }
     return this.directFd ?? undefined;
   }
