@@ -7,7 +7,7 @@
 import { strict as assert } from 'node:assert';
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readdir, rm, stat, mkdir, writeFile, unlink, truncate, readFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, stat, mkdir, writeFile, unlink, truncate, readFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -327,39 +327,44 @@ for (const { name: binding, writeMaxBytes } of BINDINGS)
     it('uploads at the close of the last writer only: a close while another writable handle is open does not fsync', async () => {
       const file = new MemoryVolumeFile(VOLUME_BYTES);
       const { mount } = await mountFile(file);
-      const first = await open(mount.filePath, 'r+');
-      const second = await open(mount.filePath, 'r+');
-      const reader = await open(mount.filePath, 'r');
-      let firstClosed = false;
-      let secondClosed = false;
+      // Every handle the test opens is closed at the end, whatever failed.
+      const unclosed = new Set<FileHandle>();
+      const openHandle = async (flags: string): Promise<FileHandle> => {
+        const handle = await open(mount.filePath, flags);
+        unclosed.add(handle);
+        return handle;
+      };
+      const closeHandle = async (handle: FileHandle): Promise<void> => {
+        unclosed.delete(handle);
+        await handle.close();
+      };
       try {
+        const first = await openHandle('r+');
+        const second = await openHandle('r+');
+        await openHandle('r');
         await first.write(Buffer.from('first'), 0, 5, 0);
         await second.write(Buffer.from('second'), 0, 6, MIB);
         const callsBefore = file.fsyncCalls;
-        await first.close();
-        firstClosed = true;
+        await closeHandle(first);
         assert.equal(file.fsyncCalls, callsBefore, 'the first of two writers closed: nothing uploaded');
         // A reader still open does not count as a writer.
-        await second.close();
-        secondClosed = true;
+        await closeHandle(second);
         assert.equal(file.fsyncCalls, callsBefore + 1, 'the last writer closed: one fsync of the whole file');
         // Both close before either release arrives: the second close still finds the first one closed.
-        const third = await open(mount.filePath, 'r+');
-        const fourth = await open(mount.filePath, 'r+');
-        await Promise.all([third.close(), fourth.close()]);
+        const third = await openHandle('r+');
+        const fourth = await openHandle('r+');
+        await Promise.all([closeHandle(third), closeHandle(fourth)]);
         assert.equal(file.fsyncCalls, callsBefore + 2, 'two writers closing together: the later close uploads');
         // An fsync is an fsync whoever else has the file open.
-        const fifth = await open(mount.filePath, 'r+');
-        const sixth = await open(mount.filePath, 'r+');
+        const fifth = await openHandle('r+');
+        const sixth = await openHandle('r+');
         await fifth.sync();
         assert.equal(file.fsyncCalls, callsBefore + 3);
-        await fifth.close();
-        await sixth.close();
+        await closeHandle(fifth);
+        await closeHandle(sixth);
         assert.equal(file.fsyncCalls, callsBefore + 4);
       } finally {
-        if (!firstClosed) await first.close().catch(() => undefined);
-        if (!secondClosed) await second.close().catch(() => undefined);
-        await reader.close();
+        for (const handle of unclosed) await handle.close().catch(() => undefined);
       }
     });
 
