@@ -6,7 +6,7 @@
 // bytes lost (any byte that read back wrong; must be 0).
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { RetryingSnapshotClient } from '../../src/ebs/retry';
@@ -478,7 +478,10 @@ export async function runCrashPlan(context: ScenarioContext, plan: CrashPlan, lo
   };
 
   const resume = async (): Promise<void> => {
-    // The mountpoint is a dead FUSE mount now; the mount command says what to do.
+    // A kill in the final flush can land while the mount's own `umount` child
+    // runs; that child outlives it and may still clean the mountpoint.
+    await unmountCommandsEnded(mountpoint, 10_000);
+    // The mountpoint is a dead FUSE mount now, or clean; on a dead one the mount command says what to do.
     if (await isMountPoint(mountpoint).catch(() => false)) {
       const refused = await runCli(
         ['mount', mountpoint, '--resume', snapshotId, '--endpoint', context.endpoint.endpoint, '--state-dir', stateDir],
@@ -1031,4 +1034,18 @@ export async function writeFsyncClose(file: string, offsetBytes: number, dataFil
   const result = await sh(process.execPath, ['-e', WRITER_SCRIPT, file, String(offsetBytes), dataFile], { timeoutMs });
   if (result.code !== 0) throw new Error(`the writer failed (${result.code}): ${result.stderr}`);
   return JSON.parse(result.stdout) as FsyncCloseResult;
+}
+
+/** Waits (at most timeoutMs) until no umount or fusermount of `mountpoint` is running on this machine. */
+async function unmountCommandsEnded(mountpoint: string, timeoutMs: number): Promise<void> {
+  const deadlineMs = Date.now() + timeoutMs;
+  const running = async (): Promise<boolean> => {
+    for (const pid of await readdir('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+      if (/^(umount|fusermount3?)$/.test(path.basename(argv[0])) && argv.includes(mountpoint)) return true;
+    }
+    return false;
+  };
+  while ((await running()) && Date.now() < deadlineMs) await delay(50);
 }
