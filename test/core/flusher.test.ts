@@ -38,6 +38,8 @@ describe('core: flusher (uploads and write-back)', () => {
     zeroSkipAllowed?: boolean;
     diskBudget?: number;
     failPuts?: boolean;
+    /** Every PUT waits for this before it reaches the client. */
+    putGate?: Promise<void>;
   }): Promise<Harness> {
     const peak = { all: 0, oneBlock: 0 };
     let inFlight = 0;
@@ -57,6 +59,7 @@ describe('core: flusher (uploads and write-back)', () => {
         peak.all = Math.max(peak.all, inFlight);
         peak.oneBlock = Math.max(peak.oneBlock, perBlock.get(params.blockIndex)!);
         try {
+          await options.putGate;
           await inner.putSnapshotBlock(params);
         } finally {
           inFlight -= 1;
@@ -168,7 +171,33 @@ describe('core: flusher (uploads and write-back)', () => {
     assert.match(h.cache.peek(5)!.lastFailure!.message, /held nowhere/);
   });
 
-  it('sends blocks streamed whole (front to back) in batches of a quarter of the window once it has room; blocks written otherwise wait', async () => {
+  it('prepares uploads while every PUT slot is taken: hashed and announced, each waits for a slot', async () => {
+    let openGate = (): void => {};
+    const putGate = new Promise<void>((resolve) => (openGate = resolve));
+    const h = await harness({ concurrency: 4, putGate }); // a quarter of 4: one prepared ahead
+    const blocks = await Promise.all(Array.from({ length: 6 }, (_, index) => dirty(h, index, index + 1)));
+    for (const block of blocks) h.flusher.enqueue(block);
+    assert.equal(h.flusher.uploadsInFlight, 5, 'four PUT slots and one upload prepared ahead');
+    const deadlineMs = Date.now() + 2000;
+    while (blocks.filter((block) => h.store.wasAttempted(block.index)).length < 5 && Date.now() < deadlineMs) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.equal(h.peak.all, 4, 'four PUTs at the gate');
+    assert.deepEqual(
+      blocks.map((block) => h.store.wasAttempted(block.index)),
+      [true, true, true, true, true, false],
+      'the fifth has its intent recorded before a slot is free; the sixth waits in the queue',
+    );
+    openGate();
+    await settled(h);
+    assert.equal(h.peak.all, 4);
+    assert.deepEqual(
+      blocks.map((block) => block.isDirty),
+      [false, false, false, false, false, false],
+    );
+  });
+
+  it('sends blocks streamed whole (front to back) in batches of a quarter of the PUT slots once the window has room; blocks written otherwise wait', async () => {
     const h = await harness({ concurrency: 8 }); // batches of 2
     const streamed = await dirty(h, 1, 1, [
       [0, B / 4],
@@ -193,18 +222,18 @@ describe('core: flusher (uploads and write-back)', () => {
     );
     assert.equal(h.client.callCounts.put, 2);
 
-    // A full window: the batch waits for room, then goes when uploads end.
+    // A full window (8 PUT slots and two prepared ahead): the batch waits for room, then goes when uploads end.
     const busy = await harness({ concurrency: 8 });
-    for (let index = 10; index < 17; index += 1) busy.flusher.enqueue(await dirty(busy, index, index, [[0, B / 2]]));
-    assert.equal(busy.flusher.uploadsInFlight, 7);
+    for (let index = 10; index < 19; index += 1) busy.flusher.enqueue(await dirty(busy, index, index, [[0, B / 2]]));
+    assert.equal(busy.flusher.uploadsInFlight, 9);
     for (const index of [1, 2]) busy.flusher.noteWritten(await dirty(busy, index, index));
-    assert.equal(busy.flusher.uploadsInFlight, 7, 'one slot is not room for a batch of two');
+    assert.equal(busy.flusher.uploadsInFlight, 9, 'one slot is not room for a batch of two');
     await settled(busy);
     assert.deepEqual(
       [1, 2].map((index) => busy.cache.peek(index)!.isDirty),
       [false, false],
     );
-    assert.equal(busy.client.callCounts.put, 9);
+    assert.equal(busy.client.callCounts.put, 11);
   });
 
   it('skips never-sent zero blocks only where the zero-block rule allows, and sends zeros over sent data', async () => {
