@@ -22,12 +22,13 @@ export interface CoreLimits {
 }
 
 /**
- * Copy writes past the page cache at once, at most (local-copy.ts): 16 MiB of
+ * Copy writes past the page cache at once, at most (local-copy.ts): 4 MiB of
  * staging memory beside --cache-size, taken at the first copy. More wait for a
- * buffer, and each waiter holds an upload slot: a dd through the mount measured
- * slower with 16 than with 32 or 64, which measured alike (docs/BENCHMARKS.md).
+ * buffer. While a waiting copy held a PUT slot, 16 measured slower than 32; since
+ * the copy runs outside the PUT slots (flusher.ts), a dd through the mount
+ * measured alike with 8 and 32, and 8 keeps 12 MiB less (docs/BENCHMARKS.md).
  */
-const DIRECT_COPY_WRITES_AT_ONCE_MAX = 32;
+const DIRECT_COPY_WRITES_AT_ONCE_MAX = 8;
 
 /**
  * The local copy's staging buffers: one copy is written per upload at most, so
