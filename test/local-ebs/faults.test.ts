@@ -280,8 +280,9 @@ describe('local-ebs faults seen by a client', function () {
   it('expired: ExpiredTokenException 403 with the words AWS uses; the SDK does not retry it', async () => {
     const id = await start();
     await faults('expired=1');
-    for (const attempt of [start(), put(id, 0), ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))]) {
-      const failed = await failure(attempt);
+    // One call at a time: calls started together would reject before failure() awaits them.
+    for (const attempt of [() => start(), () => put(id, 0), () => ebs.send(new ListSnapshotBlocksCommand({ SnapshotId: id }))]) {
+      const failed = await failure(attempt());
       assert.deepEqual(
         [failed.name, failed.status, failed.message],
         ['ExpiredTokenException', 403, 'The security token included in the request is expired'],
