@@ -93,7 +93,10 @@ describe('scenario: --no-complete and --resume, kill -9 and --resume, --read-onl
     const { endpoint } = context;
 
     const failing = await context.mount(1);
-    await setLocalEbsFaults(endpoint.endpoint, endpoint, '500=1,ops=put');
+    // A permanent refusal fails each upload at once; a transient one (500) fails the same way only
+    // after the retry policy's 20 attempts, twice (close, then the final flush): 100 s of waiting
+    // that the fsync scenarios already spend on the transient path.
+    await setLocalEbsFaults(endpoint.endpoint, endpoint, 'deny=1,ops=put');
     let result;
     try {
       // Its close uploads like fsync, fails, and leaves the data dirty for the final flush.
