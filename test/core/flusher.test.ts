@@ -178,10 +178,13 @@ describe('core: flusher (uploads and write-back)', () => {
     const blocks = await Promise.all(Array.from({ length: 6 }, (_, index) => dirty(h, index, index + 1)));
     for (const block of blocks) h.flusher.enqueue(block);
     assert.equal(h.flusher.uploadsInFlight, 5, 'four PUT slots and one upload prepared ahead');
-    const deadlineMs = Date.now() + 2000;
-    while (blocks.filter((block) => h.store.wasAttempted(block.index)).length < 5 && Date.now() < deadlineMs) {
+    const attempted = (): number => blocks.filter((block) => h.store.wasAttempted(block.index)).length;
+    const deadlineMs = Date.now() + 5000;
+    while ((h.peak.all < 4 || attempted() < 5) && Date.now() < deadlineMs) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
+    // Time for a fifth PUT to start, were the slots not a bound.
+    await new Promise((resolve) => setTimeout(resolve, 50));
     assert.equal(h.peak.all, 4, 'four PUTs at the gate');
     assert.deepEqual(
       blocks.map((block) => h.store.wasAttempted(block.index)),
