@@ -159,8 +159,12 @@ export class Flusher {
    * within its capacity.
    */
   private get uploadWindow(): number {
-    const preparedAhead = Math.max(1, Math.min(PREPARED_AHEAD_MAX, Math.floor(this.options.concurrency / 4)));
-    return this.options.concurrency + preparedAhead;
+    return this.options.concurrency + this.quarterOfPutSlots(PREPARED_AHEAD_MAX);
+  }
+
+  /** A quarter of the PUT slots, at least 1 and at most `max`. */
+  private quarterOfPutSlots(max: number): number {
+    return Math.max(1, Math.min(max, Math.floor(this.options.concurrency / 4)));
   }
 
   /** Uploads that may still be queued before the window is full. */
@@ -175,7 +179,7 @@ export class Flusher {
 
   /** A quarter of the PUT slots, at most 16 blocks: the intents one journal commit carries. */
   private get streamBatchBlocks(): number {
-    return Math.max(1, Math.min(STREAM_BATCH_BLOCKS_MAX, Math.floor(this.options.concurrency / 4)));
+    return this.quarterOfPutSlots(STREAM_BATCH_BLOCKS_MAX);
   }
 
   private sendStreamedBatch(): void {
