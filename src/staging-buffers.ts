@@ -16,7 +16,7 @@ const DIRECT_IO_ALIGNMENT_BYTES = 4096;
 const WASM_PAGE_BYTES = 65536;
 
 /** The O_DIRECT flag of open(2), or undefined where the platform has none. */
-export const O_DIRECT_FLAG = fsConstants.O_DIRECT as number | undefined;
+const O_DIRECT_FLAG = fsConstants.O_DIRECT as number | undefined;
 
 /**
  * Opens a file read-write with O_DIRECT through `open` (given the flags), or
@@ -69,7 +69,7 @@ export class StagingBuffers {
   }
 
   /** Runs `use` with a buffer of the set to itself; the buffer goes back when it settles. */
-  async with<T>(use: (buffer: Buffer) => Promise<T>): Promise<T> {
+  private async with<T>(use: (buffer: Buffer) => Promise<T>): Promise<T> {
     return this.turns.runExclusive(async () => {
       const buffer = this.free.pop()!;
       try {

@@ -25,7 +25,7 @@ import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
 import { writeFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
-import { O_DIRECT_FLAG, openDirect, StagingBuffers } from '../staging-buffers';
+import { openDirect, StagingBuffers } from '../staging-buffers';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
 
@@ -379,7 +379,7 @@ export class LocalCopy {
   }
 
   private async openDirect(): Promise<DirectFile | undefined> {
-    if (this.writes.mode !== 'direct' || O_DIRECT_FLAG === undefined) return undefined;
+    if (this.writes.mode !== 'direct') return undefined;
     // The buffered handle first: it creates the file, and stat and sync use it.
     await this.open();
     const handle = await openDirect((flags) => fs.open(LocalCopy.fileIn(this.directory), flags));
