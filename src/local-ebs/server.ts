@@ -117,10 +117,11 @@ const UNANSWERED_PER_CONNECTION_MAX = 16;
 const PUT_BODIES_IN_MEMORY_MAX = 256;
 /**
  * After refusing a request whose body is still coming, the connection is half-closed
- * and what the client sends is read and dropped for this long (at most
- * LINGER_MAX_BYTES) before it is closed. Closing at once, with the client's bytes
- * unread, makes the kernel answer with a reset, which can destroy the refusal before
- * the client has read it.
+ * and what the client sends is read and dropped for this long before it is closed;
+ * past LINGER_MAX_BYTES it is no longer read, so flow control holds the client back
+ * until then. Closing at once, or at the byte bound, with the client's bytes unread,
+ * makes the kernel answer with a reset, which can destroy the refusal before the
+ * client has read it: a client descheduled for a few milliseconds lost it that way.
  */
 const LINGER_MS = 1_000;
 const LINGER_MAX_BYTES = 4 * 1024 * 1024;
@@ -282,7 +283,7 @@ export async function startLocalEbs(options: LocalEbsOptions): Promise<RunningLo
       let droppedBytes = 0;
       request.on('data', (chunk: Buffer) => {
         droppedBytes += chunk.length;
-        if (droppedBytes > LINGER_MAX_BYTES) socket.destroy();
+        if (droppedBytes > LINGER_MAX_BYTES) request.pause();
       });
       request.resume();
     };
