@@ -13,6 +13,7 @@ import { DEFAULT_LIMITS } from '../../src/core/limits';
 import { parseSizeBytes } from '../../src/commands/options';
 import { SnapshotSession } from '../../src/core/session';
 import { DEFAULT_FILE_NAME, FuseMount } from '../../src/fuse/fuse-mount';
+import { capYoungGeneration } from '../../src/young-generation';
 import { NullSnapshotClient } from './null-client';
 
 const RELEASE_GRACE_MS = 5000;
@@ -23,6 +24,7 @@ async function main(): Promise<number> {
   if (!mountpoint || !sizeText || !stateDir)
     throw new Error('usage: null-mount.ts MOUNTPOINT SIZE_GIB STATE_DIR [CACHE_SIZE] [UPLOAD_CONCURRENCY] [DISK_CACHE_SIZE]');
   const log = (line: string): void => void process.stderr.write(`null-mount: ${line}\n`);
+  capYoungGeneration(); // as ebs-fuse mount does
   // NULL_CLIENT_VERIFY=0: acknowledge without hashing (the bench's variant 2n).
   const client = new NullSnapshotClient(process.env.NULL_CLIENT_VERIFY !== '0');
   const session = await SnapshotSession.start(

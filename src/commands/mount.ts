@@ -10,6 +10,7 @@ import type { SnapshotStatus } from '../ebs/client';
 import { describeError, UserError } from '../errors';
 import { DEFAULT_FILE_NAME, FuseMount, type FuseMountStats } from '../fuse/fuse-mount';
 import { GIB_BYTES, MIB_BYTES } from '../units';
+import { capYoungGeneration } from '../young-generation';
 import { backgroundLogFile, defaultLogFile, redirectOutputToLog, runInBackground } from './background';
 import { addConnectionOptions, openSnapshotClient, type OpenedClient } from './connection';
 import { EXIT_INTERRUPTED } from './interrupt';
@@ -134,6 +135,7 @@ async function openTarget(mode: MountMode, opened: OpenedClient, settings: Valid
 /** Runs one mount to its end; resolves with the exit code. Errors before mounting are thrown. */
 async function runMount(mountpointArgument: string, flags: MountFlags): Promise<number> {
   const { mode, mount: settings } = await validate(mountpointArgument, flags);
+  capYoungGeneration();
 
   const opened: OpenedClient = await openSnapshotClient(flags, { maxSockets: settings.uploadConcurrency, log });
   let target: MountTarget;
