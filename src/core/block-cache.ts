@@ -162,8 +162,14 @@ export class BlockCache {
 
   constructor(private readonly options: BlockCacheOptions) {
     // Eviction is ours (only clean blocks may go), so the LRU's own bound must
-    // never be reached: `max` covers every buffer plus the zero entries.
-    this.entries = new LRUCache<number, CachedBlock>({ max: options.capacityBlocks + options.zeroEntriesMax });
+    // never be reached: it covers every buffer plus the zero entries. A count
+    // bound (`max`) would make lru-cache allocate its tables for all of them up
+    // front, 28 MiB for the million zero entries a mount allows; a size bound
+    // of one per entry lets the tables grow with the entries actually held.
+    this.entries = new LRUCache<number, CachedBlock>({
+      maxSize: options.capacityBlocks + options.zeroEntriesMax,
+      sizeCalculation: () => 1,
+    });
   }
 
   get size(): number {
