@@ -18,20 +18,26 @@ function youngGenerationBytes(): number {
   return getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')?.space_size ?? 0;
 }
 
+/** V8's own --semi-space-growth-factor: each doubling doubles. */
+const V8_SEMI_SPACE_GROWTH_FACTOR = 2;
+
 /**
- * Stops the young generation's growth once it has reached `capBytes`. A doubling
- * happens only in a scavenge, and each is reported before the next can run
- * out of room, so the cap holds to one doubling at most of where it is checked.
+ * Keeps the young generation from growing past `capBytes`. It is checked after
+ * every GC, and V8 doubles it only after survivors worth its whole size since
+ * the last doubling, so no two doublings fall between two checks. V8 also
+ * shrinks it when allocation runs slow (an idle mount), so below the cap
+ * growth is let back in, and a mount that writes again gets its 16 MiB again
+ * (a shrink to a size that is not a power-of-two share of the cap can make
+ * the next doubling pass the cap once, by less than the cap).
  */
 export function capYoungGeneration(capBytes: number = YOUNG_GENERATION_CAP_BYTES): void {
-  const stopIfReached = (): boolean => {
-    if (youngGenerationBytes() < capBytes) return false;
-    setFlagsFromString('--semi-space-growth-factor=1');
-    return true;
+  let growthStopped = false;
+  const check = (): void => {
+    const atCap = youngGenerationBytes() >= capBytes;
+    if (atCap === growthStopped) return;
+    growthStopped = atCap;
+    setFlagsFromString(`--semi-space-growth-factor=${atCap ? 1 : V8_SEMI_SPACE_GROWTH_FACTOR}`);
   };
-  if (stopIfReached()) return;
-  const observer = new PerformanceObserver(() => {
-    if (stopIfReached()) observer.disconnect();
-  });
-  observer.observe({ entryTypes: ['gc'] });
+  check();
+  new PerformanceObserver(check).observe({ entryTypes: ['gc'] });
 }
