@@ -3,8 +3,8 @@
 // V8 doubles the young generation's two semi-spaces (1 → 2 → 4 → 8 → 16 MiB in
 // Node 20) as objects keep surviving scavenges, which a mount with 64 PUTs in
 // flight always does sooner or later. The last doubling adds 16 MiB of resident
-// memory beside the block cache, and that alone decided whether the mount kept
-// its bound of --cache-size + 150 MiB (docs/BENCHMARKS.md). The maximum
+// memory beside the block cache, which had put the mount over its bound of
+// --cache-size + 150 MiB in some runs (docs/BENCHMARKS.md). The maximum
 // (--max-semi-space-size) is fixed when the heap is set up, so only a node
 // command line could lower it; the growth factor is read at each doubling,
 // so once the semi-spaces reach the cap, a factor of 1 stops them there.
