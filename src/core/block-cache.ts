@@ -207,8 +207,8 @@ export class BlockCache {
 
   /** absent → an entry with no buffer, not yet written. */
   insert(index: number): CachedBlock {
-    if (this.entries.size >= this.options.capacityBlocks + this.options.zeroEntriesMax) this.evictClean(() => true);
-    if (this.entries.size >= this.options.capacityBlocks + this.options.zeroEntriesMax) {
+    if (this.entries.size >= this.entries.maxSize) this.evictClean(() => true);
+    if (this.entries.size >= this.entries.maxSize) {
       throw new FileOperationError('EIO', `block cache holds ${this.entries.size} blocks, its limit; flush first`);
     }
     const block = new CachedBlock(index);
