@@ -38,6 +38,5 @@ export function capYoungGeneration(capBytes: number = YOUNG_GENERATION_CAP_BYTES
     growthStopped = atCap;
     setFlagsFromString(`--semi-space-growth-factor=${atCap ? 1 : V8_SEMI_SPACE_GROWTH_FACTOR}`);
   };
-  check();
   new PerformanceObserver(check).observe({ entryTypes: ['gc'] });
 }
