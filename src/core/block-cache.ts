@@ -224,23 +224,30 @@ export class BlockCache {
   /**
    * Gives the block a buffer of its own to write into: a zeroed one for a block
    * without a buffer (whose base, when it has one, is merged later), or a copy
-   * of the one an upload holds.
+   * of the one an upload holds. `whole`, a write that covers the block, is
+   * copied into a new buffer here instead of zeroing it first; the caller still
+   * copies it (again) where the block had a buffer. Resolves with whether `whole` was taken.
    */
-  async makeWritable(block: CachedBlock, baseToMergeLater: boolean): Promise<void> {
+  async makeWritable(block: CachedBlock, baseToMergeLater: boolean, whole?: Buffer): Promise<boolean> {
     if (block.data === null) {
       await this.reserveBuffer();
-      block.data = this.newBuffer();
+      // Filled in the same turn as the buffer is handed out: a reader in between
+      // would see a reused buffer's old bytes.
+      block.data = whole?.length === BLOCK_SIZE_BYTES ? this.copyBuffer(whole) : this.newBuffer();
+      if (whole?.length === BLOCK_SIZE_BYTES) return true;
       if (baseToMergeLater) {
         block.baseMerged = false;
         block.writtenRanges = [];
       }
-      return;
+      return false;
     }
     if (block.dataSharedWithUpload) {
       await this.reserveBuffer();
-      block.data = this.copyBuffer(block.data);
+      block.data = this.copyBuffer(whole?.length === BLOCK_SIZE_BYTES ? whole : block.data);
       block.dataSharedWithUpload = false;
+      return whole?.length === BLOCK_SIZE_BYTES;
     }
+    return false;
   }
 
   /**

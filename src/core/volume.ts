@@ -283,8 +283,9 @@ export class Volume implements VolumeFile {
       let block = this.cache.get(index);
       const isNew = !block;
       if (!block) block = this.cache.insert(index);
+      let copied: boolean;
       try {
-        await this.cache.makeWritable(block, isNew && this.store.hasBase(index));
+        copied = await this.cache.makeWritable(block, isNew && this.store.hasBase(index), source);
         // Too many scattered pieces: merge the base first, so that a failure
         // (a base held nowhere) leaves the block as it was.
         if (!block.baseMerged && block.writtenRanges.length >= this.options.limits.writtenRangesPerBlockMax) {
@@ -294,7 +295,7 @@ export class Volume implements VolumeFile {
         if (isNew) this.cache.discardUnwritten(block);
         throw error;
       }
-      source.copy(block.data!, inBlock);
+      if (!copied) source.copy(block.data!, inBlock);
       this.cache.noteWritten(block, inBlock, source.length);
       return block;
     });

@@ -167,4 +167,47 @@ describe('core: block cache (the state table and its transitions)', () => {
     assert.equal(cache.buffersInUse, 2);
     assert.equal(cache.dirtyCount, 3);
   });
+
+  /** Block 1 written with `fill`, uploaded, acknowledged: clean, its buffer evictable for reuse. */
+  async function cleanBlock(cache: BlockCache, fill: number): Promise<CachedBlock> {
+    const block = await written(cache, 1);
+    block.data!.fill(fill);
+    const view = cache.beginUpload(block);
+    cache.acknowledge(block, view.generation);
+    cache.endUpload(block, view.data);
+    return block;
+  }
+
+  it('a new block written whole takes the write into its buffer at once; one written in part gets a zeroed buffer', async () => {
+    const { cache } = makeCache(1);
+    await cleanBlock(cache, 0xaa);
+    const whole = Buffer.alloc(B, 0x5c);
+    const taken = cache.insert(2);
+    assert.equal(await cache.makeWritable(taken, false, whole), true, 'the whole write is in the buffer');
+    assert.equal(cache.peek(1), undefined, 'block 1 was evicted for its buffer');
+    assert.ok(taken.data!.equals(whole));
+    assert.notEqual(taken.data, whole, 'a buffer of the cache, not the write');
+    // The same buffer again, for a block written in part: none of the old bytes show.
+    cache.noteWritten(taken, 0, B);
+    const view = cache.beginUpload(taken);
+    cache.acknowledge(taken, view.generation);
+    cache.endUpload(taken, view.data);
+    const partial = cache.insert(3);
+    assert.equal(await cache.makeWritable(partial, false, Buffer.alloc(100, 1)), false, 'the caller copies a partial write');
+    assert.ok(partial.data!.every((byte) => byte === 0));
+  });
+
+  it('a whole write during an upload copies the write, not the buffer the upload holds', async () => {
+    const { cache } = makeCache();
+    const block = await cleanBlock(cache, 0xaa);
+    cache.noteWritten(block, 0, B);
+    const view = cache.beginUpload(block);
+    const whole = Buffer.alloc(B, 0x5c);
+    assert.equal(await cache.makeWritable(block, false, whole), true);
+    assert.ok(block.data!.equals(whole));
+    assert.ok(
+      view.data!.every((byte) => byte === 0xaa),
+      'the upload keeps what it took',
+    );
+  });
 });
