@@ -43,6 +43,7 @@ import { Mutex } from 'async-mutex';
 import { LRUCache } from 'lru-cache';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { FileOperationError } from './file-errors';
+import { AlignedBuffers } from '../staging-buffers';
 import { ChangeSignal } from './signal';
 
 /** Ranges tracked per block for generationRanges; past this the block counts as written in pieces. */
@@ -150,6 +151,12 @@ export class BlockCache {
   private dirtyBlocks = 0;
   /** Buffers given back, for reuse; with buffersHeld never more than the capacity. */
   private readonly freeBuffers: Buffer[] = [];
+  /**
+   * Where new buffers come from: page-aligned, so that the local copy writes a
+   * block to disk past the page cache straight from its buffer, not through a
+   * staging copy (local-copy.ts); plain ones where no aligned memory can be had.
+   */
+  private readonly alignedBuffers: AlignedBuffers;
   /** Wakes writers waiting for room; notified when a buffer is freed or a block turns clean. */
   private readonly roomSignal = new ChangeSignal();
   /**
@@ -170,6 +177,7 @@ export class BlockCache {
       maxSize: options.capacityBlocks + options.zeroEntriesMax,
       sizeCalculation: () => 1,
     });
+    this.alignedBuffers = new AlignedBuffers(options.capacityBlocks, BLOCK_SIZE_BYTES);
   }
 
   get size(): number {
@@ -390,15 +398,15 @@ export class BlockCache {
   /** A zeroed buffer for a block, reused when one was given back; the caller reserved it. */
   private newBuffer(): Buffer {
     const reused = this.freeBuffers.pop();
-    return reused ? reused.fill(0) : Buffer.alloc(BLOCK_SIZE_BYTES);
+    return reused ? reused.fill(0) : (this.alignedBuffers.take() ?? Buffer.alloc(BLOCK_SIZE_BYTES));
   }
 
-  /** A copy of a block's buffer (copy-on-write), reused when one was given back; the caller reserved it. */
+  /** A copy of `source` (copy-on-write, or a write of a whole block), in a reused buffer when one was given back; the caller reserved it. */
   private copyBuffer(source: Buffer): Buffer {
-    const reused = this.freeBuffers.pop();
-    if (!reused) return Buffer.from(source);
-    source.copy(reused);
-    return reused;
+    const target = this.freeBuffers.pop() ?? this.alignedBuffers.take();
+    if (!target) return Buffer.from(source);
+    source.copy(target);
+    return target;
   }
 
   /**

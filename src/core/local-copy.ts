@@ -17,15 +17,17 @@
 // its file system keeps the reserve free, so a copy never fills the disk. A
 // copy that cannot be written (ENOSPC, EIO) is dropped: the upload goes on.
 //
-// Copies are written with O_DIRECT where the file system takes it, through a few
-// aligned staging buffers (staging-buffers.ts): through the page cache each
-// copy cost the mount more kernel time than the rest of its block's path.
+// Copies are written with O_DIRECT where the file system takes it: through the
+// page cache each copy cost the mount more kernel time than the rest of its
+// block's path. The block cache's buffers are page-aligned and go to disk as
+// they are; any other buffer goes through a few aligned staging buffers
+// (staging-buffers.ts), allocated at the first such copy.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
 import { writeFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
-import { openDirect, StagingBuffers } from '../staging-buffers';
+import { isPageAligned, openDirect, StagingBuffers } from '../staging-buffers';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
 
@@ -58,7 +60,8 @@ export type CopyWriteMode = 'direct' | 'buffered';
 
 interface DirectFile {
   handle: fs.FileHandle;
-  staging: StagingBuffers;
+  /** For copies of buffers that are not page-aligned; undefined until the first, null where none can be had. */
+  staging?: StagingBuffers | null;
   /** A write was refused for its alignment (EINVAL): copies go through the page cache from then on. */
   refused: boolean;
 }
@@ -104,13 +107,19 @@ export class LocalCopy {
   bytesWritten = 0;
   /** Copies written past the page cache. */
   directWriteCount = 0;
+  /** Of those, copies that went through a staging buffer (their buffer was not page-aligned). */
+  stagedWriteCount = 0;
 
   constructor(
     private readonly directory: string,
     private readonly budget: DiskBudget,
     /** Slots the state already uses (replayed from the journal). */
     existingSlotCount: number,
-    /** directAtOnce: copy writes past the page cache at once (limits.ts: directCopyWritesAtOnce); more wait their turn. */
+    /**
+     * directAtOnce: copy writes through a staging buffer at once (limits.ts:
+     * directCopyWritesAtOnce); more wait their turn. Copies from page-aligned
+     * buffers need none: one per upload at most is in flight.
+     */
     private readonly writes: { mode: CopyWriteMode; directAtOnce: number },
   ) {
     this.slotCount = existingSlotCount;
@@ -207,14 +216,23 @@ export class LocalCopy {
   private async writeDirect(slot: number, data: Buffer): Promise<boolean> {
     const direct = data.length === BLOCK_SIZE_BYTES ? await this.directFile() : undefined;
     if (!direct || direct.refused) return false;
+    let staging: StagingBuffers | undefined;
+    if (!isPageAligned(data)) {
+      if (direct.staging === undefined) direct.staging = StagingBuffers.allocate(this.writes.directAtOnce, BLOCK_SIZE_BYTES) ?? null;
+      if (direct.staging === null) return false;
+      staging = direct.staging;
+    }
+    const positionBytes = slot * BLOCK_SIZE_BYTES;
     try {
-      await direct.staging.withCopyOf(data, (aligned) => writeFully(direct.handle, aligned, slot * BLOCK_SIZE_BYTES));
+      if (staging) await staging.withCopyOf(data, (aligned) => writeFully(direct.handle, aligned, positionBytes));
+      else await writeFully(direct.handle, data, positionBytes);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
       direct.refused = true;
       return false;
     }
     this.directWriteCount += 1;
+    if (staging) this.stagedWriteCount += 1;
     return true;
   }
 
@@ -383,12 +401,7 @@ export class LocalCopy {
     // The buffered handle first: it creates the file, and stat and sync use it.
     await this.open();
     const handle = await openDirect((flags) => fs.open(LocalCopy.fileIn(this.directory), flags));
-    if (!handle) return undefined;
-    // Taken once the file is open, so that a failing open retried by each write allocates nothing.
-    const staging = StagingBuffers.allocate(this.writes.directAtOnce, BLOCK_SIZE_BYTES);
-    if (staging) return { handle, staging, refused: false };
-    await handle.close();
-    return undefined;
+    return handle && { handle, refused: false };
   }
 
   private open(): Promise<fs.FileHandle> {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { BlockCache, type CachedBlock } from '../../src/core/block-cache';
 import { FileOperationError } from '../../src/core/file-errors';
+import { isPageAligned } from '../../src/staging-buffers';
 
 const B = BLOCK_SIZE_BYTES;
 
@@ -209,5 +210,14 @@ describe('core: block cache (the state table and its transitions)', () => {
       view.data!.every((byte) => byte === 0xaa),
       'the upload keeps what it took',
     );
+  });
+
+  it('gives out page-aligned buffers, so that the local copy needs no staging copy', async () => {
+    const { cache } = makeCache(3);
+    const first = await written(cache, 1);
+    const second = await written(cache, 2);
+    const view = cache.beginUpload(second);
+    await cache.makeWritable(second, false);
+    for (const buffer of [first.data!, view.data!, second.data!]) assert.ok(isPageAligned(buffer));
   });
 });

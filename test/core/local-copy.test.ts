@@ -6,6 +6,7 @@ import path from 'node:path';
 import { BLOCK_SIZE_BYTES } from '../../src/ebs/client';
 import { sha256Digest } from '../../src/ebs/checksum';
 import { autoReserveBytes, LocalCopy, type CopyKind, type CopyWriteMode } from '../../src/core/local-copy';
+import { AlignedBuffers } from '../../src/staging-buffers';
 
 const B = BLOCK_SIZE_BYTES;
 const notBusy = (): boolean => false;
@@ -157,13 +158,23 @@ describe('core: local copy', () => {
     }
   }
 
-  for (const writeMode of ['direct', 'buffered'] as const) {
-    it(`writeMode ${writeMode}: copies ${writeMode === 'direct' ? 'bypass' : 'go through'} the page cache, read back exactly and sync`, async function () {
+  const cases = [
+    { writeMode: 'direct', buffers: 'plain' },
+    { writeMode: 'direct', buffers: 'page-aligned' },
+    { writeMode: 'buffered', buffers: 'plain' },
+  ] as const;
+  for (const { writeMode, buffers } of cases) {
+    const how = writeMode === 'buffered' ? 'go through' : buffers === 'plain' ? 'bypass (staged)' : 'bypass (no staging copy)';
+    it(`writeMode ${writeMode}, ${buffers} buffers: copies ${how} the page cache, read back exactly and sync`, async function () {
       if (writeMode === 'direct' && !takesDirectIo(directory)) {
         this.skip(); // the temporary directory's file system refuses O_DIRECT: nothing to check here
       }
       const copy = open(8 * B, 0, writeMode);
-      const data = [3, 4, 5, 6].map((index) => Buffer.alloc(B, index).fill(index + 100, 1000, 2000));
+      const aligned = new AlignedBuffers(4, B);
+      const data = [3, 4, 5, 6].map((index) => {
+        const bytes = buffers === 'plain' ? Buffer.alloc(B) : aligned.take()!;
+        return bytes.fill(index).fill(index + 100, 1000, 2000);
+      });
       const slots = await Promise.all(
         data.map(async (bytes, i) => {
           const slot = (await copy.allocate('whole', notBusy))!;
@@ -174,6 +185,7 @@ describe('core: local copy', () => {
       );
       assert.equal(new Set(slots).size, 4);
       assert.equal(copy.directWriteCount, writeMode === 'direct' ? 4 : 0);
+      assert.equal(copy.stagedWriteCount, writeMode === 'direct' && buffers === 'plain' ? 4 : 0, 'copies through a staging buffer');
       const resident = residentBytes(LocalCopy.fileIn(directory));
       if (writeMode === 'direct') assert.equal(resident, 0, 'no page of the copies in the page cache');
       else assert.equal(resident, 4 * B, 'every page of the copies in the page cache');
