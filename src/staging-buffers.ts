@@ -75,8 +75,9 @@ function alignedViews(count: number, bufferBytes: number): Buffer[] | undefined 
  * Hands out up to `count` page-aligned buffers of `bufferBytes`, each once, from
  * slabs of at most `slabBuffersMax` allocated as they are needed. Each
  * WebAssembly.Memory also reserves address space well beyond its size, so a few
- * large slabs, not one per buffer. Their pages take memory once written, and
- * stay for the life of the process: the owner keeps the buffers for reuse.
+ * large slabs, not one per buffer. A slab's pages take memory once written and
+ * are freed only with the whole slab, when no view of it is left: the owner keeps
+ * the buffers for reuse.
  */
 export class AlignedBuffers {
   private slab: Buffer[] = [];

@@ -42,8 +42,8 @@
 import { Mutex } from 'async-mutex';
 import { LRUCache } from 'lru-cache';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
-import { FileOperationError } from './file-errors';
 import { AlignedBuffers } from '../staging-buffers';
+import { FileOperationError } from './file-errors';
 import { ChangeSignal } from './signal';
 
 /** Ranges tracked per block for generationRanges; past this the block counts as written in pieces. */
@@ -232,9 +232,9 @@ export class BlockCache {
   /**
    * Gives the block a buffer of its own to write into: a zeroed one for a block
    * without a buffer (whose base, when it has one, is merged later), or a copy
-   * of the one an upload holds. `whole`, a write that covers the block, is
-   * copied into a new buffer here instead of zeroing it first; the caller still
-   * copies it (again) where the block had a buffer. Resolves with whether `whole` was taken.
+   * of the one an upload holds. `whole`, a write about to cover the block, is
+   * copied in here whenever a new buffer is taken, instead of zeros or the
+   * upload's bytes. Resolves with whether it was; if not, the caller copies the write.
    */
   async makeWritable(block: CachedBlock, baseToMergeLater: boolean, whole?: Buffer): Promise<boolean> {
     if (block.data === null) {

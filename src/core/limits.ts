@@ -25,9 +25,10 @@ export interface CoreLimits {
  * Copy writes past the page cache through a staging buffer at once, at most
  * (local-copy.ts): 4 MiB of staging memory beside --cache-size, taken at the
  * first copy of a buffer that is not page-aligned (the block cache's are, where
- * the runtime has WebAssembly). More wait for a buffer. While a waiting copy held a PUT slot, 16 measured slower than 32; since
- * the copy runs outside the PUT slots (flusher.ts), a dd through the mount
- * measured alike with 8 and 32, and 8 keeps 12 MiB less (docs/BENCHMARKS.md).
+ * the runtime has WebAssembly). More wait for a buffer. While a waiting copy
+ * held a PUT slot, 16 measured slower than 32; since the copy runs outside the
+ * PUT slots (flusher.ts), a dd through the mount measured alike with 8 and 32,
+ * and 8 keeps 12 MiB less (docs/BENCHMARKS.md).
  */
 const DIRECT_COPY_WRITES_AT_ONCE_MAX = 8;
 
