@@ -13,7 +13,9 @@ import { BLOCK_SIZE_BYTES, BLOCKS_PER_GIB, type SnapshotClient, type StartSnapsh
 import { makeDirectories, writeFileAtomic } from '../durable-file';
 import { describeError, UserError } from '../errors';
 import { claimPidFile } from '../pid-file';
+import { removeFreeingLater } from '../remove-file';
 import { DEFAULT_LIMITS, type CoreLimits } from './limits';
+import { LocalCopy } from './local-copy';
 import { ReadOnlyVolume } from './read-only-volume';
 import { SnapshotReader } from './snapshot-reader';
 import { Volume } from './volume';
@@ -259,7 +261,10 @@ export class SnapshotSession {
     this.state.status = 'completed';
     await writeFileAtomic(path.join(this.stateDirectory, STATE_FILE), `${JSON.stringify(this.state, null, 2)}\n`, 0o600);
     for (const entry of await fs.readdir(this.stateDirectory)) {
-      if (entry !== STATE_FILE && entry !== LOCK_FILE) await fs.rm(path.join(this.stateDirectory, entry), { force: true });
+      const file = path.join(this.stateDirectory, entry);
+      // The local copy can be hundreds of GiB: its space may come back after this mount has exited.
+      if (file === LocalCopy.fileIn(this.stateDirectory)) await removeFreeingLater(file);
+      else if (entry !== STATE_FILE && entry !== LOCK_FILE) await fs.rm(file, { force: true });
     }
   }
 }
