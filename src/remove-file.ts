@@ -7,8 +7,8 @@
 // hundreds of GiB, so a mount would sit that long after its snapshot is
 // completed. The blocks are freed by whoever drops the last reference, so a
 // short-lived `cat` holds one while the name is removed and this process closes
-// its own; the freeing then runs in `cat`, which exits once it reads the end of
-// its input, at once, whether this process goes on or exits.
+// its own; the freeing then runs in `cat`, which exits as soon as its input
+// ends, right after the name is gone.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 
@@ -33,7 +33,7 @@ export async function removeFreeingLater(file: string): Promise<Removal> {
   try {
     await fs.rm(file, { force: true });
   } finally {
-    // Only now: a holder gone before the unlink would leave the freeing to it.
+    // Only now: a holder gone before the unlink would leave the freeing to this process.
     holder?.stdin?.end();
   }
   return holder ? 'freed by a holder' : 'freed here';
@@ -42,7 +42,8 @@ export async function removeFreeingLater(file: string): Promise<Removal> {
 /** A `cat` holding `fd` until its input ends, or undefined where it cannot be started. */
 function startHolder(fd: number): Promise<ChildProcess | undefined> {
   return new Promise((resolve) => {
-    const holder = spawn('cat', [], { stdio: ['pipe', 'ignore', 'ignore', fd], detached: true });
+    // In `/`, so that it keeps no other file system busy than the file's own.
+    const holder = spawn('cat', [], { cwd: '/', stdio: ['pipe', 'ignore', 'ignore', fd], detached: true });
     holder.once('error', () => resolve(undefined));
     holder.once('spawn', () => {
       // Its exit is nothing to wait for; a pipe it closed early is nothing to report.
