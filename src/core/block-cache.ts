@@ -237,12 +237,13 @@ export class BlockCache {
    * upload's bytes. Resolves with whether it was; if not, the caller copies the write.
    */
   async makeWritable(block: CachedBlock, baseToMergeLater: boolean, whole?: Buffer): Promise<boolean> {
+    const fillsBlock = whole?.length === BLOCK_SIZE_BYTES;
     if (block.data === null) {
       await this.reserveBuffer();
       // Filled in the same turn as the buffer is handed out: a reader in between
       // would see a reused buffer's old bytes.
-      block.data = whole?.length === BLOCK_SIZE_BYTES ? this.copyBuffer(whole) : this.newBuffer();
-      if (whole?.length === BLOCK_SIZE_BYTES) return true;
+      block.data = fillsBlock ? this.copyBuffer(whole) : this.newBuffer();
+      if (fillsBlock) return true;
       if (baseToMergeLater) {
         block.baseMerged = false;
         block.writtenRanges = [];
@@ -251,9 +252,9 @@ export class BlockCache {
     }
     if (block.dataSharedWithUpload) {
       await this.reserveBuffer();
-      block.data = this.copyBuffer(whole?.length === BLOCK_SIZE_BYTES ? whole : block.data);
+      block.data = this.copyBuffer(fillsBlock ? whole : block.data);
       block.dataSharedWithUpload = false;
-      return whole?.length === BLOCK_SIZE_BYTES;
+      return fillsBlock;
     }
     return false;
   }
