@@ -23,6 +23,13 @@
  * - A failed upload returns the block to dirty, with the failure kept on the block
  *   until a later upload of it succeeds: dirty data is never dropped.
  * - Only clean blocks are evicted.
+ * - Besides the LRU of every entry, the cache keeps its clean blocks and its
+ *   dirty ones (not uploading) each in an order of its own (`reindex`), so that
+ *   eviction and write-back look only at the blocks they may take: a streaming
+ *   write keeps the cache full, and a scan of the whole LRU for every buffer and
+ *   every batch of uploads cost the mount several percent of its CPU. A block
+ *   joins the end of its order when it is used and when its state changes: the
+ *   least recently used or changed comes first.
  * - `data === null` means the block is all zeros and holds no buffer: truncation
  *   makes such blocks without touching memory.
  * - A block created by a partial write holds only the bytes written (writtenRanges)
@@ -145,6 +152,10 @@ export interface BlockCacheOptions {
 
 export class BlockCache {
   private readonly entries: LRUCache<number, CachedBlock>;
+  /** The clean blocks in `entries`, least recently used or changed first: all that eviction may take. */
+  private readonly cleanInUseOrder = new Map<number, CachedBlock>();
+  /** The dirty blocks in `entries` that are not uploading, least recently used or changed first: all that write-back may take. */
+  private readonly dirtyInUseOrder = new Map<number, CachedBlock>();
   /** Block buffers alive: cached data plus buffers only an upload still holds. */
   private buffersHeld = 0;
   /** Blocks whose latest write is not acknowledged, uploading or not. */
@@ -194,7 +205,9 @@ export class BlockCache {
 
   /** Looks a block up and marks it most recently used. */
   get(index: number): CachedBlock | undefined {
-    return this.entries.get(index);
+    const block = this.entries.get(index);
+    if (block) this.reindex(block);
+    return block;
   }
 
   /** Looks a block up without changing its recency. */
@@ -202,9 +215,14 @@ export class BlockCache {
     return this.entries.peek(index);
   }
 
-  /** Blocks from least to most recently used. */
-  *leastRecentFirst(): Generator<CachedBlock> {
-    for (const block of this.entries.rvalues()) if (block) yield block;
+  /** Clean blocks, least recently used or changed first. */
+  cleanLeastRecentFirst(): IterableIterator<CachedBlock> {
+    return this.cleanInUseOrder.values();
+  }
+
+  /** Dirty blocks that are not uploading, least recently used or changed first. */
+  dirtyLeastRecentFirst(): IterableIterator<CachedBlock> {
+    return this.dirtyInUseOrder.values();
   }
 
   *values(): Generator<CachedBlock> {
@@ -221,12 +239,13 @@ export class BlockCache {
     }
     const block = new CachedBlock(index);
     this.entries.set(index, block);
+    this.reindex(block);
     return block;
   }
 
   /** Forgets an entry that was inserted but never written (its write failed). */
   discardUnwritten(block: CachedBlock): void {
-    if (block.writeGeneration === 0 && block.data === null && this.entries.peek(block.index) === block) this.entries.delete(block.index);
+    if (block.writeGeneration === 0 && block.data === null && this.entries.peek(block.index) === block) this.remove(block);
   }
 
   /**
@@ -320,6 +339,7 @@ export class BlockCache {
     const written = block.writtenWholeSinceUpload ? 'whole' : 'pieces';
     block.generationRanges = [];
     block.inStreamOrderSinceUpload = true;
+    this.reindex(block);
     return { data: block.data, generation: block.writeGeneration, written };
   }
 
@@ -344,6 +364,7 @@ export class BlockCache {
     if (block.data === data) block.dataSharedWithUpload = false;
     // A copy-on-write during the upload left `data` held by the upload alone, which has ended.
     else if (data !== null) this.releaseBuffer(data);
+    this.reindex(block);
     if (block.isClean) this.roomMade();
   }
 
@@ -355,6 +376,20 @@ export class BlockCache {
   private noteChanged(block: CachedBlock): void {
     if (!block.isDirty) this.dirtyBlocks += 1;
     block.writeGeneration += 1;
+    this.reindex(block);
+  }
+
+  /** Files the block in the order of its state, as the most recent there (see the notes under the table). */
+  private reindex(block: CachedBlock): void {
+    this.cleanInUseOrder.delete(block.index);
+    this.dirtyInUseOrder.delete(block.index);
+    if (!block.uploading) (block.isDirty ? this.dirtyInUseOrder : this.cleanInUseOrder).set(block.index, block);
+  }
+
+  private remove(block: CachedBlock): void {
+    this.entries.delete(block.index);
+    this.cleanInUseOrder.delete(block.index);
+    this.dirtyInUseOrder.delete(block.index);
   }
 
   private checkCounts(): void {
@@ -427,10 +462,10 @@ export class BlockCache {
 
   /** Evicts the least recently used clean, unlocked block that matches; false when none. */
   private evictClean(matches: (block: CachedBlock) => boolean): boolean {
-    for (const block of this.leastRecentFirst()) {
+    for (const block of this.cleanInUseOrder.values()) {
       // A locked block is in use by a write or read that holds the entry.
-      if (!block.isClean || !matches(block) || this.options.isLocked(block.index)) continue;
-      this.entries.delete(block.index);
+      if (!matches(block) || this.options.isLocked(block.index)) continue;
+      this.remove(block);
       // Clean and unlocked: no upload and no reader holds the buffer.
       if (block.data !== null) this.releaseBuffer(block.data);
       return true;

@@ -111,7 +111,7 @@ export class Flusher {
 
   /**
    * Queues up to `count` dirty blocks (at most one upload window), least
-   * recently used first within each tier:
+   * recently used or changed first within each tier (the cache's dirty order):
    * 1. written whole since their last upload: a stream has passed over them
    *    (dd, cp, a random writer's finished block), so they are the least likely
    *    to be written again, and uploading them early costs no second PUT;
@@ -131,7 +131,7 @@ export class Flusher {
     // One pass over the cache (this runs after every write above the high-water
     // mark): tier 1 is queued as found, tiers 2 and 3 are kept, in LRU order, for after.
     const later: [CachedBlock[], CachedBlock[]] = [[], []];
-    for (const block of this.options.cache.leastRecentFirst()) {
+    for (const block of this.options.cache.dirtyLeastRecentFirst()) {
       if (wanted <= 0) return queueable;
       if (!this.isQueueable(block)) continue;
       if (onlyStreamed && !block.streamedWholeSinceUpload) continue;

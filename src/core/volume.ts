@@ -188,8 +188,8 @@ export class Volume implements VolumeFile {
    * as. Rejects when no block's content is known.
    */
   async keepAlive(): Promise<void> {
-    for (const block of this.cache.leastRecentFirst()) {
-      if (block.isClean && block.baseMerged && this.store.wasAttempted(block.index)) return this.resend(block.index);
+    for (const block of this.cache.cleanLeastRecentFirst()) {
+      if (block.baseMerged && this.store.wasAttempted(block.index)) return this.resend(block.index);
     }
     const known = this.store.keepAliveCandidate();
     if (known !== undefined) return this.resend(known);

@@ -169,6 +169,36 @@ describe('core: block cache (the state table and its transitions)', () => {
     assert.equal(cache.dirtyCount, 3);
   });
 
+  it('keeps clean and dirty blocks each in their own order of use and change, and evicts the front of the clean one', async () => {
+    const { cache } = makeCache(4);
+    const indexes = (blocks: IterableIterator<CachedBlock>): number[] => [...blocks].map((block) => block.index);
+    const uploaded = (block: CachedBlock): void => {
+      const view = cache.beginUpload(block);
+      cache.acknowledge(block, view.generation);
+      cache.endUpload(block, view.data);
+    };
+    const [one, two, three] = [await written(cache, 1), await written(cache, 2), await written(cache, 3)];
+    assert.deepEqual(indexes(cache.dirtyLeastRecentFirst()), [1, 2, 3]);
+    const view = cache.beginUpload(two);
+    assert.deepEqual(indexes(cache.dirtyLeastRecentFirst()), [1, 3], 'an uploading block is in neither order');
+    assert.deepEqual(indexes(cache.cleanLeastRecentFirst()), []);
+    uploaded(three);
+    uploaded(one);
+    assert.deepEqual(indexes(cache.cleanLeastRecentFirst()), [3, 1], 'in the order they turned clean');
+    cache.acknowledge(two, view.generation);
+    cache.endUpload(two, view.data);
+    cache.get(3);
+    assert.deepEqual(indexes(cache.cleanLeastRecentFirst()), [1, 2, 3], 'a use moves a block to the end');
+    await written(cache, 1);
+    assert.deepEqual(indexes(cache.cleanLeastRecentFirst()), [2, 3]);
+    assert.deepEqual(indexes(cache.dirtyLeastRecentFirst()), [1], 'a write makes a clean block dirty');
+    await written(cache, 4);
+    await written(cache, 5);
+    assert.equal(cache.peek(2), undefined, 'the least recently used clean block made room');
+    assert.deepEqual(indexes(cache.cleanLeastRecentFirst()), [3]);
+    assert.deepEqual(indexes(cache.dirtyLeastRecentFirst()), [1, 4, 5]);
+  });
+
   /** Block 1 written with `fill`, uploaded, acknowledged: clean, its buffer evictable for reuse. */
   async function cleanBlock(cache: BlockCache, fill: number): Promise<CachedBlock> {
     const block = await written(cache, 1);
