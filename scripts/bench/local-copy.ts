@@ -106,7 +106,7 @@ async function fileSystem(
 /** The mount's closing `local disk:` line. */
 function localDisk(stderr: string): Omit<LocalDiskSample, 'megabytesPerSecond'> {
   const match =
-    /local disk: [\d.]+ MiB written to the state directory \(block copies ([\d.]+) MiB, journal ([\d.]+) MiB\) for ([\d.]+) MiB written through the mount/.exec(
+    /local disk: [\d.]+ MiB written to the state directory \(block copies ([\d.]+) MiB in \d+ writes, journal ([\d.]+) MiB\) for ([\d.]+) MiB written through the mount/.exec(
       stderr,
     );
   if (!match) throw new Error(`the mount printed no local disk line: ${stderr.slice(-500)}`);

@@ -93,7 +93,7 @@ function localDiskLine(stats: VolumeStats): string {
   const mib = (bytes: number): string => (bytes / MIB_BYTES).toFixed(2);
   return (
     `local disk: ${mib(stats.localCopyBytesWritten + stats.journalBytesWritten)} MiB written to the state directory ` +
-    `(block copies ${mib(stats.localCopyBytesWritten)} MiB, journal ${mib(stats.journalBytesWritten)} MiB) ` +
+    `(block copies ${mib(stats.localCopyBytesWritten)} MiB in ${stats.localCopyWriteCount} writes, journal ${mib(stats.journalBytesWritten)} MiB) ` +
     `for ${mib(stats.bytesWritten)} MiB written through the mount`
   );
 }

@@ -54,6 +54,7 @@ export interface BlockStoreStats {
   localCopyBlocks: number;
   localCopyFileBytes: number;
   localCopyBytesWritten: number;
+  localCopyWriteCount: number;
   journalBytes: number;
   journalBytesWritten: number;
   heldNowhereErrors: number;
@@ -329,6 +330,7 @@ export class BlockStore {
       localCopyBlocks: this.localCopy.blocksHeld,
       localCopyFileBytes: this.localCopy.fileBytes,
       localCopyBytesWritten: this.localCopy.bytesWritten,
+      localCopyWriteCount: this.localCopy.diskWriteCount,
       journalBytes: this.journal.sizeBytes,
       journalBytesWritten: this.journal.bytesWritten,
       heldNowhereErrors: this.heldNowhereErrors,

@@ -41,6 +41,8 @@ export interface VolumeStats {
   /** Bytes written through the mount, to the local copy, and to the journal, since the mount started. */
   bytesWritten: number;
   localCopyBytesWritten: number;
+  /** Writes those bytes took: copies of consecutive slots go together. */
+  localCopyWriteCount: number;
   journalBytesWritten: number;
   journalBytes: number;
   /** Reads and partial writes that failed because their block is held nowhere. */

@@ -167,6 +167,7 @@ describe('progress output', () => {
     localCopyFileBytes: 4 * 524288,
     bytesWritten: 40 * 524288,
     localCopyBytesWritten: 4 * 524288,
+    localCopyWriteCount: 2,
     journalBytesWritten: 900,
     journalBytes: 450,
     heldNowhereErrors: 0,

@@ -186,6 +186,11 @@ describe('core: local copy', () => {
       assert.equal(new Set(slots).size, 4);
       assert.equal(copy.directWriteCount, writeMode === 'direct' ? 4 : 0);
       assert.equal(copy.stagedWriteCount, writeMode === 'direct' && buffers === 'plain' ? 4 : 0, 'copies through a staging buffer');
+      assert.equal(
+        copy.diskWriteCount,
+        writeMode === 'direct' && buffers === 'page-aligned' ? 2 : 4,
+        'page-aligned copies into consecutive slots: the first alone, the three that came while it was written in one',
+      );
       const resident = residentBytes(LocalCopy.fileIn(directory));
       if (writeMode === 'direct') assert.equal(resident, 0, 'no page of the copies in the page cache');
       else assert.equal(resident, 4 * B, 'every page of the copies in the page cache');
