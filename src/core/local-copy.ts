@@ -62,9 +62,10 @@ export type CopyWriteMode = 'direct' | 'buffered';
 
 /**
  * Copy writes from page-aligned buffers in flight at once; copies that come
- * meanwhile go out together (consecutive-writes.ts). With one, a dd through the
- * mount sent 2048 copies in about 1000 writes, with two in about 1450, and one
- * per copy took the file's inode lock exclusively for each (docs/BENCHMARKS.md).
+ * meanwhile go out together (consecutive-writes.ts). With one, a dd of 1 GiB
+ * through the mount sent its 2048 copies in about 1000 writes, with two in about
+ * 1450. A write per copy, many at once, contended for the file's inode lock,
+ * which ext4 takes exclusively for a write that extends the file (docs/BENCHMARKS.md).
  */
 const DIRECT_WRITES_IN_FLIGHT_MAX = 1;
 /** The most slots one such write covers: 8 MiB. */
