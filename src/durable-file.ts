@@ -14,6 +14,27 @@ export async function writeFully(handle: fsp.FileHandle, bytes: Buffer, position
   }
 }
 
+/** Writes all of `buffers`, back to back from `positionBytes`, with pwritev (like writeFully). */
+export async function writevFully(
+  handle: { writev(buffers: Buffer[], position: number): Promise<{ bytesWritten: number }> },
+  buffers: Buffer[],
+  positionBytes: number,
+): Promise<void> {
+  let rest = buffers;
+  let position = positionBytes;
+  while (rest.length > 0) {
+    const { bytesWritten } = await handle.writev(rest, position);
+    if (bytesWritten <= 0) throw new Error(`pwritev at ${position} wrote nothing`);
+    position += bytesWritten;
+    let skipped = bytesWritten;
+    while (rest.length > 0 && skipped >= rest[0].length) {
+      skipped -= rest[0].length;
+      rest = rest.slice(1);
+    }
+    if (skipped > 0) rest = [rest[0].subarray(skipped), ...rest.slice(1)];
+  }
+}
+
 export async function fsyncDirectory(directory: string): Promise<void> {
   const handle = await fsp.open(directory, 'r');
   try {

@@ -381,15 +381,18 @@ export class BlockCache {
 
   /** Files the block in the order of its state, as the most recent there (see the notes under the table). */
   private reindex(block: CachedBlock): void {
+    this.unindex(block);
+    if (!block.uploading) (block.isDirty ? this.dirtyInUseOrder : this.cleanInUseOrder).set(block.index, block);
+  }
+
+  private unindex(block: CachedBlock): void {
     this.cleanInUseOrder.delete(block.index);
     this.dirtyInUseOrder.delete(block.index);
-    if (!block.uploading) (block.isDirty ? this.dirtyInUseOrder : this.cleanInUseOrder).set(block.index, block);
   }
 
   private remove(block: CachedBlock): void {
     this.entries.delete(block.index);
-    this.cleanInUseOrder.delete(block.index);
-    this.dirtyInUseOrder.delete(block.index);
+    this.unindex(block);
   }
 
   private checkCounts(): void {

@@ -22,8 +22,6 @@ export class ConsecutiveWrites {
   /** Copies not yet sent; at most one per slot handed out, so bounded by the caller's writes in flight. */
   private readonly waiting: Waiting[] = [];
   private inFlight = 0;
-  /** Writes sent. */
-  writeCount = 0;
 
   constructor(
     private readonly writeAt: WriteAt,
@@ -44,7 +42,6 @@ export class ConsecutiveWrites {
     while (this.inFlight < this.inFlightMax && this.waiting.length > 0) {
       const run = this.takeRun();
       this.inFlight += 1;
-      this.writeCount += 1;
       this.writeAt(
         run.map((entry) => entry.data),
         run[0].slot * this.slotBytes,
@@ -69,26 +66,5 @@ export class ConsecutiveWrites {
     this.inFlight -= 1;
     for (const entry of run) each(entry);
     this.send();
-  }
-}
-
-/** pwritev of `buffers` until every byte is written. */
-export async function writevFully(
-  handle: { writev(buffers: Buffer[], position: number): Promise<{ bytesWritten: number }> },
-  buffers: Buffer[],
-  positionBytes: number,
-): Promise<void> {
-  let rest = buffers;
-  let position = positionBytes;
-  while (rest.length > 0) {
-    const { bytesWritten } = await handle.writev(rest, position);
-    if (bytesWritten <= 0) throw new Error(`pwritev at ${position} wrote nothing`);
-    position += bytesWritten;
-    let skipped = bytesWritten;
-    while (rest.length > 0 && skipped >= rest[0].length) {
-      skipped -= rest[0].length;
-      rest = rest.slice(1);
-    }
-    if (skipped > 0) rest = [rest[0].subarray(skipped), ...rest.slice(1)];
   }
 }

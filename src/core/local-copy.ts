@@ -26,10 +26,10 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { sha256Digest } from '../ebs/checksum';
-import { writeFully } from '../durable-file';
+import { writeFully, writevFully } from '../durable-file';
 import { BLOCK_SIZE_BYTES } from '../ebs/client';
 import { isPageAligned, openDirect, StagingBuffers } from '../staging-buffers';
-import { ConsecutiveWrites, writevFully } from './consecutive-writes';
+import { ConsecutiveWrites } from './consecutive-writes';
 
 export type CopyKind = 'whole' | 'pieces' | 'rewritten';
 
@@ -73,6 +73,8 @@ const DIRECT_WRITE_SLOTS_MAX = 16;
 
 interface DirectFile {
   handle: fs.FileHandle;
+  /** Copies from page-aligned buffers: consecutive slots are written together. */
+  consecutive: ConsecutiveWrites;
   /** For copies of buffers that are not page-aligned; undefined until the first, null where none can be had. */
   staging?: StagingBuffers | null;
   /** A write was refused for its alignment (EINVAL): copies go through the page cache from then on. */
@@ -116,22 +118,10 @@ export class LocalCopy {
   private handle?: Promise<fs.FileHandle>;
   /** Resolves to undefined where O_DIRECT cannot be had. */
   private direct?: Promise<DirectFile | undefined>;
-  /** Copies from page-aligned buffers, past the page cache: consecutive slots are written together. */
-  private readonly consecutive = new ConsecutiveWrites(
-    async (buffers, positionBytes) => {
-      // Only copies whose writeDirect() found the file open come here.
-      const direct = await this.directFile();
-      if (!direct) throw new Error('the local copy has no O_DIRECT handle');
-      await writevFully(direct.handle, buffers, positionBytes);
-    },
-    BLOCK_SIZE_BYTES,
-    DIRECT_WRITES_IN_FLIGHT_MAX,
-    DIRECT_WRITE_SLOTS_MAX,
-  );
-  /** Writes that carried one copy each: through a staging buffer or the page cache. */
-  private singleCopyWriteCount = 0;
   /** Bytes written to the file since open, for the benchmarks. */
   bytesWritten = 0;
+  /** Writes to the file since open: fewer than the copies where consecutive ones went together. */
+  diskWriteCount = 0;
   /** Copies written past the page cache. */
   directWriteCount = 0;
   /** Of those, copies that went through a staging buffer (their buffer was not page-aligned). */
@@ -164,11 +154,6 @@ export class LocalCopy {
 
   get blocksHeld(): number {
     return this.byBlock.size;
-  }
-
-  /** Writes to the file since open: fewer than the copies where consecutive ones went together. */
-  get diskWriteCount(): number {
-    return this.singleCopyWriteCount + this.consecutive.writeCount;
   }
 
   /** Bytes the file takes on disk at most (every slot ever used). */
@@ -232,8 +217,8 @@ export class LocalCopy {
     const startedMs = Date.now();
     try {
       if (!(await this.writeDirect(slot, data))) {
+        this.diskWriteCount += 1;
         await writeFully(await this.open(), data, slot * BLOCK_SIZE_BYTES);
-        this.singleCopyWriteCount += 1;
       }
       this.bytesWritten += data.length;
       this.unsynced = true;
@@ -259,18 +244,17 @@ export class LocalCopy {
     }
     const positionBytes = slot * BLOCK_SIZE_BYTES;
     try {
-      if (staging) await staging.withCopyOf(data, (aligned) => writeFully(direct.handle, aligned, positionBytes));
-      else await this.consecutive.write(slot, data);
+      if (staging) {
+        this.diskWriteCount += 1;
+        await staging.withCopyOf(data, (aligned) => writeFully(direct.handle, aligned, positionBytes));
+      } else await direct.consecutive.write(slot, data);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
       direct.refused = true;
       return false;
     }
     this.directWriteCount += 1;
-    if (staging) {
-      this.stagedWriteCount += 1;
-      this.singleCopyWriteCount += 1;
-    }
+    if (staging) this.stagedWriteCount += 1;
     return true;
   }
 
@@ -439,7 +423,17 @@ export class LocalCopy {
     // The buffered handle first: it creates the file, and stat and sync use it.
     await this.open();
     const handle = await openDirect((flags) => fs.open(LocalCopy.fileIn(this.directory), flags));
-    return handle && { handle, refused: false };
+    if (!handle) return undefined;
+    const consecutive = new ConsecutiveWrites(
+      (buffers, positionBytes) => {
+        this.diskWriteCount += 1;
+        return writevFully(handle, buffers, positionBytes);
+      },
+      BLOCK_SIZE_BYTES,
+      DIRECT_WRITES_IN_FLIGHT_MAX,
+      DIRECT_WRITE_SLOTS_MAX,
+    );
+    return { handle, consecutive, refused: false };
   }
 
   private open(): Promise<fs.FileHandle> {
