@@ -11,7 +11,7 @@ import { runDiagnostics } from './diagnostics';
 import { runExt4 } from './ext4';
 import { buildNullfs } from './lib/ceilings';
 import { Cleanup } from './lib/cleanup';
-import { countNonZeroBlocks, createRandomFile } from './lib/data';
+import { countNonZeroBlocks, createRandomFile, expectedChecksumListDigest } from './lib/data';
 import { CLI_PATH, REPO_ROOT } from './lib/paths';
 import { run } from './lib/proc';
 import { GIB, MIB } from './lib/stats';
@@ -216,6 +216,7 @@ async function main(): Promise<number> {
         dataFile,
         dataBytes: settings.dataBytes,
         nonZeroBlocks: results.nonZeroBlocks,
+        expectedChecksumListDigest: await expectedChecksumListDigest(dataFile, settings.dataBytes),
         rounds: settings.rounds,
         uploadAvailable: results.uploadAvailable,
         binaries,

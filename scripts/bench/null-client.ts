@@ -3,9 +3,13 @@
 // with it, as the service does; like local-ebs, it hashes on the libuv pool
 // (native/digest where built), not on the mount's event loop. With
 // verifyChecksums=false it acknowledges without hashing, which is what the
-// product's client side costs. Nothing is stored or sent.
+// product's client side costs. Either way it keeps the checksum each block was
+// last sent with, so that the bench can check every one after the run against
+// the SHA-256 of the data written (checksumListDigest), outside the time
+// measured: the service's check runs on its own machines, not on the mount's.
+// Nothing else is stored or sent.
 // CompleteSnapshot checks ChangedBlocksCount against the distinct blocks PUT.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { sha256DigestOffThread } from '../../src/ebs/checksum';
 import {
   BLOCK_SIZE_BYTES,
@@ -22,7 +26,8 @@ import {
 
 export class NullSnapshotClient implements SnapshotClient {
   putCount = 0;
-  readonly blocksPut = new Set<number>();
+  /** Base64 SHA-256 by block index, as last PUT: one entry per distinct block. */
+  readonly checksumByBlock = new Map<number, string>();
   private snapshotId = '';
 
   /** verifyChecksums=false acknowledges without hashing: the AWS client no longer hashes bodies either (x-amz-content-sha256). */
@@ -41,11 +46,11 @@ export class NullSnapshotClient implements SnapshotClient {
       throw new SnapshotApiError(`block ${params.blockIndex} does not match its checksum`, 'ValidationException', 'permanent', 400);
     }
     this.putCount += 1;
-    this.blocksPut.add(params.blockIndex);
+    this.checksumByBlock.set(params.blockIndex, params.checksumBase64);
   }
 
   async completeSnapshot(params: CompleteSnapshotParams): Promise<SnapshotStatus> {
-    return params.changedBlocksCount === this.blocksPut.size ? 'completed' : 'error';
+    return params.changedBlocksCount === this.checksumByBlock.size ? 'completed' : 'error';
   }
 
   listSnapshotBlocks(): Promise<BlockPage> {
@@ -61,4 +66,11 @@ export class NullSnapshotClient implements SnapshotClient {
   }
 
   close(): void {}
+}
+
+/** SHA-256 (hex) of one line `INDEX CHECKSUM` per block, in block order: two runs sent the same checksums exactly when it is equal. */
+export function checksumListDigest(checksumByBlock: ReadonlyMap<number, string>): string {
+  const hash = createHash('sha256');
+  for (const index of [...checksumByBlock.keys()].sort((a, b) => a - b)) hash.update(`${index} ${checksumByBlock.get(index)}\n`);
+  return hash.digest('hex');
 }

@@ -7,14 +7,14 @@
 //
 // stdout, like `ebs-fuse mount`: `SNAPSHOT_ID FILE_PATH` once writable; after
 // SIGINT/SIGTERM the final flush and `SNAPSHOT_ID STATUS`, then one JSON line
-// with what the null client saw.
+// with what the null client saw (PUTs, blocks, the digest of their checksums).
 import { DEFAULT_CACHE_SIZE } from '../../src/commands/mount';
 import { DEFAULT_LIMITS } from '../../src/core/limits';
 import { parseSizeBytes } from '../../src/commands/options';
 import { SnapshotSession } from '../../src/core/session';
 import { DEFAULT_FILE_NAME, FuseMount } from '../../src/fuse/fuse-mount';
 import { capYoungGeneration } from '../../src/young-generation';
-import { NullSnapshotClient } from './null-client';
+import { checksumListDigest, NullSnapshotClient } from './null-client';
 
 const RELEASE_GRACE_MS = 5000;
 const FINISH_TIMEOUT_MS = 10 * 60_000;
@@ -55,7 +55,13 @@ async function main(): Promise<number> {
   await fuseMount.unmount();
   const result = await session.finish({ complete: true, timeoutMs: FINISH_TIMEOUT_MS });
   process.stdout.write(`${result.snapshotId} ${result.status}\n`);
-  process.stdout.write(`${JSON.stringify({ puts: client.putCount, distinctBlocks: client.blocksPut.size, fuse: fuseMount.stats() })}\n`);
+  const report = {
+    puts: client.putCount,
+    distinctBlocks: client.checksumByBlock.size,
+    checksumListDigest: checksumListDigest(client.checksumByBlock),
+    fuse: fuseMount.stats(),
+  };
+  process.stdout.write(`${JSON.stringify(report)}\n`);
   return result.status === 'completed' ? 0 : 1;
 }
 

@@ -21,6 +21,8 @@ export interface ThroughputSettings {
   dataBytes: number;
   /** Non-zero 512 KiB blocks of dataFile: what a sequential dd must PUT, exactly. */
   nonZeroBlocks: number;
+  /** expectedChecksumListDigest() of dataFile's first dataBytes: the checksums every null client must have been sent. */
+  expectedChecksumListDigest: string;
   rounds: number;
   /** Whether `ebs-fuse upload` exists in this checkout (older commits, for comparisons). */
   uploadAvailable: boolean;
@@ -201,8 +203,14 @@ async function measureMount(
     distinctBlocks = await server.countSnapshotBlocks(finished.snapshotId);
     serverRusage = await server.stop();
   } else {
-    puts = finished.report!.puts;
-    distinctBlocks = finished.report!.distinctBlocks;
+    const report = finished.report!;
+    // Checked here, after the time measured, for a client that hashed nothing
+    // as for one that hashed every body: a mount sending a wrong checksum fails the bench.
+    if (report.checksumListDigest !== settings.expectedChecksumListDigest) {
+      throw new Error(`${options.name}: the null client was not sent the SHA-256 of each block written`);
+    }
+    puts = report.puts;
+    distinctBlocks = report.distinctBlocks;
   }
   return {
     sample: {

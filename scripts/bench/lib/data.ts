@@ -1,9 +1,11 @@
 // Input data and what it contains: random files (no block of them is all zeros,
-// so every block must be sent) and the count of non-zero 512 KiB blocks of a
-// file, the figure sequential PUT counts are checked against.
-import { randomFillSync } from 'node:crypto';
+// so every block must be sent), the count of non-zero 512 KiB blocks of a file,
+// which sequential PUT counts are checked against, and the digest of their
+// checksums, which what the null client was sent is checked against.
+import { createHash, randomFillSync } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { BLOCK_SIZE_BYTES } from '../../../src/ebs/client';
+import { checksumListDigest } from '../null-client';
 import type { Cleanup } from './cleanup';
 import { run } from './proc';
 
@@ -27,24 +29,43 @@ export async function createRandomFile(file: string, sizeBytes: number): Promise
 
 /** 512 KiB blocks of the file's first limitBytes holding at least one non-zero byte (a partial last block counts). */
 export async function countNonZeroBlocks(file: string, limitBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
+  let count = 0;
+  await forEachNonZeroBlock(file, limitBytes, () => {
+    count += 1;
+  });
+  return count;
+}
+
+/**
+ * checksumListDigest() of the SHA-256 of each non-zero 512 KiB block of the
+ * file's first limitBytes: what a null client must have been sent for a dd of
+ * them from offset 0 (all-zero blocks are skipped, as the mount skips them).
+ */
+export async function expectedChecksumListDigest(file: string, limitBytes: number): Promise<string> {
+  const checksumByBlock = new Map<number, string>();
+  await forEachNonZeroBlock(file, limitBytes, (index, block) => {
+    checksumByBlock.set(index, createHash('sha256').update(block).digest('base64'));
+  });
+  return checksumListDigest(checksumByBlock);
+}
+
+async function forEachNonZeroBlock(file: string, limitBytes: number, visit: (index: number, block: Buffer) => void): Promise<void> {
   const handle = await open(file, 'r');
   const zero = Buffer.alloc(BLOCK_SIZE_BYTES);
   const buffer = Buffer.alloc(BLOCK_SIZE_BYTES * 16);
-  let count = 0;
   try {
     for (let position = 0; ;) {
       const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, limitBytes - position), position);
       if (bytesRead === 0) break;
       for (let offset = 0; offset < bytesRead; offset += BLOCK_SIZE_BYTES) {
-        const end = Math.min(bytesRead, offset + BLOCK_SIZE_BYTES);
-        if (!buffer.subarray(offset, end).equals(zero.subarray(0, end - offset))) count += 1;
+        const block = buffer.subarray(offset, Math.min(bytesRead, offset + BLOCK_SIZE_BYTES));
+        if (!block.equals(zero.subarray(0, block.length))) visit((position + offset) / BLOCK_SIZE_BYTES, block);
       }
       position += bytesRead;
     }
   } finally {
     await handle.close();
   }
-  return count;
 }
 
 export interface DdOptions {

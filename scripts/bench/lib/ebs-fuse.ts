@@ -44,8 +44,8 @@ export interface Finished {
   finishSeconds: number;
   endedAtNs: bigint;
   rusage: Rusage;
-  /** The null mount's own JSON line (puts, distinctBlocks, fuse counters). */
-  report?: { puts: number; distinctBlocks: number; fuse: { writeCalls: number; largestWriteBytes: number } };
+  /** The null mount's own JSON line (puts, distinctBlocks, checksumListDigest of what it was sent, fuse counters). */
+  report?: { puts: number; distinctBlocks: number; checksumListDigest: string; fuse: { writeCalls: number; largestWriteBytes: number } };
   stderr: string;
 }
 
