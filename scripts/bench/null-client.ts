@@ -68,7 +68,12 @@ export class NullSnapshotClient implements SnapshotClient {
   close(): void {}
 }
 
-/** SHA-256 (hex) of one line `INDEX CHECKSUM` per block, in block order: two runs sent the same checksums exactly when it is equal. */
+/**
+ * SHA-256 (hex) of one line `INDEX CHECKSUM` per block, in block order: two runs
+ * sent the same checksums exactly when it is equal. Unlike the LINEAR aggregate
+ * (linearChecksumBase64), each line names its block, so a checksum sent under
+ * another block's index changes it too.
+ */
 export function checksumListDigest(checksumByBlock: ReadonlyMap<number, string>): string {
   const hash = createHash('sha256');
   for (const index of [...checksumByBlock.keys()].sort((a, b) => a - b)) hash.update(`${index} ${checksumByBlock.get(index)}\n`);

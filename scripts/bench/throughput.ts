@@ -21,7 +21,7 @@ export interface ThroughputSettings {
   dataBytes: number;
   /** Non-zero 512 KiB blocks of dataFile: what a sequential dd must PUT, exactly. */
   nonZeroBlocks: number;
-  /** expectedChecksumListDigest() of dataFile's first dataBytes: the checksums every null client must have been sent. */
+  /** checksumListDigest() of nonZeroBlockChecksums(dataFile, dataBytes): what every null client must have been sent. */
   expectedChecksumListDigest: string;
   rounds: number;
   /** Whether `ebs-fuse upload` exists in this checkout (older commits, for comparisons). */

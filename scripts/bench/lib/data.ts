@@ -1,11 +1,11 @@
 // Input data and what it contains: random files (no block of them is all zeros,
 // so every block must be sent), the count of non-zero 512 KiB blocks of a file,
-// which sequential PUT counts are checked against, and the digest of their
-// checksums, which what the null client was sent is checked against.
-import { createHash, randomFillSync } from 'node:crypto';
+// which sequential PUT counts are checked against, and their checksums, which
+// what the null client was sent is checked against.
+import { randomFillSync } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import { sha256Base64 } from '../../../src/ebs/checksum';
 import { BLOCK_SIZE_BYTES } from '../../../src/ebs/client';
-import { checksumListDigest } from '../null-client';
 import type { Cleanup } from './cleanup';
 import { run } from './proc';
 
@@ -37,16 +37,16 @@ export async function countNonZeroBlocks(file: string, limitBytes = Number.MAX_S
 }
 
 /**
- * checksumListDigest() of the SHA-256 of each non-zero 512 KiB block of the
- * file's first limitBytes: what a null client must have been sent for a dd of
- * them from offset 0 (all-zero blocks are skipped, as the mount skips them).
+ * The x-amz-Checksum (base64 SHA-256) of each non-zero 512 KiB block of the
+ * file's first limitBytes, by block index: what a dd of them from offset 0 must
+ * send (all-zero blocks are skipped, as the mount skips them).
  */
-export async function expectedChecksumListDigest(file: string, limitBytes: number): Promise<string> {
+export async function nonZeroBlockChecksums(file: string, limitBytes: number): Promise<Map<number, string>> {
   const checksumByBlock = new Map<number, string>();
   await forEachNonZeroBlock(file, limitBytes, (index, block) => {
-    checksumByBlock.set(index, createHash('sha256').update(block).digest('base64'));
+    checksumByBlock.set(index, sha256Base64(block));
   });
-  return checksumListDigest(checksumByBlock);
+  return checksumByBlock;
 }
 
 async function forEachNonZeroBlock(file: string, limitBytes: number, visit: (index: number, block: Buffer) => void): Promise<void> {
